@@ -1,0 +1,101 @@
+"""`phiforge`: one subcommand per stage, and `phiforge run` for the whole recipe.
+
+Errors a user can fix (a recipe key, a corrupt checkpoint, a folder that is not a run) print one line naming the
+problem and exit 2; tracebacks are for phiforge's own bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from phiforge.errors import PhiforgeError
+
+EPILOG = """examples:
+  phiforge run                                  # the default tiny recipe into runs/tiny
+  phiforge run tiny --set pretrain.steps=200 --out runs/quick
+  phiforge run --force sft                      # redo SFT and everything after it
+  phiforge eval --out runs/tiny --force eval    # rescore an existing run
+"""
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", nargs="?", default=None,
+                   help="recipe name shipped with phiforge (tiny, phi4-14b) or a .yaml path (default: the run "
+                        "folder's recipe.yaml if --out holds one, else tiny)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value by dotted key, e.g. --set pretrain.optim.lr=1e-3 (repeatable)")
+    p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<recipe name>)")
+    p.add_argument("--force", action="append", default=[], metavar="STAGE",
+                   help="redo STAGE and every stage after it even if its inputs are unchanged (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from phiforge.pipeline import STAGES
+
+    parser = argparse.ArgumentParser(
+        prog="phiforge",
+        description="Train a small Phi-style model the Phi-4 way: verified synthetic data, pretraining, SFT, "
+                    "evaluation on a fresh contest, and a report. Stages: " + " -> ".join(s.name for s in STAGES),
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("run", help="run every stage of a recipe, skipping those whose inputs are unchanged",
+                       description="Run the whole recipe end to end. Completed stages whose config and inputs are "
+                                   "unchanged are skipped; an interrupted run continues where it stopped.")
+    _recipe_args(p)
+    for stage in STAGES:
+        p = sub.add_parser(stage.name, help=stage.help,
+                           description=f"Run only the {stage.name!r} stage ({stage.help}) in a run folder; the "
+                                       f"stages it reads ({', '.join(stage.inputs) or 'none'}) must have completed.")
+        _recipe_args(p)
+    p = sub.add_parser("validate", help="load and check a recipe without running anything")
+    p.add_argument("recipe", nargs="?", default=None)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+def _resolve(args) -> tuple:
+    from phiforge.config import load_recipe
+
+    recipe_arg = args.recipe
+    if recipe_arg is None and args.out is not None and (args.out / "recipe.yaml").is_file():
+        recipe_arg = args.out / "recipe.yaml"
+    recipe = load_recipe(recipe_arg, args.overrides)
+    out = args.out or Path("runs") / recipe.name
+    return recipe, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        if args.command == "validate":
+            from phiforge.config import load_recipe, save_recipe
+
+            print(save_recipe(load_recipe(args.recipe, args.overrides)), end="")
+            return 0
+        from phiforge.pipeline import BY_NAME, run_pipeline
+        from phiforge.rundir import RunDir
+
+        recipe, out = _resolve(args)
+        if args.command != "run" and BY_NAME[args.command].inputs:
+            RunDir.open(out)  # a later stage on its own needs an existing run folder: say so before anything else
+        only = None if args.command == "run" else [args.command]
+        run_pipeline(recipe, out, force=args.force, only=only)
+        return 0
+    except PhiforgeError as e:
+        print(f"phiforge: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("phiforge: interrupted; run the same command again to continue from the last complete step",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Stage `eval`: a fresh contest, drawn after training from a seed range training never used.
+
+Any contest question whose text appears anywhere in the run's training data is dropped before scoring (the count is
+reported), so the score measures solving, not recall. Each model is scored greedy and by maj@k, and every sample's
+prompt, output, extracted answer and verdict lands in `eval/<model>.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+
+from phiforge.answers import answers_equal, extract_answer
+from phiforge.checkpoint import load_model
+from phiforge.config import Recipe
+from phiforge.errors import PhiforgeError
+from phiforge.generate import generate
+from phiforge.model import Phi3
+from phiforge.problems import Problem
+from phiforge.render import exercise_prompt
+from phiforge.rundir import RunDir, atomic_write_json, atomic_write_text
+from phiforge.synth import read_column, sample_problem
+from phiforge.tokenizer import ChatTokenizer
+from phiforge.train import device
+
+
+def contest(recipe: Recipe, seen_questions: set[str]) -> tuple[list[Problem], int]:
+    """`eval.n_problems` distinct problems from the contest seed, none of whose questions training saw."""
+    problems, seen_here, dropped = [], set(), 0
+    index = 0
+    limit = 50 * recipe.eval.n_problems
+    while len(problems) < recipe.eval.n_problems:
+        if index >= limit:
+            raise PhiforgeError(
+                f"only {len(problems)} of eval.n_problems={recipe.eval.n_problems} contest problems are unseen by "
+                f"training after {limit} draws; lower eval.n_problems or raise synth.difficulty"
+            )
+        problem, _ = sample_problem(recipe.synth, index, seed=recipe.eval.seed)
+        index += 1
+        if problem.question in seen_questions:
+            dropped += 1
+            continue
+        if problem.question not in seen_here:
+            seen_here.add(problem.question)
+            problems.append(problem)
+    return problems, dropped
+
+
+def prompt_ids(tok: ChatTokenizer, problem: Problem, style: str) -> list[int]:
+    if style == "chat":
+        return tok.chat_prompt(problem.question)
+    return tok.encode(exercise_prompt(problem))
+
+
+def clean_output(text: str, style: str) -> str:
+    """A base model trained on packed exercises may run on into a new exercise; only its first answer counts."""
+    if style == "completion":
+        text = text.split("Exercise:")[0]
+    return text.strip()
+
+
+def _vote_key(answer: str) -> str:
+    try:
+        return str(Fraction(answer.replace(" ", "")))
+    except (ValueError, ZeroDivisionError):
+        return answer.strip()
+
+
+def majority(answers: list[str | None]) -> str | None:
+    """The most common extracted answer (numerically equal forms pooled); ties go to the earliest."""
+    keyed = [(a, _vote_key(a)) for a in answers if a is not None]
+    if not keyed:
+        return None
+    counts = Counter(k for _, k in keyed)
+    best = max(counts.values())
+    return next(a for a, k in keyed if counts[k] == best)
+
+
+def score_model(model: Phi3, tok: ChatTokenizer, problems: list[Problem], style: str, recipe: Recipe) -> tuple[dict, list[dict]]:
+    cfg = recipe.eval
+    stop = [tok.im_end_id, tok.endoftext_id]
+    prompts = [prompt_ids(tok, p, style) for p in problems]
+    common = dict(max_new_tokens=cfg.max_new_tokens, pad_id=tok.pad_id, stop_ids=stop, batch_size=cfg.batch_size)
+    greedy = generate(model, prompts, temperature=0.0, progress=True, **common)
+    k = cfg.maj_k
+    sampled = generate(
+        model, [p for p in prompts for _ in range(k)], temperature=cfg.temperature, top_p=cfg.top_p,
+        seed=cfg.seed, progress=True, **common,
+    )
+    records = []
+    for i, p in enumerate(problems):
+        out = clean_output(tok.decode(greedy[i]), style)
+        pred = extract_answer(out)
+        samples = [clean_output(tok.decode(s), style) for s in sampled[i * k : (i + 1) * k]]
+        extracted = [extract_answer(s) for s in samples]
+        vote = majority(extracted)
+        records.append({
+            "id": p.id, "domain": p.domain, "question": p.question, "gold": p.answer, "style": style,
+            "prompt": tok.decode(prompts[i], skip_special=False), "output": out, "extracted": pred,
+            "correct": answers_equal(pred, p.answer),
+            "samples": [{"output": s, "extracted": e} for s, e in zip(samples, extracted)],
+            "maj_answer": vote, "maj_correct": answers_equal(vote, p.answer),
+        })
+    return summarize(records), records
+
+
+def summarize(records: list[dict]) -> dict:
+    n = len(records)
+
+    def acc(key: str, rows: list[dict]) -> dict:
+        c = sum(r[key] for r in rows)
+        p = c / len(rows)
+        return {"correct": c, "n": len(rows), "acc": p, "stderr": math.sqrt(p * (1 - p) / len(rows))}
+
+    domains = sorted({r["domain"] for r in records})
+    return {
+        "n": n,
+        "greedy": acc("correct", records),
+        "maj": acc("maj_correct", records),
+        "answered": sum(r["extracted"] is not None for r in records) / n,
+        "by_domain": {d: acc("correct", [r for r in records if r["domain"] == d]) for d in domains},
+    }
+
+
+def run(recipe: Recipe, run: RunDir) -> dict:
+    seen = set(read_column(run, "pretrain", "question")) | set(read_column(run, "sft", "question"))
+    problems, dropped = contest(recipe, seen)
+    out = run.stage_dir("eval")
+    tok = ChatTokenizer.load(run.stage_dir("tokenizer"))
+
+    torch.manual_seed(recipe.pretrain.seed)  # the floor: the architecture before any training
+    candidates = [("untrained", lambda: Phi3(recipe.model), "completion"),
+                  ("base", lambda: load_model(run.stage_dir("pretrain") / "model")[0], "completion"),
+                  ("sft", lambda: load_model(run.stage_dir("sft") / "model")[0], "chat")]
+    summary = {"contest": {"seed": recipe.eval.seed, "n_problems": len(problems), "dropped_seen_in_training": dropped,
+                           "maj_k": recipe.eval.maj_k, "temperature": recipe.eval.temperature},
+               "models": {}}
+    for name, build, style in candidates:
+        model = build().to(device())
+        result, records = score_model(model, tok, problems, style, recipe)
+        result["prompt_style"] = style
+        summary["models"][name] = result
+        atomic_write_text(out / f"{name}.jsonl", "".join(_jsonl(r) for r in records))
+        print(f"eval {name:>9}: greedy {result['greedy']['acc']:.1%}  maj@{recipe.eval.maj_k} {result['maj']['acc']:.1%}")
+    atomic_write_json(out / "summary.json", summary)
+    return {name: {"greedy": m["greedy"]["acc"], "maj": m["maj"]["acc"]} for name, m in summary["models"].items()} | {
+        "n_problems": len(problems), "dropped_seen_in_training": dropped}
+
+
+def _jsonl(record: dict) -> str:
+    return json.dumps(record) + "\n"
+
+
+def outputs(run: RunDir) -> list[Path]:
+    return [run.stage_dir("eval")]

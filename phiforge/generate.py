@@ -1,0 +1,144 @@
+"""The one generation engine: batched, left-padded, KV-cached decoding for greedy and nucleus sampling."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from phiforge.model import KVCache
+
+
+def sample_next(
+    logits: torch.Tensor, temperature: float, top_p: float = 1.0, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Next token ids [B] from logits [B, V]: argmax when temperature <= 0, else nucleus sampling."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p >= 1.0:
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    # Drop a token once the mass strictly before it already reaches top_p; the top token always survives.
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
+    choice = torch.multinomial(sorted_probs, 1, generator=generator)  # multinomial renormalises
+    return order.gather(-1, choice).squeeze(-1)
+
+
+def generate(
+    model: nn.Module,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int,
+    pad_id: int,
+    stop_ids: Sequence[int] = (),
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> list[list[int]]:
+    """New tokens for each prompt, without the stop token; a row ends at its first stop token.
+
+    Greedy results do not depend on which prompts share a batch: prompts are left-padded, padding is masked
+    out of attention and every row gets its own position ids. Seeded sampling is reproducible for the same
+    prompts, seed and batch_size.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty; generation needs at least one token (e.g. BOS) to start from")
+    results: list[list[int]] = [[] for _ in prompts]
+    if max_new_tokens <= 0 or not prompts:
+        return results
+
+    model = getattr(model, "_orig_mod", model)  # decode shapes change every step; a compiled wrapper would recompile
+    device = next(model.parameters()).device
+    generator = None
+    if seed is not None and temperature > 0:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+    stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device) if stop_ids else None
+
+    # Longest first, so each batch holds similar lengths and wastes little on padding.
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            bar = None
+            if progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=len(prompts), desc="generate", unit="prompt")
+            for idx in batches:
+                outs = _generate_batch(
+                    model, [prompts[i] for i in idx], max_new_tokens, pad_id, stop, temperature, top_p, generator
+                )
+                for i, out in zip(idx, outs):
+                    results[i] = out
+                if bar is not None:
+                    bar.update(len(idx))
+            if bar is not None:
+                bar.close()
+    finally:
+        model.train(was_training)
+    return results
+
+
+def _generate_batch(model, prompts, max_new_tokens, pad_id, stop, temperature, top_p, generator) -> list[list[int]]:
+    device = next(model.parameters()).device
+    B, L = len(prompts), max(len(p) for p in prompts)
+    total = L + max_new_tokens
+    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    key_valid = torch.zeros((B, total), dtype=torch.bool)
+    for r, p in enumerate(prompts):
+        ids[r, L - len(p) :] = torch.tensor(p, dtype=torch.long)
+        key_valid[r, L - len(p) : L] = True
+    ids, key_valid = ids.to(device), key_valid.to(device)
+    # Each row counts positions from its own first real token, so padding never shifts RoPE.
+    positions = (key_valid[:, :L].long().cumsum(-1) - 1).clamp_min(0)
+
+    cache = KVCache(model.cfg.n_layers, total)
+    logits = model(ids, position_ids=positions, kv_cache=cache, attention_mask=key_valid[:, :L], last_only=True)
+    logits = logits[:, -1]
+    next_pos = positions[:, -1] + 1
+
+    out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    n_out = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)
+    rows = torch.arange(B, device=device)  # batch row of each still-decoded row
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    for step in range(max_new_tokens):
+        tok = sample_next(logits, temperature, top_p, generator)
+        out[rows, step] = tok
+        if stop is not None:
+            hit = torch.isin(tok, stop) & ~done
+            n_out[rows[hit]] = step
+            done |= hit
+        if step == max_new_tokens - 1:
+            break
+        n_done = int(done.sum())
+        if n_done == len(rows):
+            break
+        if 4 * n_done >= len(rows):
+            # Shrinking the batch copies the cache once, so only do it when it saves a real share of the work.
+            keep = (~done).nonzero().squeeze(-1)
+            rows, tok, next_pos, done = rows[keep], tok[keep], next_pos[keep], done[keep]
+            key_valid = key_valid[keep]
+            cache.select(keep)
+        key_valid[:, L + step] = True
+        logits = model(
+            tok[:, None], position_ids=next_pos[:, None], kv_cache=cache, attention_mask=key_valid[:, : L + step + 1]
+        )[:, -1]
+        next_pos = next_pos + 1
+
+    out_list, n_list = out.tolist(), n_out.tolist()
+    return [row[:n] for row, n in zip(out_list, n_list)]

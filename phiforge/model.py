@@ -1,0 +1,398 @@
+"""The Phi-3/Phi-4 decoder, laid out so its state dict loads unchanged into transformers' Phi3ForCausalLM."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from phiforge.errors import PhiforgeError
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 2048
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    d_ffn: int = 384
+    max_seq_len: int = 512
+    rope_theta: float = 10000.0
+    rms_eps: float = 1e-5
+    init_std: float = 0.02
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+class KVCache:
+    """Fixed-capacity per-layer K/V buffers [B, n_kv_heads, max_len, head_dim]: a decode step writes one slot.
+
+    Allocated on a layer's first update from the keys themselves: under autocast they are bf16, the weights fp32.
+    """
+
+    def __init__(self, n_layers: int, max_len: int):
+        self.max_len = max_len
+        self.length = 0
+        self.k: list[torch.Tensor | None] = [None] * n_layers
+        self.v: list[torch.Tensor | None] = list(self.k)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v [B, n_kv_heads, T, head_dim] at the current length; return everything cached so far."""
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KVCache overflow: {end} positions needed, capacity is {self.max_len}")
+        if self.k[layer] is None:
+            shape = (k.shape[0], k.shape[1], self.max_len, k.shape[3])
+            self.k[layer], self.v[layer] = k.new_zeros(shape), v.new_zeros(shape)
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def advance(self, n: int) -> None:
+        # Called by the model once every layer has written, so all layers see the same offset within a forward.
+        self.length += n
+
+    def select(self, batch_indices: torch.Tensor) -> None:
+        """Keep only the given batch rows (e.g. drop finished sequences during generation)."""
+        for store in (self.k, self.v):
+            for i, t in enumerate(store):
+                if t is not None:
+                    store[i] = t.index_select(0, batch_indices.to(t.device))
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 and cast back before the weight, exactly as Phi3RMSNorm does, so bf16 runs match HF.
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # Non-interleaved ("rotate half") layout, as in HF Phi3: dimension i pairs with i + head_dim/2.
+    half = x.shape[-1] // 2
+    return x * cos.to(x.dtype) + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+        self.split = (q_dim, kv_dim, kv_dim)
+        self.qkv_proj = nn.Linear(cfg.d_model, q_dim + 2 * kv_dim, bias=False)
+        self.o_proj = nn.Linear(q_dim, cfg.d_model, bias=False)
+
+    def forward(self, x, cos, sin, mask, causal, kv_cache):
+        B, T, _ = x.shape
+        qkv = self.qkv_proj(x).split(self.split, dim=-1)  # fused as [q heads | k heads | v heads]
+        q, k, v = (t.view(B, T, -1, self.head_dim).transpose(1, 2) for t in qkv)
+        q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_idx, k, v)
+        y = self._attend(q, k, v, mask, causal)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+    def _attend(self, q, k, v, mask, causal):
+        groups = self.n_heads // self.n_kv_heads
+        if causal:
+            # On CUDA only the flash kernel (fp16/bf16) takes enable_gqa natively; elsewhere it would fall back
+            # to the math kernel, so repeating K/V keeps the fused fp32 kernels. On CPU enable_gqa is fastest.
+            if groups == 1 or not q.is_cuda or q.dtype in (torch.float16, torch.bfloat16):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=groups > 1)
+            k, v = (t.repeat_interleave(groups, dim=1) for t in (k, v))
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        # With a mask (cached decoding), fold each group of query heads into the query-length axis so every
+        # query head shares its K/V head without copying the whole cache `groups` times per step.
+        B, H, T, D = q.shape
+        if groups > 1:
+            q = q.reshape(B, self.n_kv_heads, groups * T, D)
+            if mask is not None:
+                mask = mask.repeat(1, 1, groups, 1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return y.reshape(B, H, T, D)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_up_proj = nn.Linear(cfg.d_model, 2 * cfg.d_ffn, bias=False)
+        self.down_proj = nn.Linear(cfg.d_ffn, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(up * F.silu(gate))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = Attention(cfg, layer_idx)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.d_model, cfg.rms_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.rms_eps)
+
+    def forward(self, x, cos, sin, mask, causal, kv_cache):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, causal, kv_cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class _Backbone(nn.Module):
+    # Exists only so parameter names carry HF's "model." prefix.
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.rms_eps)
+
+
+class Phi3(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.d_model % cfg.n_heads or cfg.n_heads % cfg.n_kv_heads or cfg.head_dim % 2:
+            raise ValueError(f"d_model={cfg.d_model} must split into n_heads={cfg.n_heads} even-sized heads, "
+                             f"and n_heads must be a multiple of n_kv_heads={cfg.n_kv_heads}")
+        self.cfg = cfg
+        self.model = _Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.register_buffer("rope_inv_freq", torch.empty(cfg.head_dim // 2), persistent=False)
+        self.register_buffer("rope_cos", torch.empty(cfg.max_seq_len, cfg.head_dim), persistent=False)
+        self.register_buffer("rope_sin", torch.empty(cfg.max_seq_len, cfg.head_dim), persistent=False)
+        if self.lm_head.weight.device.type != "meta":  # on meta, call init_weights() after to_empty()
+            self.init_weights()
+
+    def _build_rope(self) -> None:
+        device, hd = self.rope_cos.device, self.cfg.head_dim
+        # Same formula and op order as HF's default RoPE, so the tables match Phi3RotaryEmbedding bit for bit.
+        inv_freq = 1.0 / (self.cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float, device=device) / hd))
+        cos, sin = self._rope_from_positions(torch.arange(self.cfg.max_seq_len, device=device), inv_freq)
+        self.rope_inv_freq, self.rope_cos, self.rope_sin = inv_freq, cos, sin
+
+    @staticmethod
+    def _rope_from_positions(pos: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = torch.cat([pos[..., None].float() * inv_freq] * 2, dim=-1)
+        return emb.cos(), emb.sin()
+
+    def _apply(self, fn, recurse=True):
+        # .to(bf16)/.half() would also cast the RoPE tables, and to_empty() leaves them uninitialised;
+        # rebuild them in fp32 on whatever device the model now lives on.
+        super()._apply(fn, recurse)
+        if self.rope_cos.device.type != "meta":
+            self._build_rope()
+        return self
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        std = self.cfg.init_std
+        # Residual-branch outputs are scaled down so the residual stream's variance does not grow with depth.
+        out_std = std / math.sqrt(2 * self.cfg.n_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                is_out = name.endswith(("o_proj", "down_proj"))
+                nn.init.normal_(module.weight, mean=0.0, std=out_std if is_out else std)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+        self._build_rope()
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Parameter count; exclude_embeddings drops both the input embedding and the (untied) lm_head."""
+        emb = self.model.embed_tokens.weight.numel() + self.lm_head.weight.numel() if exclude_embeddings else 0
+        return sum(p.numel() for p in self.parameters()) - emb
+
+    def forward(self, input_ids: torch.Tensor, *, position_ids: torch.Tensor | None = None,
+                kv_cache: KVCache | None = None, attention_mask: torch.Tensor | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """Logits [B, T, V] ([B, 1, V] with last_only, which spares prefill a [B, T, V] tensor).
+
+        attention_mask: bool [B, S], True for real tokens, over all S = cached + new key positions.
+        """
+        B, T = input_ids.shape
+        offset, device = (kv_cache.length if kv_cache is not None else 0), input_ids.device
+        S = offset + T
+
+        if position_ids is not None:
+            # Computed rather than gathered from the table: no host sync to range-check arbitrary positions.
+            cos, sin = self._rope_from_positions(position_ids.view(-1, T), self.rope_inv_freq)
+            cos, sin = cos[:, None], sin[:, None]
+        elif S <= self.rope_cos.shape[0]:
+            cos, sin = self.rope_cos[offset:S], self.rope_sin[offset:S]
+        else:
+            cos, sin = self._rope_from_positions(torch.arange(offset, S, device=device), self.rope_inv_freq)
+
+        causal, mask = False, None
+        if attention_mask is not None:
+            if attention_mask.shape != (B, S):
+                raise ValueError(f"attention_mask must be [{B}, {S}] (cached + new), got {tuple(attention_mask.shape)}")
+            mask = self._build_mask(attention_mask.to(device=device, dtype=torch.bool), T, offset, device)
+        elif offset == 0:
+            causal = True
+        elif T > 1:
+            mask = self._build_mask(None, T, offset, device)
+        # else: one new token after a cache and no padding attends to everything, so no mask at all.
+
+        x = self.model.embed_tokens(input_ids)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, mask, causal, kv_cache)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        return self.lm_head(self.model.norm(x[:, -1:] if last_only else x))
+
+    @staticmethod
+    def _build_mask(key_valid: torch.Tensor | None, T: int, offset: int, device: torch.device) -> torch.Tensor:
+        q_slot = torch.arange(offset, offset + T, device=device)
+        k_slot = torch.arange(offset + T, device=device)
+        mask = k_slot[None, :] <= q_slot[:, None]  # [T, S]
+        if key_valid is None:
+            return mask[None, None]
+        # Padding queries would otherwise see no key at all and turn the softmax into NaN; letting every query
+        # see itself keeps them finite, and real tokens already see themselves.
+        mask = (mask[None] & key_valid[:, None, :]) | (k_slot[None, :] == q_slot[:, None])[None]
+        return mask[:, None]  # [B, 1, T, S]
+
+
+# --- transformers-compatible export / import -------------------------------------------------------------------
+
+
+def hf_config_dict(cfg: ModelConfig, bos_id: int, eos_id: int, pad_id: int) -> dict:
+    theta = float(cfg.rope_theta)
+    return {
+        "architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ffn, "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.n_kv_heads,
+        "max_position_embeddings": cfg.max_seq_len, "original_max_position_embeddings": cfg.max_seq_len,
+        # transformers 5.x reads rope_parameters (and drops the rest on re-save); 4.x reads rope_theta/rope_scaling.
+        "rope_parameters": {"rope_type": "default", "rope_theta": theta, "partial_rotary_factor": 1.0},
+        "rope_theta": theta, "rope_scaling": None, "partial_rotary_factor": 1.0,
+        "rms_norm_eps": cfg.rms_eps, "initializer_range": cfg.init_std, "hidden_act": "silu",
+        "attention_bias": False, "attention_dropout": 0.0, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
+        "sliding_window": None, "tie_word_embeddings": False, "use_cache": True,
+        "bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id, "dtype": "float32",
+    }
+
+
+def _number(d: dict, key: str, source: str, default=None, integer: bool = True):
+    v = d.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)) or not v > 0:
+        raise PhiforgeError(f"{source}: '{key}' must be a positive {'integer' if integer else 'number'}, got {v!r}")
+    return v if integer else float(v)
+
+
+def config_from_hf_dict(d: dict, source: str = "config.json") -> ModelConfig:
+    """ModelConfig from a Phi3Config dict (phiforge's export, or transformers 4.x/5.x save_pretrained)."""
+    if not isinstance(d, dict) or d.get("model_type") != "phi3":
+        got = d.get("model_type") if isinstance(d, dict) else type(d).__name__
+        raise PhiforgeError(f"{source}: expected a Phi3 config object with model_type 'phi3', got {got!r}")
+    rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+    if not isinstance(rope, dict):
+        raise PhiforgeError(f"{source}: 'rope_parameters' must be an object, got {rope!r}")
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    unsupported = [
+        (rope_type != "default", f"rope type {rope_type!r} (only plain RoPE)"),
+        (rope.get("partial_rotary_factor", d.get("partial_rotary_factor")) not in (None, 1, 1.0),
+         "partial_rotary_factor other than 1.0"),
+        (d.get("hidden_act", "silu") != "silu", f"hidden_act {d.get('hidden_act')!r} (only 'silu')"),
+        (d.get("sliding_window") is not None, "sliding_window (must be null)"),
+    ]
+    for bad, what in unsupported:
+        if bad:
+            raise PhiforgeError(f"{source}: unsupported {what}")
+    n_heads = _number(d, "num_attention_heads", source)
+    kv = d.get("num_key_value_heads")
+    cfg = ModelConfig(
+        vocab_size=_number(d, "vocab_size", source), d_model=_number(d, "hidden_size", source),
+        n_layers=_number(d, "num_hidden_layers", source), d_ffn=_number(d, "intermediate_size", source),
+        n_heads=n_heads, n_kv_heads=n_heads if kv is None else _number(d, "num_key_value_heads", source),
+        max_seq_len=_number(d, "max_position_embeddings", source, 4096),
+        rope_theta=_number(rope, "rope_theta", source, d.get("rope_theta", 10000.0), integer=False),
+        rms_eps=_number(d, "rms_norm_eps", source, 1e-5, integer=False),
+        init_std=_number(d, "initializer_range", source, 0.02, integer=False),
+    )
+    if cfg.d_model % cfg.n_heads or cfg.n_heads % cfg.n_kv_heads or d.get("head_dim") not in (None, cfg.head_dim):
+        raise PhiforgeError(f"{source}: hidden_size {cfg.d_model}, num_attention_heads {cfg.n_heads}, "
+                            f"num_key_value_heads {cfg.n_kv_heads} and head_dim {d.get('head_dim')} are inconsistent")
+    return cfg
+
+
+def _atomic_write(path: Path, write) -> None:
+    # A crash mid-write must never leave a half-written file under the real name.
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_pretrained(model: nn.Module, cfg: ModelConfig, directory, *, bos_id: int, eos_id: int, pad_id: int) -> None:
+    """Write config.json, model.safetensors and generation_config.json, loadable by transformers or load_pretrained."""
+    from safetensors.torch import save_file
+
+    (directory := Path(directory)).mkdir(parents=True, exist_ok=True)
+    for attr in ("_orig_mod", "module"):  # torch.compile / DDP wrappers prefix the parameter names
+        model = getattr(model, attr, model)
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    gen_cfg = {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id}
+    _atomic_write(directory / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+    _atomic_write(directory / "generation_config.json", lambda p: p.write_text(json.dumps(gen_cfg, indent=2) + "\n"))
+    # config.json last, so a folder with a config is a folder whose weights were fully written.
+    hf = json.dumps(hf_config_dict(cfg, bos_id, eos_id, pad_id), indent=2) + "\n"
+    _atomic_write(directory / "config.json", lambda p: p.write_text(hf))
+
+
+def _one_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+
+
+def load_pretrained(directory) -> tuple[Phi3, ModelConfig]:
+    """Load a phiforge export or a transformers-saved Phi3 folder; every failure is a one-line PhiforgeError."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    cfg_path, weights_path = directory / "config.json", directory / "model.safetensors"
+    if not directory.is_dir():
+        raise PhiforgeError(f"{directory}: model directory not found")
+    for path in (cfg_path, weights_path):
+        if not path.is_file():
+            sharded = (directory / "model.safetensors.index.json").is_file() and path == weights_path
+            raise PhiforgeError(f"{path}: {'sharded checkpoints are not supported' if sharded else 'file not found'}")
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise PhiforgeError(f"{cfg_path}: cannot parse ({_one_line(e)})") from None
+    cfg = config_from_hf_dict(raw, source=str(cfg_path))
+    try:
+        tensors = load_file(str(weights_path), device="cpu")
+    except Exception as e:  # safetensors raises its own error type, OSError or ValueError depending on the damage
+        raise PhiforgeError(f"{weights_path}: unreadable safetensors file ({_one_line(e)})") from None
+    if "lm_head.weight" not in tensors and raw.get("tie_word_embeddings") and "model.embed_tokens.weight" in tensors:
+        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
+    model = Phi3(cfg)
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        parts = [f"{kind} {len(names)} tensor(s) e.g. {', '.join(names[:3])}"
+                 for kind, names in (("missing", missing), ("unexpected", unexpected)) if names]
+        raise PhiforgeError(f"{weights_path}: does not match config.json: {'; '.join(parts)}")
+    for name, ref in expected.items():
+        t = tensors[name]
+        if tuple(t.shape) != tuple(ref.shape) or not t.is_floating_point():
+            raise PhiforgeError(f"{weights_path}: tensor {name} is {t.dtype} {tuple(t.shape)}, "
+                                f"config.json implies a float tensor of shape {tuple(ref.shape)}")
+        tensors[name] = t.to(torch.float32)
+    model.load_state_dict(tensors, strict=True)
+    return model, cfg

@@ -1,0 +1,117 @@
+"""The stage graph and its runner: skip what is unchanged, redo what is forced or stale, resume what crashed."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from phiforge.config import Recipe, save_recipe
+from phiforge.errors import PhiforgeError
+from phiforge.rundir import RunDir, atomic_write_text
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    module: str  # phiforge.<module> holds run(recipe, run) -> metrics, and optionally outputs(run) -> paths
+    sections: tuple[str, ...]  # recipe sections the stage reads: a change to any of them reruns it
+    inputs: tuple[str, ...]  # stages whose outputs it reads: a change to any of them reruns it
+    help: str
+
+    def fn(self, attr: str) -> Callable | None:
+        return getattr(importlib.import_module(f"phiforge.{self.module}"), attr, None)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("synth", "synth", ("synth",), (), "generate verified synthetic problems and render them"),
+    Stage("tokenizer", "tokenizer", ("tokenizer",), ("synth",), "train the byte-level BPE tokenizer"),
+    Stage("pretrain", "pretrain", ("model", "pretrain"), ("synth", "tokenizer"), "pretrain the model on packed text"),
+    Stage("sft", "sft", ("sft",), ("synth", "pretrain"), "fine-tune on chat conversations (assistant-only loss)"),
+    Stage("eval", "evaluate", ("eval", "synth", "model", "pretrain"), ("synth", "tokenizer", "pretrain", "sft"),
+          "score untrained, base and SFT models on a fresh contest"),
+    Stage("report", "report", (), ("synth", "tokenizer", "pretrain", "sft", "eval"), "write report.md/.html and plots"),
+)
+BY_NAME = {s.name: s for s in STAGES}
+
+
+def log(msg: str) -> None:
+    print(f"[phiforge] {msg}", file=sys.stderr, flush=True)
+
+
+def stage_key(recipe: Recipe, run: RunDir, stage: Stage) -> tuple[str, dict]:
+    return recipe.section_hash(*stage.sections) if stage.sections else "", {
+        i: run.output_digest(i) for i in stage.inputs
+    }
+
+
+def is_current(recipe: Recipe, run: RunDir, stage: Stage) -> bool:
+    m = run.manifest(stage.name)
+    if m is None:
+        return False
+    config_hash, inputs = stage_key(recipe, run, stage)
+    return m.get("config_hash") == config_hash and m.get("input_hashes") == inputs and run.outputs_intact(m)
+
+
+def run_stage(recipe: Recipe, run: RunDir, stage: Stage) -> dict:
+    for dep in stage.inputs:
+        run.require(dep, stage.name)
+    config_hash, inputs = stage_key(recipe, run, stage)
+    run.invalidate(stage.name)  # from here until the new manifest lands, the stage counts as incomplete
+    run.stage_dir(stage.name).mkdir(parents=True, exist_ok=True)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    t0 = time.perf_counter()
+    log(f"{stage.name}: running")
+    metrics = stage.fn("run")(recipe, run)
+    seconds = time.perf_counter() - t0
+    outputs_fn = stage.fn("outputs")
+    outputs = outputs_fn(run) if outputs_fn else [run.stage_dir(stage.name)]
+    manifest = {
+        "stage": stage.name,
+        "config": {s: dataclasses.asdict(getattr(recipe, s)) for s in stage.sections},
+        "config_hash": config_hash,
+        "input_hashes": inputs,
+        "metrics": metrics,
+        "started": started,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "seconds": round(seconds, 2),
+    }
+    run.write_manifest(stage.name, manifest, outputs)
+    log(f"{stage.name}: done in {seconds:.1f}s")
+    return metrics
+
+
+def downstream(names: list[str]) -> list[str]:
+    """The named stages and every stage after the earliest of them."""
+    order = [s.name for s in STAGES]
+    for n in names:
+        if n not in BY_NAME:
+            raise PhiforgeError(f"unknown stage {n!r} (stages: {', '.join(order)})")
+    first = min(order.index(n) for n in names)
+    return order[first:]
+
+
+def prepare(recipe: Recipe, out: Path) -> RunDir:
+    run = RunDir.create(out)
+    atomic_write_text(run.root / "recipe.yaml", save_recipe(recipe))
+    return run
+
+
+def run_pipeline(recipe: Recipe, out: Path, force: list[str] = (), only: list[str] | None = None) -> RunDir:
+    run = prepare(recipe, out)
+    for name in downstream(list(force)) if force else []:
+        run.invalidate(name)
+    t0 = time.perf_counter()
+    for stage in STAGES:
+        if only is not None and stage.name not in only:
+            continue
+        if is_current(recipe, run, stage):
+            log(f"{stage.name}: unchanged, skipped")
+            continue
+        run_stage(recipe, run, stage)
+    log(f"finished in {(time.perf_counter() - t0) / 60:.1f} min; report: {run.root / 'report.md'}")
+    return run

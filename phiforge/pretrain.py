@@ -1,0 +1,184 @@
+"""Stage `pretrain`: next-token training on the packed corpus, resumable from its last checkpoint.
+
+The data order is a pure function of (seed, epoch) and the step counter, and each checkpoint holds the model, the
+optimiser, the RNG and that counter, so a resumed run sees exactly the batches the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from phiforge.checkpoint import export_model, list_checkpoints, load_training_state, prune_checkpoints, save_training_state
+from phiforge.config import Recipe
+from phiforge.model import Phi3
+from phiforge.rundir import RunDir, atomic_path, atomic_write_json
+from phiforge.tokenizer import ChatTokenizer
+from phiforge.train import autocast, build_optimizer, clip_and_step, cross_entropy, device, lr_at, set_lr
+
+
+class PackedTokens:
+    """Documents joined by `<|endoftext|>` and cut into windows of seq_len + 1 tokens, shuffled once per epoch."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int):
+        self.tokens, self.seq_len, self.seed = tokens, seq_len, seed
+        self.n = (len(tokens) - 1) // seq_len
+        if self.n < 1:
+            raise ValueError(f"{len(tokens)} tokens cannot fill one sequence of {seq_len}")
+        self._epoch, self._order = -1, None
+
+    def window(self, i: int) -> np.ndarray:
+        return self.tokens[i * self.seq_len : (i + 1) * self.seq_len + 1]
+
+    def batch(self, position: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The `size` windows starting at global sample `position` (which runs across epochs)."""
+        rows = []
+        for p in range(position, position + size):
+            epoch, k = divmod(p, self.n)
+            if epoch != self._epoch:
+                self._epoch = epoch
+                self._order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            rows.append(self.window(int(self._order[k])))
+        arr = torch.from_numpy(np.stack(rows).astype(np.int64))
+        return arr[:, :-1], arr[:, 1:]
+
+
+def tokenize_corpus(run: RunDir, tok: ChatTokenizer, val_fraction: float) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Every synthetic pretraining document, tokenised; a hash of its id sends it to train or validation."""
+    shards = sorted(run.stage_dir("synth").glob("pretrain-*.parquet"))
+    train, val = [], []
+    n_docs = n_val = 0
+    eot = tok.endoftext_id
+    for shard in tqdm(shards, desc="tokenize", unit="shard", leave=False):
+        table = pq.read_table(shard, columns=["id", "text"])
+        ids, texts = table.column("id").to_pylist(), table.column("text").to_pylist()
+        for doc_id, enc in zip(ids, tok.encode_batch(texts)):
+            to_val = (_stable_fraction(doc_id) < val_fraction)
+            (val if to_val else train).append(np.asarray(enc + [eot], dtype=np.int32))
+            n_docs += 1
+            n_val += to_val
+    dtype = np.uint16 if tok.vocab_size < 2**16 else np.int32
+    cat = lambda xs: np.concatenate(xs).astype(dtype) if xs else np.zeros(0, dtype)  # noqa: E731
+    t, v = cat(train), cat(val)
+    return t, v, {"docs": n_docs, "val_docs": n_val, "train_tokens": int(len(t)), "val_tokens": int(len(v))}
+
+
+def _stable_fraction(key: str) -> float:
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+
+
+@torch.no_grad()
+def evaluate_loss(model: Phi3, data: PackedTokens, batches: int, batch_size: int, dtype: str) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    n = min(batches * batch_size, data.n)
+    for start in range(0, n, batch_size):
+        rows = [data.window(i) for i in range(start, min(n, start + batch_size))]
+        arr = torch.from_numpy(np.stack(rows).astype(np.int64)).to(device())
+        with autocast(dtype):
+            logits = model(arr[:, :-1])
+        loss, cnt = cross_entropy(logits, arr[:, 1:])
+        total, count = total + float(loss), count + cnt
+    model.train()
+    return total / max(1, count)
+
+
+def run(recipe: Recipe, run: RunDir) -> dict:
+    cfg, mcfg = recipe.pretrain, recipe.model
+    stage = run.stage_dir("pretrain")
+    ckpt_root = stage / "checkpoints"
+    # Checkpoints only resume a run with the same recipe slice and the same inputs.
+    fingerprint = "-".join(
+        [recipe.section_hash("model", "pretrain"), run.output_digest("tokenizer"), run.output_digest("synth")]
+    )
+    tok = ChatTokenizer.load(run.stage_dir("tokenizer"))
+    train_tokens, val_tokens, data_stats = tokenize_corpus(run, tok, cfg.val_fraction)
+    train = PackedTokens(train_tokens, cfg.seq_len, cfg.seed)
+    val = PackedTokens(val_tokens, cfg.seq_len, cfg.seed)
+
+    torch.manual_seed(cfg.seed)
+    dev = device()
+    model = Phi3(mcfg).to(dev)
+    opt = build_optimizer(model, cfg.optim)
+    step, history = 0, {"train": [], "val": []}
+    resumed_from = None
+    ckpts = list_checkpoints(ckpt_root)
+    if ckpts:
+        state = load_training_state(ckpts[-1], model, opt)
+        if state.get("fingerprint") == fingerprint:
+            step, history, resumed_from = state["step"], state["history"], ckpts[-1].name
+        else:  # checkpoints of another recipe or other data: start afresh, from the same seed
+            import shutil
+
+            shutil.rmtree(ckpt_root, ignore_errors=True)
+            torch.manual_seed(cfg.seed)
+            model = Phi3(mcfg).to(dev)
+            opt = build_optimizer(model, cfg.optim)
+
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
+    bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", unit="step", dynamic_ncols=True)
+    t0, tokens_seen = time.perf_counter(), 0
+    model.train()
+    while step < cfg.steps:
+        lr = lr_at(step, cfg.steps, cfg.optim)
+        set_lr(opt, lr)
+        step_loss, step_count = 0.0, 0
+        micro = []
+        for m in range(cfg.grad_accum):
+            micro.append(train.batch((step * cfg.grad_accum + m) * cfg.batch_size, cfg.batch_size))
+        n_targets = sum(int(y.numel()) for _, y in micro)
+        for x, y in micro:
+            x, y = x.to(dev), y.to(dev)
+            with autocast(cfg.dtype, dev):
+                logits = model(x)
+            loss, cnt = cross_entropy(logits, y)
+            (loss / n_targets).backward()
+            step_loss, step_count = step_loss + float(loss), step_count + cnt
+        gnorm = clip_and_step(model, opt, cfg.optim.grad_clip)
+        step += 1
+        tokens_seen += tokens_per_step
+        train_loss = step_loss / step_count
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"pretrain loss is {train_loss} at step {step}; lower pretrain.optim.lr")
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            history["train"].append({"step": step, "loss": train_loss, "lr": lr, "grad_norm": gnorm})
+        if step % cfg.val_every == 0 or step == cfg.steps:
+            history["val"].append({"step": step, "loss": evaluate_loss(model, val, cfg.val_batches, cfg.batch_size, cfg.dtype)})
+        rate = tokens_seen / max(1e-9, time.perf_counter() - t0)
+        bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
+        bar.update(1)
+        if step % cfg.ckpt_every == 0 and step < cfg.steps:
+            state = {"step": step, "position": step * cfg.grad_accum * cfg.batch_size, "fingerprint": fingerprint, "history": history}
+            save_training_state(ckpt_root / f"step-{step:06d}", model, mcfg, tok, opt, state)
+            prune_checkpoints(ckpt_root, cfg.keep_checkpoints)
+    bar.close()
+    elapsed = time.perf_counter() - t0
+
+    export_model(model, mcfg, tok, stage / "model")
+    atomic_write_json(stage / "history.json", history)
+    return {
+        **data_stats,
+        "params": model.num_params(),
+        "steps": cfg.steps,
+        "tokens_per_step": tokens_per_step,
+        "tokens_trained": cfg.steps * tokens_per_step,
+        "epochs": round(cfg.steps * tokens_per_step / max(1, len(train_tokens)), 3),
+        "final_train_loss": history["train"][-1]["loss"],
+        "final_val_loss": history["val"][-1]["loss"],
+        "resumed_from": resumed_from,
+        "tokens_per_s_this_session": round(tokens_seen / max(1e-9, elapsed)),
+    }
+
+
+def outputs(run: RunDir) -> list[Path]:
+    """The model and loss history; checkpoints are scaffolding for resuming, not results."""
+    stage = run.stage_dir("pretrain")
+    return [stage / "model", stage / "history.json"]

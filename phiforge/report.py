@@ -1,0 +1,196 @@
+"""Stage `report`: report.md and report.html in the run folder, with loss curves and the evaluation table.
+
+The report is built once as a list of blocks and rendered twice, so the Markdown and the HTML can never disagree.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import platform
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on training machines
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from phiforge.config import Recipe, save_recipe  # noqa: E402
+from phiforge.rundir import RunDir, atomic_path, atomic_write_text  # noqa: E402
+
+STAGES_SHOWN = ("synth", "tokenizer", "pretrain", "sft", "eval")
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    return f"{platform.system()} {cpu}, {os.cpu_count()} cores{gpu}, Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+def plot_losses(run: RunDir, plots: Path) -> list[tuple[str, str]]:
+    made = []
+    pre = run.stage_dir("pretrain") / "history.json"
+    if pre.is_file():
+        h = json.loads(pre.read_text())
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        ax.plot([r["step"] for r in h["train"]], [r["loss"] for r in h["train"]], label="train", lw=1)
+        ax.plot([r["step"] for r in h["val"]], [r["loss"] for r in h["val"]], "o-", label="validation")
+        ax.set(xlabel="step", ylabel="loss (nats/token)", title="Pretraining", yscale="log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        _save(fig, plots / "pretrain_loss.png")
+        made.append(("plots/pretrain_loss.png", "pretraining loss"))
+    sft = run.stage_dir("sft") / "history.json"
+    if sft.is_file():
+        h = json.loads(sft.read_text())["train"]
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        ax.plot([r["step"] for r in h], [r["loss"] for r in h], lw=1)
+        ax.set(xlabel="step", ylabel="loss on assistant tokens", title="SFT")
+        ax.grid(alpha=0.3)
+        _save(fig, plots / "sft_loss.png")
+        made.append(("plots/sft_loss.png", "SFT loss"))
+    return made
+
+
+def plot_eval(summary: dict, plots: Path, k: int) -> tuple[str, str]:
+    names = list(summary["models"])
+    greedy = [summary["models"][n]["greedy"] for n in names]
+    maj = [summary["models"][n]["maj"] for n in names]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], [100 * g["acc"] for g in greedy], 0.4, yerr=[100 * g["stderr"] for g in greedy], label="greedy")
+    ax.bar([x + 0.2 for x in xs], [100 * m["acc"] for m in maj], 0.4, yerr=[100 * m["stderr"] for m in maj], label=f"maj@{k}")
+    ax.set_xticks(list(xs), names)
+    ax.set(ylabel="contest problems solved (%)", title=f"Fresh contest, {summary['contest']['n_problems']} problems")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, plots / "eval.png")
+    return ("plots/eval.png", "contest accuracy")
+
+
+def pct(a: dict) -> str:
+    return f"{100 * a['acc']:.1f} ± {100 * a['stderr']:.1f}"
+
+
+def build_blocks(recipe: Recipe, run: RunDir) -> list[tuple]:
+    plots = run.root / "plots"
+    m = {s: run.manifest(s) or {} for s in STAGES_SHOWN}
+    blocks: list[tuple] = [("h1", f"phiforge run: {recipe.name}")]
+    total = sum(x.get("seconds", 0) for x in m.values())
+    blocks.append(("p", f"Run folder `{run.root}`. Machine: {machine()}. Stage wall time: {total / 60:.1f} min."))
+
+    ev = run.stage_dir("eval") / "summary.json"
+    if ev.is_file():
+        summary = json.loads(ev.read_text())
+        c = summary["contest"]
+        k = c["maj_k"]
+        blocks.append(("h2", "Fresh contest"))
+        blocks.append(("p", f"{c['n_problems']} problems drawn after training from seed {c['seed']}; "
+                            f"{c['dropped_seen_in_training']} drawn problems were dropped because training had seen "
+                            f"their question. Accuracy in % ± standard error; maj@{k} samples at T={c['temperature']}."))
+        rows = [[n, r["prompt_style"], pct(r["greedy"]), pct(r["maj"]), f"{100 * r['answered']:.0f}%"]
+                for n, r in summary["models"].items()]
+        blocks.append(("table", ["model", "prompt", "greedy", f"maj@{k}", "answered"], rows))
+        domains = sorted({d for r in summary["models"].values() for d in r["by_domain"]})
+        rows = [[n] + [pct(r["by_domain"][d]) if d in r["by_domain"] else "" for d in domains]
+                for n, r in summary["models"].items()]
+        blocks.append(("table", ["model (greedy)"] + domains, rows))
+        blocks.append(("img",) + plot_eval(summary, plots, k))
+
+    blocks.append(("h2", "Training"))
+    pre, sft = m["pretrain"].get("metrics", {}), m["sft"].get("metrics", {})
+    if pre:
+        blocks.append(("p", f"Model: {pre['params']:,} parameters. Pretraining: {pre['steps']} steps × "
+                            f"{pre['tokens_per_step']:,} tokens = {pre['tokens_trained']:,} tokens "
+                            f"({pre['epochs']} epochs); final train loss {pre['final_train_loss']:.3f}, "
+                            f"validation {pre['final_val_loss']:.3f}."))
+    if sft:
+        blocks.append(("p", f"SFT: {sft['conversations']:,} conversations, {sft['steps']} steps "
+                            f"({sft['epochs']} epochs); loss {sft['first_loss']:.3f} → {sft['final_loss']:.3f}."))
+    for path, alt in plot_losses(run, plots):
+        blocks.append(("img", path, alt))
+
+    syn, tok = m["synth"].get("metrics", {}), m["tokenizer"].get("metrics", {})
+    if syn:
+        blocks.append(("h2", "Data"))
+        blocks.append(("p", f"Programmatic teacher: {syn['samples']:,} samples, {syn['kept']:,} kept after "
+                            f"verification (accept rate {100 * syn['accept_rate']:.1f}%), {syn['rejected']} rejected."))
+        domains = sorted(set(syn["pretrain_by_domain"]) | set(syn["sft_by_domain"]))
+        rows = [[d, syn["pretrain_by_domain"].get(d, 0), syn["sft_by_domain"].get(d, 0)] for d in domains]
+        blocks.append(("table", ["domain", "pretraining docs", "SFT conversations"], rows))
+        blocks.append(("table", ["style", "samples"], [[s, n] for s, n in syn["by_style"].items()]))
+        if pre:
+            blocks.append(("p", f"Pretraining corpus: {pre['train_tokens']:,} train tokens, {pre['val_tokens']:,} "
+                                f"validation tokens from {pre['docs']:,} documents."))
+    if tok:
+        blocks.append(("p", f"Tokenizer: byte-level BPE, {tok['vocab_size']} tokens, {tok['chars_per_token']} "
+                            f"characters per token; PAD id {tok['pad_id']}, EOS `<|im_end|>` id {tok['im_end_id']}."))
+
+    blocks.append(("h2", "Stages"))
+    rows = [[s, f"{x.get('seconds', 0):.1f}", x.get("finished", "")] for s, x in m.items() if x]
+    blocks.append(("table", ["stage", "seconds", "finished"], rows))
+    blocks.append(("h2", "Recipe"))
+    blocks.append(("pre", save_recipe(recipe)))
+    return blocks
+
+
+def to_markdown(blocks: list[tuple]) -> str:
+    out = []
+    for b in blocks:
+        kind = b[0]
+        if kind in ("h1", "h2"):
+            out.append(("#" if kind == "h1" else "##") + " " + b[1])
+        elif kind == "p":
+            out.append(b[1])
+        elif kind == "table":
+            head, rows = b[1], b[2]
+            out.append("\n".join(["| " + " | ".join(map(str, head)) + " |", "|" + "---|" * len(head)]
+                                 + ["| " + " | ".join(map(str, r)) + " |" for r in rows]))
+        elif kind == "img":
+            out.append(f"![{b[2]}]({b[1]})")
+        elif kind == "pre":
+            out.append("```yaml\n" + b[1].rstrip() + "\n```")
+    return "\n\n".join(out) + "\n"
+
+
+def to_html(blocks: list[tuple], title: str) -> str:
+    e = html.escape
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>"
+           "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
+           "table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.3rem .6rem}"
+           "th{background:#f3f3f3}pre{background:#f6f6f6;padding:1rem;overflow:auto}img{max-width:100%}"
+           "</style></head><body>"]
+    for b in blocks:
+        kind = b[0]
+        if kind in ("h1", "h2"):
+            out.append(f"<{kind}>{e(b[1])}</{kind}>")
+        elif kind == "p":
+            out.append(f"<p>{e(b[1])}</p>")
+        elif kind == "table":
+            out.append("<table><tr>" + "".join(f"<th>{e(str(h))}</th>" for h in b[1]) + "</tr>"
+                       + "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in b[2])
+                       + "</table>")
+        elif kind == "img":
+            out.append(f"<img src='{e(b[1])}' alt='{e(b[2])}'>")
+        elif kind == "pre":
+            out.append(f"<pre>{e(b[1])}</pre>")
+    return "\n".join(out) + "</body></html>\n"
+
+
+def run(recipe: Recipe, run: RunDir) -> dict:
+    blocks = build_blocks(recipe, run)
+    atomic_write_text(run.root / "report.md", to_markdown(blocks))
+    atomic_write_text(run.root / "report.html", to_html(blocks, f"phiforge run: {recipe.name}"))
+    return {"report": str(run.root / "report.md"), "plots": len(list((run.root / "plots").glob("*.png")))}
+
+
+def outputs(run: RunDir) -> list[Path]:
+    return [run.root / "report.md", run.root / "report.html", run.root / "plots"]

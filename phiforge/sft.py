@@ -1,0 +1,101 @@
+"""Stage `sft`: supervised fine-tuning on ChatML conversations, loss on assistant tokens only.
+
+Conversations are padded on the right with PAD (never EOS), and a target counts only where the loss mask from
+`ChatTokenizer.encode_chat` is set: assistant content and its closing `<|im_end|>`, so the model learns to end a
+turn but never learns to write the user's words.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from phiforge.checkpoint import export_model, load_model
+from phiforge.config import Recipe
+from phiforge.rundir import RunDir, atomic_write_json
+from phiforge.synth import read_column
+from phiforge.tokenizer import ChatTokenizer
+from phiforge.train import IGNORE, autocast, build_optimizer, clip_and_step, cross_entropy, device, lr_at, set_lr
+
+
+def build_example(tok: ChatTokenizer, messages: list[dict], max_len: int) -> tuple[list[int], list[int]]:
+    """(input ids, targets) for one conversation; targets are IGNORE wherever the loss mask is off."""
+    ids, mask = tok.encode_chat(messages)
+    ids, mask = ids[: max_len + 1], mask[: max_len + 1]
+    targets = [t if m else IGNORE for t, m in zip(ids[1:], mask[1:])]
+    return ids[:-1], targets
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(x) for x, _ in examples)
+    x = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    y = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    for i, (ids, tgt) in enumerate(examples):
+        x[i, : len(ids)] = torch.tensor(ids)
+        y[i, : len(tgt)] = torch.tensor(tgt)
+    return x, y
+
+
+def batches(n: int, batch_size: int, steps: int, seed: int):
+    """Index batches for each step: one permutation per epoch, seeded, so a rerun trains identically."""
+    order, epoch = np.array([], dtype=np.int64), 0
+    pos = 0
+    for _ in range(steps):
+        if pos + batch_size > len(order):
+            order = np.concatenate([order[pos:], np.random.default_rng([seed, epoch]).permutation(n)])
+            pos, epoch = 0, epoch + 1
+        yield order[pos : pos + batch_size]
+        pos += batch_size
+
+
+def run(recipe: Recipe, run: RunDir) -> dict:
+    cfg = recipe.sft
+    model, mcfg, tok = load_model(run.stage_dir("pretrain") / "model")
+    dev = device()
+    model.to(dev).train()
+    conversations = read_column(run, "sft", "messages")
+    examples = [build_example(tok, c, cfg.max_len) for c in conversations]
+    n_targets = sum(sum(t != IGNORE for t in y) for _, y in examples)
+
+    torch.manual_seed(cfg.seed)
+    opt = build_optimizer(model, cfg.optim)
+    history: list[dict] = []
+    t0 = time.perf_counter()
+    bar = tqdm(total=cfg.steps, desc="sft", unit="step", dynamic_ncols=True)
+    for step, idx in enumerate(batches(len(examples), cfg.batch_size, cfg.steps, cfg.seed)):
+        lr = lr_at(step, cfg.steps, cfg.optim)
+        set_lr(opt, lr)
+        x, y = collate([examples[i] for i in idx], tok.pad_id)
+        x, y = x.to(dev), y.to(dev)
+        with autocast(cfg.dtype, dev):
+            logits = model(x)
+        loss, count = cross_entropy(logits, y)
+        (loss / max(1, count)).backward()
+        clip_and_step(model, opt, cfg.optim.grad_clip)
+        value = float(loss) / max(1, count)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            history.append({"step": step + 1, "loss": value, "lr": lr})
+        bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}", refresh=False)
+        bar.update(1)
+    bar.close()
+
+    out = run.stage_dir("sft")
+    export_model(model, mcfg, tok, out / "model")
+    atomic_write_json(out / "history.json", {"train": history})
+    return {
+        "conversations": len(examples),
+        "assistant_tokens": int(n_targets),
+        "steps": cfg.steps,
+        "epochs": round(cfg.steps * cfg.batch_size / len(examples), 3),
+        "first_loss": history[0]["loss"],
+        "final_loss": history[-1]["loss"],
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def outputs(run: RunDir) -> list[Path]:
+    return [run.stage_dir("sft") / "model", run.stage_dir("sft") / "history.json"]

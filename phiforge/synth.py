@@ -1,0 +1,141 @@
+"""Stage `synth`: the programmatic teacher's verified problems, rendered for pretraining and for SFT.
+
+Sample i of a run is a pure function of (synth.seed, i): its domain and style are drawn from a generator seeded by
+both, so shards can be rebuilt independently and a rerun writes identical bytes. Pretraining uses indices
+[0, n_pretrain); SFT uses the next n_sft, so no SFT conversation was ever a pretraining document.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from phiforge.answers import verify
+from phiforge.config import Recipe, SynthConfig
+from phiforge.problems import Problem, make_problem
+from phiforge.render import STYLES, chat
+from phiforge.rundir import RunDir, atomic_path, atomic_write_text
+
+TEACHER = "programmatic"
+VERIFIER = "math-equivalence"
+
+_COMMON = [
+    ("id", pa.string()),
+    ("question", pa.string()),
+    ("answer", pa.string()),
+    ("source", pa.string()),
+    ("domain", pa.string()),
+    ("style", pa.string()),
+    ("teacher", pa.string()),
+    ("seed", pa.int64()),
+    ("verified", pa.bool_()),
+    ("verifier", pa.string()),
+    ("provenance", pa.string()),
+]
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+PRETRAIN_SCHEMA = pa.schema([("text", pa.string()), *_COMMON])
+SFT_SCHEMA = pa.schema([("messages", pa.list_(MESSAGE)), *_COMMON])
+
+
+def _pick(weights: dict[str, float], rng: random.Random) -> str:
+    names = sorted(weights)
+    return rng.choices(names, weights=[weights[n] for n in names])[0]
+
+
+def sample_problem(cfg: SynthConfig, index: int, seed: int | None = None) -> tuple[Problem, str]:
+    """The problem and pretraining style of sample `index`, deterministic from (seed, index)."""
+    seed = cfg.seed if seed is None else seed
+    rng = random.Random(hashlib.sha256(f"synth:{seed}:{index}".encode()).digest())
+    domain, style = _pick(cfg.domains, rng), _pick(cfg.styles, rng)
+    return make_problem(domain, seed, index, cfg.difficulty), style
+
+
+def build_rows(cfg: SynthConfig, start: int, stop: int, kind: str) -> tuple[list[dict], list[dict]]:
+    rows, rejects = [], []
+    for i in range(start, stop):
+        problem, style = sample_problem(cfg, i)
+        if kind == "sft":
+            style = "chat"
+        ok = verify(problem)
+        row = {
+            "id": f"{kind}-{problem.id}",
+            "question": problem.question,
+            "answer": problem.answer,
+            "source": "synthetic",
+            "domain": problem.domain,
+            "style": style,
+            "teacher": TEACHER,
+            "seed": cfg.seed,
+            "verified": ok,
+            "verifier": json.dumps({"name": VERIFIER, "verdict": "pass" if ok else "fail"}),
+            "provenance": json.dumps(
+                {"workflow": ["generate", f"render:{style}", "verify"], "index": i, "difficulty": problem.difficulty}
+            ),
+        }
+        if kind == "sft":
+            row["messages"] = chat(problem)
+        else:
+            row["text"] = STYLES[style](problem)
+        if ok:
+            rows.append(row)
+        else:
+            rejects.append({"id": row["id"], "reason": "solution's extracted answer differs from the exact answer", **row})
+    return rows, rejects
+
+
+def write_shard(path: Path, rows: list[dict], schema: pa.Schema) -> None:
+    table = pa.Table.from_pylist(rows, schema=schema)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def run(recipe: Recipe, run: RunDir) -> dict:
+    cfg = recipe.synth
+    out = run.stage_dir("synth")
+    out.mkdir(parents=True, exist_ok=True)
+    spans = {"pretrain": (0, cfg.n_pretrain), "sft": (cfg.n_pretrain, cfg.n_pretrain + cfg.n_sft)}
+    counts: dict[str, Counter] = {"pretrain": Counter(), "sft": Counter(), "styles": Counter()}
+    chars = Counter()
+    all_rejects: list[dict] = []
+    total = cfg.n_pretrain + cfg.n_sft
+    with tqdm(total=total, desc="synth", unit="sample", dynamic_ncols=True) as bar:
+        for kind, (lo, hi) in spans.items():
+            schema = SFT_SCHEMA if kind == "sft" else PRETRAIN_SCHEMA
+            for shard, start in enumerate(range(lo, hi, cfg.shard_size)):
+                stop = min(hi, start + cfg.shard_size)
+                rows, rejects = build_rows(cfg, start, stop, kind)
+                write_shard(out / f"{kind}-{shard:05d}.parquet", rows, schema)
+                all_rejects += rejects
+                for r in rows:
+                    counts[kind][r["domain"]] += 1
+                    counts["styles"][r["style"]] += 1
+                    chars[kind] += len(r["text"]) if kind == "pretrain" else sum(len(m["content"]) for m in r["messages"])
+                bar.update(stop - start)
+    atomic_write_text(out / "rejects.jsonl", "".join(json.dumps(r) + "\n" for r in all_rejects))
+    kept = sum(sum(c.values()) for k, c in counts.items() if k != "styles")
+    return {
+        "samples": total,
+        "kept": kept,
+        "rejected": len(all_rejects),
+        "accept_rate": kept / total,
+        "pretrain_by_domain": dict(sorted(counts["pretrain"].items())),
+        "sft_by_domain": dict(sorted(counts["sft"].items())),
+        "by_style": dict(sorted(counts["styles"].items())),
+        "pretrain_chars": chars["pretrain"],
+        "sft_chars": chars["sft"],
+    }
+
+
+def read_column(run: RunDir, kind: str, column: str) -> list:
+    """One column across a kind's shards (`pretrain` or `sft`)."""
+    values: list = []
+    for shard in sorted(run.stage_dir("synth").glob(f"{kind}-*.parquet")):
+        values += pq.read_table(shard, columns=[column]).column(column).to_pylist()
+    return values
