@@ -66,8 +66,12 @@ def load_training_state(directory: Path, model: Phi3, opt: torch.optim.Optimizer
         torch.set_rng_state(rng["torch"])
     except Exception as e:  # torch.load raises several unrelated types on a damaged file
         raise PhiforgeError(f"checkpoint {directory}: optimizer.pt or rng.pt is corrupt ({type(e).__name__})") from None
+    return read_state(directory)
+
+
+def read_state(directory: Path) -> dict:
     try:
-        return json.loads((directory / "state.json").read_text())
+        return json.loads((Path(directory) / "state.json").read_text())
     except (OSError, json.JSONDecodeError):
         raise PhiforgeError(f"checkpoint {directory}: state.json is missing or corrupt") from None
 

@@ -6,7 +6,9 @@ optimiser, the RNG and that counter, so a resumed run sees exactly the batches t
 
 from __future__ import annotations
 
+import hashlib
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -15,10 +17,18 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from phiforge.checkpoint import export_model, list_checkpoints, load_training_state, prune_checkpoints, save_training_state
+from phiforge.checkpoint import (
+    export_model,
+    list_checkpoints,
+    load_training_state,
+    prune_checkpoints,
+    read_state,
+    save_training_state,
+)
 from phiforge.config import Recipe
+from phiforge.errors import PhiforgeError
 from phiforge.model import Phi3
-from phiforge.rundir import RunDir, atomic_path, atomic_write_json
+from phiforge.rundir import RunDir, atomic_write_json
 from phiforge.tokenizer import ChatTokenizer
 from phiforge.train import autocast, build_optimizer, clip_and_step, cross_entropy, device, lr_at, set_lr
 
@@ -30,7 +40,10 @@ class PackedTokens:
         self.tokens, self.seq_len, self.seed = tokens, seq_len, seed
         self.n = (len(tokens) - 1) // seq_len
         if self.n < 1:
-            raise ValueError(f"{len(tokens)} tokens cannot fill one sequence of {seq_len}")
+            raise PhiforgeError(
+                f"{len(tokens)} tokens cannot fill one sequence of pretrain.seq_len={seq_len}; "
+                "raise synth.n_pretrain or pretrain.val_fraction, or lower pretrain.seq_len"
+            )
         self._epoch, self._order = -1, None
 
     def window(self, i: int) -> np.ndarray:
@@ -70,8 +83,6 @@ def tokenize_corpus(run: RunDir, tok: ChatTokenizer, val_fraction: float) -> tup
 
 
 def _stable_fraction(key: str) -> float:
-    import hashlib
-
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
 
 
@@ -111,17 +122,11 @@ def run(recipe: Recipe, run: RunDir) -> dict:
     step, history = 0, {"train": [], "val": []}
     resumed_from = None
     ckpts = list_checkpoints(ckpt_root)
-    if ckpts:
+    if ckpts and read_state(ckpts[-1]).get("fingerprint") == fingerprint:
         state = load_training_state(ckpts[-1], model, opt)
-        if state.get("fingerprint") == fingerprint:
-            step, history, resumed_from = state["step"], state["history"], ckpts[-1].name
-        else:  # checkpoints of another recipe or other data: start afresh, from the same seed
-            import shutil
-
-            shutil.rmtree(ckpt_root, ignore_errors=True)
-            torch.manual_seed(cfg.seed)
-            model = Phi3(mcfg).to(dev)
-            opt = build_optimizer(model, cfg.optim)
+        step, history, resumed_from = state["step"], state["history"], ckpts[-1].name
+    elif ckpts:  # checkpoints of another recipe or other data are of no use here
+        shutil.rmtree(ckpt_root, ignore_errors=True)
 
     tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
     bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", unit="step", dynamic_ncols=True)
@@ -141,7 +146,7 @@ def run(recipe: Recipe, run: RunDir) -> dict:
                 logits = model(x)
             loss, cnt = cross_entropy(logits, y)
             (loss / n_targets).backward()
-            step_loss, step_count = step_loss + float(loss), step_count + cnt
+            step_loss, step_count = step_loss + float(loss.detach()), step_count + cnt
         gnorm = clip_and_step(model, opt, cfg.optim.grad_clip)
         step += 1
         tokens_seen += tokens_per_step

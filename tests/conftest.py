@@ -1,0 +1,47 @@
+"""Shared fixtures: a micro recipe that runs the whole pipeline in seconds on a laptop CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+MICRO = {
+    "name": "micro",
+    "synth": {"seed": 0, "n_pretrain": 400, "n_sft": 120, "shard_size": 150},
+    "tokenizer": {"vocab_size": 300},
+    "model": {"vocab_size": 320, "d_model": 32, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "d_ffn": 64,
+              "max_seq_len": 128},
+    "pretrain": {"seq_len": 64, "batch_size": 8, "steps": 40, "val_every": 20, "ckpt_every": 10, "val_batches": 2,
+                 "log_every": 5, "optim": {"lr": 3e-3, "warmup_steps": 5}},
+    "sft": {"batch_size": 8, "steps": 10, "max_len": 128, "log_every": 2, "optim": {"lr": 1e-3, "warmup_steps": 2}},
+    "eval": {"n_problems": 8, "maj_k": 2, "max_new_tokens": 24, "batch_size": 16},
+}
+
+
+def write_recipe(path: Path, overrides: dict | None = None) -> Path:
+    raw = yaml.safe_load(yaml.safe_dump(MICRO))
+    for key, value in (overrides or {}).items():
+        node = raw
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture
+def micro_recipe(tmp_path) -> Path:
+    return write_recipe(tmp_path / "micro.yaml")
+
+
+def phiforge(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The real CLI in a child process, as a user would run it."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "phiforge.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout)

@@ -1,0 +1,138 @@
+"""The whole pipeline on a micro recipe: stage skipping, forcing, resuming after kill -9, and user-facing errors."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import phiforge, write_recipe
+from phiforge.pipeline import STAGES
+
+STAGE_NAMES = [s.name for s in STAGES]
+
+
+def finished_times(run_dir):
+    return {s: json.loads((run_dir / s / "manifest.json").read_text())["finished"] + str(
+        (run_dir / s / "manifest.json").stat().st_mtime_ns) for s in STAGE_NAMES}
+
+
+@pytest.fixture(scope="module")
+def done_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipe")
+    recipe = write_recipe(tmp / "micro.yaml")
+    out = tmp / "run"
+    r = phiforge("run", recipe, "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return recipe, out
+
+
+def test_run_writes_every_stage_and_a_report(done_run):
+    _, out = done_run
+    for s in STAGE_NAMES:
+        m = json.loads((out / s / "manifest.json").read_text())
+        assert m["status"] == "complete" and m["config_hash"] is not None
+    assert (out / "report.md").read_text().startswith("# phiforge run: micro")
+    assert "<table>" in (out / "report.html").read_text()
+    assert (out / "plots" / "pretrain_loss.png").stat().st_size > 1000
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    assert set(summary["models"]) == {"untrained", "base", "sft"}
+    record = json.loads((out / "eval" / "sft.jsonl").read_text().splitlines()[0])
+    assert {"prompt", "output", "extracted", "correct", "maj_answer"} <= set(record)
+    # checkpoints are transformers folders with the training state beside them
+    ckpt = sorted((out / "pretrain" / "checkpoints").iterdir())[-1]
+    assert {"config.json", "model.safetensors", "tokenizer.json", "optimizer.pt", "rng.pt", "state.json"} <= {
+        p.name for p in ckpt.iterdir()}
+    assert not list(out.rglob(".*.tmp*")), "no temporary file may survive a run"
+
+
+def test_rerun_skips_unchanged_stages_and_force_redoes_downstream(done_run):
+    recipe, out = done_run
+    before = finished_times(out)
+    r = phiforge("run", recipe, "--out", out)
+    assert r.returncode == 0
+    assert all(f"{s}: unchanged, skipped" in r.stderr for s in STAGE_NAMES)
+    assert finished_times(out) == before
+
+    r = phiforge("run", recipe, "--out", out, "--set", "eval.max_new_tokens=20")
+    assert r.returncode == 0
+    after = finished_times(out)
+    changed = {s for s in STAGE_NAMES if after[s] != before[s]}
+    assert changed == {"eval", "report"}
+
+    r = phiforge("run", recipe, "--out", out, "--set", "eval.max_new_tokens=20", "--force", "sft")
+    assert r.returncode == 0
+    forced = finished_times(out)
+    assert {s for s in STAGE_NAMES if forced[s] != after[s]} == {"sft", "eval", "report"}
+
+
+def test_resume_after_kill_9_in_pretraining_matches_an_uninterrupted_run(done_run, tmp_path):
+    recipe, reference = done_run
+    slow = write_recipe(tmp_path / "micro.yaml", {"pretrain.steps": 40})
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "phiforge.cli", "pretrain", str(slow), "--out", str(out)]
+    # the first two stages, then a pretraining run killed once its first checkpoint is on disk
+    assert phiforge("synth", slow, "--out", out).returncode == 0
+    assert phiforge("tokenizer", slow, "--out", out).returncode == 0
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "pretrain" / "checkpoints").glob("step-*")):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "pretrain" / "manifest.json").exists(), "killed too late: the stage had already finished"
+
+    r = phiforge("run", slow, "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((out / "pretrain" / "manifest.json").read_text())
+    assert m["metrics"]["resumed_from"].startswith("step-")
+    assert "synth: unchanged, skipped" in r.stderr and "tokenizer: unchanged, skipped" in r.stderr
+    # same data order, optimiser state and RNG: the same losses, bit for bit
+    ref = json.loads((reference / "pretrain" / "history.json").read_text())
+    got = json.loads((out / "pretrain" / "history.json").read_text())
+    assert got == ref
+
+
+def one_line_error(r):
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("phiforge: error: ") and r.stderr.count("phiforge: error:") == 1, r.stderr
+    return last
+
+
+def test_wrong_recipe_key_is_one_line(micro_recipe):
+    line = one_line_error(phiforge("run", micro_recipe, "--set", "pretrain.stepz=3", "--out", "x"))
+    assert "'pretrain.stepz'" in line
+
+
+def test_missing_and_foreign_run_folders_are_one_line(tmp_path, micro_recipe):
+    line = one_line_error(phiforge("eval", micro_recipe, "--out", tmp_path / "nowhere"))
+    assert "does not exist" in line
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "cat.jpg").write_bytes(b"\xff\xd8")
+    line = one_line_error(phiforge("run", micro_recipe, "--out", foreign))
+    assert "not a phiforge run folder" in line
+    assert (foreign / "cat.jpg").read_bytes() == b"\xff\xd8" and len(list(foreign.iterdir())) == 1
+
+
+def test_corrupt_checkpoint_is_one_line(done_run, tmp_path):
+    import shutil
+
+    recipe, reference = done_run
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    weights = out / "pretrain" / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    line = one_line_error(phiforge("sft", recipe, "--out", out, "--force", "sft"))
+    assert "model.safetensors" in line
+
+    # a damaged resume checkpoint is named too, not skipped silently
+    (out / "pretrain" / "manifest.json").unlink()
+    ckpt = sorted((out / "pretrain" / "checkpoints").iterdir())[-1]
+    (ckpt / "optimizer.pt").write_bytes(b"not a pickle")
+    line = one_line_error(phiforge("pretrain", recipe, "--out", out))
+    assert ckpt.name in line and "optimizer.pt" in line

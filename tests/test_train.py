@@ -1,0 +1,71 @@
+import pytest
+import torch
+
+from phiforge.config import OptimConfig
+from phiforge.model import ModelConfig, Phi3
+from phiforge.sft import build_example, collate
+from phiforge.tokenizer import ChatTokenizer, train_bpe
+from phiforge.train import IGNORE, build_optimizer, clip_and_step, cross_entropy, lr_at
+
+
+def test_lr_schedule_is_linear_warmup_then_linear_decay():
+    o = OptimConfig(lr=1.0, warmup_steps=10, final_lr_ratio=0.1)
+    lrs = [lr_at(s, 110, o) for s in range(110)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(1.0) and lrs[60] == pytest.approx(0.55)
+    assert lr_at(110, 110, o) == pytest.approx(0.1)
+    diffs = [b - a for a, b in zip(lrs[10:], lrs[11:])]
+    assert max(diffs) == pytest.approx(min(diffs))  # straight line, not cosine
+
+
+def test_weight_decay_skips_norm_gains():
+    model = Phi3(ModelConfig(vocab_size=64, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ffn=32))
+    opt = build_optimizer(model, OptimConfig(weight_decay=0.1))
+    decayed = {id(p) for p in opt.param_groups[0]["params"]}
+    for name, p in model.named_parameters():
+        assert (id(p) in decayed) == ("norm" not in name), name
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_loss_goes_down_on_a_tiny_run(dtype):
+    from phiforge.train import autocast
+
+    torch.manual_seed(0)
+    model = Phi3(ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, d_ffn=64, max_seq_len=64))
+    o = OptimConfig(lr=1e-2, warmup_steps=2)
+    opt = build_optimizer(model, o)
+    data = torch.randint(0, 64, (4, 33))  # four fixed sequences to memorise
+    losses = []
+    for step in range(40):
+        with autocast(dtype, torch.device("cpu")):
+            logits = model(data[:, :-1])
+        loss, n = cross_entropy(logits, data[:, 1:])
+        (loss / n).backward()
+        clip_and_step(model, opt, 1.0)
+        losses.append(float(loss) / n)
+    assert losses[0] > 4.0  # about ln(64) at initialisation
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_cross_entropy_ignores_masked_targets():
+    logits = torch.randn(1, 4, 10)
+    y = torch.tensor([[1, IGNORE, 3, IGNORE]])
+    loss, n = cross_entropy(logits, y)
+    ref = torch.nn.functional.cross_entropy(logits[0, [0, 2]], torch.tensor([1, 3]), reduction="sum")
+    assert n == 2 and torch.allclose(loss, ref)
+
+
+def test_sft_targets_are_assistant_tokens_only_and_padding_is_pad():
+    tok = ChatTokenizer(train_bpe(["What is 2 + 2? The answer is 4."] * 20, vocab_size=300, progress=False))
+    messages = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "The answer is 4."}]
+    x, y = build_example(tok, messages, max_len=256)
+    ids, mask = tok.encode_chat(messages)
+    assert x == ids[:-1]
+    # targets are the next tokens exactly where the next token is assistant content or its <|im_end|>
+    kept = [t for t in y if t != IGNORE]
+    assert kept == tok.encode("The answer is 4.") + [tok.im_end_id]
+    short = build_example(tok, [messages[0], {"role": "assistant", "content": "4"}], max_len=256)
+    bx, by = collate([(x, y), short], tok.pad_id)
+    n = len(short[0])
+    assert (bx[1, n:] == tok.pad_id).all() and (by[1, n:] == IGNORE).all()
+    assert tok.pad_id not in (tok.im_end_id, tok.endoftext_id)
