@@ -29,7 +29,7 @@ class SynthConfig:
     seed: int = 0
     difficulty: int = 1
     n_pretrain: int = 20000  # problems rendered into pretraining text
-    n_sft: int = 4000  # further problems, never in pretraining, rendered as chats for SFT
+    n_sft: int = 8000  # further problems, never in pretraining, rendered as chats for SFT
     shard_size: int = 5000
     domains: dict[str, float] = field(
         default_factory=lambda: {"arithmetic": 1.0, "fractions": 1.0, "linear_equations": 1.0, "number_theory": 1.0}
@@ -62,7 +62,7 @@ class PretrainConfig:
     seq_len: int = 256
     batch_size: int = 16  # sequences per micro-batch
     grad_accum: int = 1  # micro-batches per optimiser step
-    steps: int = 1500
+    steps: int = 1000
     optim: OptimConfig = field(default_factory=OptimConfig)
     dtype: Literal["bf16", "fp32"] = "bf16"
     val_fraction: float = 0.02
@@ -77,11 +77,9 @@ class PretrainConfig:
 class SFTConfig:
     seed: int = 0
     batch_size: int = 16
-    steps: int = 400
+    steps: int = 1500
     max_len: int = 256
-    optim: OptimConfig = field(
-        default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=20, weight_decay=0.0)
-    )
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, warmup_steps=50, weight_decay=0.0))
     dtype: Literal["bf16", "fp32"] = "bf16"
     log_every: int = 10
 

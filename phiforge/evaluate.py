@@ -127,6 +127,17 @@ def summarize(records: list[dict]) -> dict:
     }
 
 
+def paired(a: list[dict], b: list[dict]) -> dict:
+    """Greedy accuracy of a minus b on the same problems, with an exact two-sided sign test on the discordant pairs
+    (McNemar's test): whether a's lead is more than the luck of which problems were drawn."""
+    wins = sum(x["correct"] and not y["correct"] for x, y in zip(a, b))
+    losses = sum(y["correct"] and not x["correct"] for x, y in zip(a, b))
+    n = wins + losses
+    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2**n if n else 1.0
+    return {"delta": (sum(x["correct"] for x in a) - sum(y["correct"] for y in b)) / len(a),
+            "wins": wins, "losses": losses, "p_value": min(1.0, 2 * tail)}
+
+
 def run(recipe: Recipe, run: RunDir) -> dict:
     seen = set(read_column(run, "pretrain", "question")) | set(read_column(run, "sft", "question"))
     problems, dropped = contest(recipe, seen)
@@ -140,13 +151,17 @@ def run(recipe: Recipe, run: RunDir) -> dict:
     summary = {"contest": {"seed": recipe.eval.seed, "n_problems": len(problems), "dropped_seen_in_training": dropped,
                            "maj_k": recipe.eval.maj_k, "temperature": recipe.eval.temperature},
                "models": {}}
+    all_records = {}
     for name, build, style in candidates:
         model = build().to(device())
         result, records = score_model(model, tok, problems, style, recipe)
         result["prompt_style"] = style
         summary["models"][name] = result
+        all_records[name] = records
         atomic_write_text(out / f"{name}.jsonl", "".join(_jsonl(r) for r in records))
         print(f"eval {name:>9}: greedy {result['greedy']['acc']:.1%}  maj@{recipe.eval.maj_k} {result['maj']['acc']:.1%}")
+    summary["paired"] = {f"{a}_vs_{b}": paired(all_records[a], all_records[b])
+                         for a, b in (("sft", "base"), ("sft", "untrained"), ("base", "untrained"))}
     atomic_write_json(out / "summary.json", summary)
     return {name: {"greedy": m["greedy"]["acc"], "maj": m["maj"]["acc"]} for name, m in summary["models"].items()} | {
         "n_problems": len(problems), "dropped_seen_in_training": dropped}

@@ -17,7 +17,7 @@ from phiforge.errors import PhiforgeError
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = 2048
+    vocab_size: int = 1024
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 4

@@ -99,10 +99,15 @@ def build_blocks(recipe: Recipe, run: RunDir) -> list[tuple]:
         rows = [[n, r["prompt_style"], pct(r["greedy"]), pct(r["maj"]), f"{100 * r['answered']:.0f}%"]
                 for n, r in summary["models"].items()]
         blocks.append(("table", ["model", "prompt", "greedy", f"maj@{k}", "answered"], rows))
+        rows = [[k.replace("_vs_", " vs "), f"{100 * v['delta']:+.1f}", v["wins"], v["losses"], f"{v['p_value']:.2g}"]
+                for k, v in summary.get("paired", {}).items()]
+        blocks.append(("table", ["greedy, paired", "Δ points", "only first solves", "only second solves",
+                                 "sign-test p"], rows))
         domains = sorted({d for r in summary["models"].values() for d in r["by_domain"]})
         rows = [[n] + [pct(r["by_domain"][d]) if d in r["by_domain"] else "" for d in domains]
                 for n, r in summary["models"].items()]
-        blocks.append(("table", ["model (greedy)"] + domains, rows))
+        counts = next(iter(summary["models"].values()))["by_domain"]
+        blocks.append(("table", ["model (greedy)"] + [f"{d} (n={counts[d]['n']})" for d in domains], rows))
         blocks.append(("img",) + plot_eval(summary, plots, k))
 
     blocks.append(("h2", "Training"))
