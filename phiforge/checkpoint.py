@@ -21,16 +21,14 @@ from phiforge.rundir import atomic_path, atomic_write_json
 from phiforge.tokenizer import ChatTokenizer
 
 
-def export_model(model: Phi3, cfg: ModelConfig, tok: ChatTokenizer, directory: Path) -> None:
-    """Write a self-contained HF folder (weights, config, tokenizer) atomically."""
+def export_model(model: Phi3 | None, cfg: ModelConfig, tok: ChatTokenizer, directory: Path,
+                 state_dict: dict | None = None) -> None:
+    """Write a self-contained HF folder (weights, config, tokenizer) atomically, from a model or its state dict."""
     with atomic_path(Path(directory)) as tmp:
         tmp.mkdir(parents=True)
-        _write_hf(model, cfg, tok, tmp)
-
-
-def _write_hf(model: Phi3, cfg: ModelConfig, tok: ChatTokenizer, directory: Path) -> None:
-    save_pretrained(model, cfg, directory, bos_id=tok.endoftext_id, eos_id=tok.im_end_id, pad_id=tok.pad_id)
-    tok.save(directory)
+        save_pretrained(model, cfg, tmp, bos_id=tok.endoftext_id, eos_id=tok.im_end_id, pad_id=tok.pad_id,
+                        state_dict=state_dict)
+        tok.save(tmp)
 
 
 def load_model(directory: Path) -> tuple[Phi3, ModelConfig, ChatTokenizer]:
@@ -39,34 +37,33 @@ def load_model(directory: Path) -> tuple[Phi3, ModelConfig, ChatTokenizer]:
 
 
 def save_training_state(
-    directory: Path, model: Phi3, cfg: ModelConfig, tok: ChatTokenizer, opt: torch.optim.Optimizer, state: dict
+    directory: Path, model_sd: dict, optim_sd: dict, cfg: ModelConfig, tok: ChatTokenizer, state: dict
 ) -> None:
+    """Write a resumable checkpoint from full (unsharded) state dicts; in a torchrun world only rank 0 calls it."""
     with atomic_path(Path(directory)) as tmp:
         tmp.mkdir(parents=True)
-        _write_hf(model, cfg, tok, tmp)
-        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        save_pretrained(None, cfg, tmp, bos_id=tok.endoftext_id, eos_id=tok.im_end_id, pad_id=tok.pad_id,
+                        state_dict=model_sd)
+        tok.save(tmp)
+        torch.save(optim_sd, tmp / "optimizer.pt")
         torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
         atomic_write_json(tmp / "state.json", state)
 
 
-def load_training_state(directory: Path, model: Phi3, opt: torch.optim.Optimizer) -> dict:
-    """Restore model, optimiser and RNG from a checkpoint folder in place; return its state.json."""
+def load_training_state(directory: Path) -> tuple[dict, dict, dict]:
+    """(model state dict, optimiser state dict, state.json) of a checkpoint; restores the RNG."""
     directory = Path(directory)
     loaded, _ = load_pretrained(directory)
-    try:
-        model.load_state_dict(loaded.state_dict())
-    except RuntimeError as e:
-        raise PhiforgeError(f"checkpoint {directory} does not fit this model: {str(e).splitlines()[0]}") from None
     for name in ("optimizer.pt", "rng.pt"):
         if not (directory / name).is_file():
             raise PhiforgeError(f"checkpoint {directory} is incomplete: {name} is missing")
     try:
-        opt.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+        optim_sd = torch.load(directory / "optimizer.pt", weights_only=True)
         rng = torch.load(directory / "rng.pt", weights_only=True)
         torch.set_rng_state(rng["torch"])
     except Exception as e:  # torch.load raises several unrelated types on a damaged file
         raise PhiforgeError(f"checkpoint {directory}: optimizer.pt or rng.pt is corrupt ({type(e).__name__})") from None
-    return read_state(directory)
+    return loaded.state_dict(), optim_sd, read_state(directory)
 
 
 def read_state(directory: Path) -> dict:

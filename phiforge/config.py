@@ -65,6 +65,7 @@ class PretrainConfig:
     steps: int = 1000
     optim: OptimConfig = field(default_factory=OptimConfig)
     dtype: Literal["bf16", "fp32"] = "bf16"
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard per block (FSDP2)
     val_fraction: float = 0.02
     val_every: int = 250
     val_batches: int = 8

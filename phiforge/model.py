@@ -338,14 +338,20 @@ def _atomic_write(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def save_pretrained(model: nn.Module, cfg: ModelConfig, directory, *, bos_id: int, eos_id: int, pad_id: int) -> None:
-    """Write config.json, model.safetensors and generation_config.json, loadable by transformers or load_pretrained."""
+def save_pretrained(model: nn.Module | None, cfg: ModelConfig, directory, *, bos_id: int, eos_id: int, pad_id: int,
+                    state_dict: dict | None = None) -> None:
+    """Write config.json, model.safetensors and generation_config.json, loadable by transformers or load_pretrained.
+
+    `state_dict` replaces `model` when the weights come gathered from a sharded (FSDP) model.
+    """
     from safetensors.torch import save_file
 
     (directory := Path(directory)).mkdir(parents=True, exist_ok=True)
-    for attr in ("_orig_mod", "module"):  # torch.compile / DDP wrappers prefix the parameter names
-        model = getattr(model, attr, model)
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    if state_dict is None:
+        for attr in ("_orig_mod", "module"):  # torch.compile / DDP wrappers prefix the parameter names
+            model = getattr(model, attr, model)
+        state_dict = model.state_dict()
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state_dict.items()}
     gen_cfg = {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id}
     _atomic_write(directory / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
     _atomic_write(directory / "generation_config.json", lambda p: p.write_text(json.dumps(gen_cfg, indent=2) + "\n"))

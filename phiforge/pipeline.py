@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from phiforge import distributed
 from phiforge.config import Recipe, save_recipe
 from phiforge.errors import PhiforgeError
 from phiforge.rundir import RunDir, atomic_write_text
@@ -22,6 +23,7 @@ class Stage:
     sections: tuple[str, ...]  # recipe sections the stage reads: a change to any of them reruns it
     inputs: tuple[str, ...]  # stages whose outputs it reads: a change to any of them reruns it
     help: str
+    distributed: bool = False  # under torchrun every rank runs it; other stages run on rank 0 while the rest wait
 
     def fn(self, attr: str) -> Callable | None:
         return getattr(importlib.import_module(f"phiforge.{self.module}"), attr, None)
@@ -30,7 +32,8 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("synth", "synth", ("synth",), (), "generate verified synthetic problems and render them"),
     Stage("tokenizer", "tokenizer", ("tokenizer",), ("synth",), "train the byte-level BPE tokenizer"),
-    Stage("pretrain", "pretrain", ("model", "pretrain"), ("synth", "tokenizer"), "pretrain the model on packed text"),
+    Stage("pretrain", "pretrain", ("model", "pretrain"), ("synth", "tokenizer"), "pretrain the model on packed text",
+          distributed=True),
     Stage("sft", "sft", ("sft",), ("synth", "pretrain"), "fine-tune on chat conversations (assistant-only loss)"),
     Stage("eval", "evaluate", ("eval", "synth", "model", "pretrain"), ("synth", "tokenizer", "pretrain", "sft"),
           "score untrained, base and SFT models on a fresh contest"),
@@ -40,7 +43,8 @@ BY_NAME = {s.name: s for s in STAGES}
 
 
 def log(msg: str) -> None:
-    print(f"[phiforge] {msg}", file=sys.stderr, flush=True)
+    if distributed.world().main:
+        print(f"[phiforge] {msg}", file=sys.stderr, flush=True)
 
 
 def stage_key(recipe: Recipe, run: RunDir, stage: Stage) -> tuple[str, dict]:
@@ -58,29 +62,34 @@ def is_current(recipe: Recipe, run: RunDir, stage: Stage) -> bool:
 
 
 def run_stage(recipe: Recipe, run: RunDir, stage: Stage) -> dict:
+    w = distributed.world()
     for dep in stage.inputs:
         run.require(dep, stage.name)
     config_hash, inputs = stage_key(recipe, run, stage)
-    run.invalidate(stage.name)  # from here until the new manifest lands, the stage counts as incomplete
-    run.stage_dir(stage.name).mkdir(parents=True, exist_ok=True)
+    if w.main:
+        run.invalidate(stage.name)  # from here until the new manifest lands, the stage counts as incomplete
+        run.stage_dir(stage.name).mkdir(parents=True, exist_ok=True)
+    distributed.barrier()
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     t0 = time.perf_counter()
-    log(f"{stage.name}: running")
-    metrics = stage.fn("run")(recipe, run)
+    log(f"{stage.name}: running" + (f" on {w.size} ranks" if w.size > 1 and stage.distributed else ""))
+    metrics = stage.fn("run")(recipe, run) if (stage.distributed or w.main) else {}
     seconds = time.perf_counter() - t0
-    outputs_fn = stage.fn("outputs")
-    outputs = outputs_fn(run) if outputs_fn else [run.stage_dir(stage.name)]
-    manifest = {
-        "stage": stage.name,
-        "config": {s: dataclasses.asdict(getattr(recipe, s)) for s in stage.sections},
-        "config_hash": config_hash,
-        "input_hashes": inputs,
-        "metrics": metrics,
-        "started": started,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "seconds": round(seconds, 2),
-    }
-    run.write_manifest(stage.name, manifest, outputs)
+    if w.main:
+        outputs_fn = stage.fn("outputs")
+        outputs = outputs_fn(run) if outputs_fn else [run.stage_dir(stage.name)]
+        manifest = {
+            "stage": stage.name,
+            "config": {s: dataclasses.asdict(getattr(recipe, s)) for s in stage.sections},
+            "config_hash": config_hash,
+            "input_hashes": inputs,
+            "metrics": metrics,
+            "started": started,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "seconds": round(seconds, 2),
+        }
+        run.write_manifest(stage.name, manifest, outputs)
+    distributed.barrier()
     log(f"{stage.name}: done in {seconds:.1f}s")
     return metrics
 
@@ -96,15 +105,19 @@ def downstream(names: list[str]) -> list[str]:
 
 
 def prepare(recipe: Recipe, out: Path) -> RunDir:
-    run = RunDir.create(out)
-    atomic_write_text(run.root / "recipe.yaml", save_recipe(recipe))
-    return run
+    if distributed.world().main:
+        run = RunDir.create(out)
+        atomic_write_text(run.root / "recipe.yaml", save_recipe(recipe))
+    distributed.barrier()
+    return RunDir.open(out)
 
 
 def run_pipeline(recipe: Recipe, out: Path, force: list[str] = (), only: list[str] | None = None) -> RunDir:
     run = prepare(recipe, out)
-    for name in downstream(list(force)) if force else []:
-        run.invalidate(name)
+    if distributed.world().main:
+        for name in downstream(list(force)) if force else []:
+            run.invalidate(name)
+    distributed.barrier()
     t0 = time.perf_counter()
     for stage in STAGES:
         if only is not None and stage.name not in only:

@@ -25,12 +25,13 @@ from phiforge.checkpoint import (
     read_state,
     save_training_state,
 )
+from phiforge import distributed, flops
 from phiforge.config import Recipe
 from phiforge.errors import PhiforgeError
 from phiforge.model import Phi3
 from phiforge.rundir import RunDir, atomic_write_json
 from phiforge.tokenizer import ChatTokenizer
-from phiforge.train import autocast, build_optimizer, clip_and_step, cross_entropy, device, lr_at, set_lr
+from phiforge.train import autocast, build_optimizer, clip_and_step, cross_entropy, lr_at, set_lr
 
 
 class PackedTokens:
@@ -87,13 +88,13 @@ def _stable_fraction(key: str) -> float:
 
 
 @torch.no_grad()
-def evaluate_loss(model: Phi3, data: PackedTokens, batches: int, batch_size: int, dtype: str) -> float:
+def evaluate_loss(model: Phi3, data: PackedTokens, batches: int, batch_size: int, dtype: str, dev: torch.device) -> float:
     model.eval()
     total, count = 0.0, 0
     n = min(batches * batch_size, data.n)
     for start in range(0, n, batch_size):
         rows = [data.window(i) for i in range(start, min(n, start + batch_size))]
-        arr = torch.from_numpy(np.stack(rows).astype(np.int64)).to(device())
+        arr = torch.from_numpy(np.stack(rows).astype(np.int64)).to(dev)
         with autocast(dtype):
             logits = model(arr[:, :-1])
         loss, cnt = cross_entropy(logits, arr[:, 1:])
@@ -115,63 +116,86 @@ def run(recipe: Recipe, run: RunDir) -> dict:
     train = PackedTokens(train_tokens, cfg.seq_len, cfg.seed)
     val = PackedTokens(val_tokens, cfg.seq_len, cfg.seed)
 
+    w = distributed.world()
+    dev = w.device
     torch.manual_seed(cfg.seed)
-    dev = device()
     model = Phi3(mcfg).to(dev)
+    params = model.num_params()
+    model = distributed.parallelize(model, cfg.parallel, w)
     opt = build_optimizer(model, cfg.optim)
     step, history = 0, {"train": [], "val": []}
     resumed_from = None
     ckpts = list_checkpoints(ckpt_root)
     if ckpts and read_state(ckpts[-1]).get("fingerprint") == fingerprint:
-        state = load_training_state(ckpts[-1], model, opt)
+        model_sd, optim_sd, state = load_training_state(ckpts[-1])
+        distributed.load_full_state(model, opt, model_sd, optim_sd)
         step, history, resumed_from = state["step"], state["history"], ckpts[-1].name
-    elif ckpts:  # checkpoints of another recipe or other data are of no use here
+    elif ckpts and w.main:  # checkpoints of another recipe or other data are of no use here
         shutil.rmtree(ckpt_root, ignore_errors=True)
 
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
-    bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", unit="step", dynamic_ncols=True)
+    # One optimiser step consumes grad_accum x world micro-batches; rank r takes every world-th of them, so the
+    # union over ranks is exactly the single-process step with grad_accum x world micro-batches.
+    micro_per_step = cfg.grad_accum * w.size
+    tokens_per_step = cfg.batch_size * micro_per_step * cfg.seq_len
+    flops_per_token = flops.train_flops_per_token(mcfg, cfg.seq_len)
+    peak = flops.peak_flops(dev, cfg.dtype) * w.size
+    bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", unit="step", dynamic_ncols=True, disable=not w.main)
     t0, tokens_seen = time.perf_counter(), 0
     model.train()
     while step < cfg.steps:
         lr = lr_at(step, cfg.steps, cfg.optim)
         set_lr(opt, lr)
         step_loss, step_count = 0.0, 0
-        micro = []
-        for m in range(cfg.grad_accum):
-            micro.append(train.batch((step * cfg.grad_accum + m) * cfg.batch_size, cfg.batch_size))
+        mine = range(step * micro_per_step + w.rank, (step + 1) * micro_per_step, w.size)
+        micro = [train.batch(m * cfg.batch_size, cfg.batch_size) for m in mine]
         n_targets = sum(int(y.numel()) for _, y in micro)
-        for x, y in micro:
+        for i, (x, y) in enumerate(micro):
             x, y = x.to(dev), y.to(dev)
+            distributed.set_grad_sync(model, i == len(micro) - 1)
             with autocast(cfg.dtype, dev):
                 logits = model(x)
             loss, cnt = cross_entropy(logits, y)
             (loss / n_targets).backward()
             step_loss, step_count = step_loss + float(loss.detach()), step_count + cnt
         gnorm = clip_and_step(model, opt, cfg.optim.grad_clip)
+        step_loss, step_count = distributed.all_sum([step_loss, step_count], dev)
         step += 1
         tokens_seen += tokens_per_step
         train_loss = step_loss / step_count
         if not math.isfinite(train_loss):
             raise FloatingPointError(f"pretrain loss is {train_loss} at step {step}; lower pretrain.optim.lr")
+        elapsed = max(1e-9, time.perf_counter() - t0)
+        rate = tokens_seen / elapsed
+        mfu = rate * flops_per_token / peak
         if step % cfg.log_every == 0 or step == cfg.steps:
-            history["train"].append({"step": step, "loss": train_loss, "lr": lr, "grad_norm": gnorm})
+            history["train"].append({"step": step, "loss": train_loss, "lr": lr, "grad_norm": gnorm,
+                                     "tokens_per_s": round(rate), "mfu": round(mfu, 4)})
         if step % cfg.val_every == 0 or step == cfg.steps:
-            history["val"].append({"step": step, "loss": evaluate_loss(model, val, cfg.val_batches, cfg.batch_size, cfg.dtype)})
-        rate = tokens_seen / max(1e-9, time.perf_counter() - t0)
-        bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
+            val_loss = evaluate_loss(model, val, cfg.val_batches, cfg.batch_size, cfg.dtype, dev)
+            history["val"].append({"step": step, "loss": val_loss})
+        bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", mfu=f"{mfu:.0%}", refresh=False)
         bar.update(1)
         if step % cfg.ckpt_every == 0 and step < cfg.steps:
-            state = {"step": step, "position": step * cfg.grad_accum * cfg.batch_size, "fingerprint": fingerprint, "history": history}
-            save_training_state(ckpt_root / f"step-{step:06d}", model, mcfg, tok, opt, state)
-            prune_checkpoints(ckpt_root, cfg.keep_checkpoints)
+            model_sd, optim_sd = distributed.full_state(model, opt)
+            if w.main:
+                state = {"step": step, "position": step * micro_per_step * cfg.batch_size,
+                         "fingerprint": fingerprint, "world_size": w.size, "history": history}
+                save_training_state(ckpt_root / f"step-{step:06d}", model_sd, optim_sd, mcfg, tok, state)
+                prune_checkpoints(ckpt_root, cfg.keep_checkpoints)
+            distributed.barrier()
     bar.close()
     elapsed = time.perf_counter() - t0
 
-    export_model(model, mcfg, tok, stage / "model")
-    atomic_write_json(stage / "history.json", history)
+    model_sd, _ = distributed.full_state(model, opt)
+    if w.main:
+        export_model(None, mcfg, tok, stage / "model", state_dict=model_sd)
+        atomic_write_json(stage / "history.json", history)
+    distributed.barrier()
     return {
         **data_stats,
-        "params": model.num_params(),
+        "params": params,
+        "world_size": w.size,
+        "parallel": cfg.parallel if w.size > 1 else "none",
         "steps": cfg.steps,
         "tokens_per_step": tokens_per_step,
         "tokens_trained": cfg.steps * tokens_per_step,
@@ -179,7 +203,9 @@ def run(recipe: Recipe, run: RunDir) -> dict:
         "final_train_loss": history["train"][-1]["loss"],
         "final_val_loss": history["val"][-1]["loss"],
         "resumed_from": resumed_from,
-        "tokens_per_s_this_session": round(tokens_seen / max(1e-9, elapsed)),
+        "tokens_per_s": round(tokens_seen / max(1e-9, elapsed)),
+        "mfu": round(tokens_seen / max(1e-9, elapsed) * flops_per_token / peak, 4),
+        "peak_flops": peak,
     }
 
 

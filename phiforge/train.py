@@ -64,6 +64,8 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Te
 
 def clip_and_step(model: torch.nn.Module, opt: torch.optim.Optimizer, grad_clip: float) -> float:
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+    if hasattr(norm, "full_tensor"):  # FSDP2: the norm is a DTensor over the shards
+        norm = norm.full_tensor()
     opt.step()
     opt.zero_grad(set_to_none=True)
     return float(norm)
