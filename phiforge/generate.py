@@ -142,3 +142,64 @@ def _generate_batch(model, prompts, max_new_tokens, pad_id, stop, temperature, t
 
     out_list, n_list = out.tolist(), n_out.tolist()
     return [row[:n] for row, n in zip(out_list, n_list)]
+
+
+def sample_from_prefix(
+    model: nn.Module,
+    prefix_ids: Sequence[int],
+    n: int,
+    *,
+    max_new_tokens: int,
+    stop_ids: Sequence[int] = (),
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    keep_stop: bool = False,
+) -> list[list[int]]:
+    """n continuations of one prompt; a row ends at its first stop token, which is kept only with keep_stop.
+
+    The prompt is prefilled once and its KV cache copied to the n rows, so n rollouts cost one prefill instead of
+    n. All rows share one length, so neither padding, masks nor position ids are needed.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if len(prefix_ids) == 0:
+        raise ValueError("prefix is empty; sampling needs at least one token to start from")
+    if n <= 0 or max_new_tokens <= 0:
+        return [[] for _ in range(max(n, 0))]
+
+    model = getattr(model, "_orig_mod", model)
+    device = next(model.parameters()).device
+    stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device) if stop_ids else None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            cache = KVCache(model.cfg.n_layers, len(prefix_ids) + max_new_tokens)
+            ids = torch.tensor([list(prefix_ids)], dtype=torch.long, device=device)
+            logits = model(ids, kv_cache=cache, last_only=True)[:, -1].expand(n, -1)
+            cache.select(torch.zeros(n, dtype=torch.long, device=device))
+
+            out = torch.zeros((n, max_new_tokens), dtype=torch.long, device=device)
+            n_out = torch.full((n,), max_new_tokens, dtype=torch.long, device=device)
+            rows = torch.arange(n, device=device)
+            done = torch.zeros(n, dtype=torch.bool, device=device)
+            for step in range(max_new_tokens):
+                tok = sample_next(logits, temperature, top_p, generator)
+                out[rows, step] = tok
+                if stop is not None:
+                    hit = torch.isin(tok, stop) & ~done
+                    n_out[rows[hit]] = step + 1 if keep_stop else step
+                    done |= hit
+                if step == max_new_tokens - 1 or bool(done.all()):
+                    break
+                if 4 * int(done.sum()) >= len(rows):
+                    keep = (~done).nonzero().squeeze(-1)
+                    rows, tok, done = rows[keep], tok[keep], done[keep]
+                    cache.select(keep)
+                logits = model(tok[:, None], kv_cache=cache)[:, -1]
+    finally:
+        model.train(was_training)
+    return [row[:k] for row, k in zip(out.tolist(), n_out.tolist())]
