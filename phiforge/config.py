@@ -19,6 +19,7 @@ import yaml
 
 from phiforge.errors import PhiforgeError
 from phiforge.model import ModelConfig
+from phiforge.pts import PTSConfig
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "tiny"
@@ -30,6 +31,7 @@ class SynthConfig:
     difficulty: int = 1
     n_pretrain: int = 20000  # problems rendered into pretraining text
     n_sft: int = 8000  # further problems, never in pretraining, rendered as chats for SFT
+    n_pts: int = 200  # further problems still, the questions Pivotal Token Search mines for DPO pairs
     shard_size: int = 5000
     domains: dict[str, float] = field(
         default_factory=lambda: {"arithmetic": 1.0, "fractions": 1.0, "linear_equations": 1.0, "number_theory": 1.0}
@@ -86,6 +88,26 @@ class SFTConfig:
 
 
 @dataclass
+class PTSStageConfig(PTSConfig):
+    """Pivotal Token Search over the synth `pts` questions, on solutions sampled from the SFT policy."""
+
+    n_queries: int = 40  # how many of the synth.n_pts questions to search
+    solutions_per_query: int = 2
+    solution_temperature: float = 1.0
+
+
+@dataclass
+class DPOConfig:
+    beta: float = 0.1
+    epochs: float = 2.0  # passes over the mined pairs; their number is only known after PTS
+    batch_size: int = 16
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_steps=0, weight_decay=0.0))
+    dtype: Literal["bf16", "fp32"] = "bf16"
+    seed: int = 0
+    log_every: int = 5
+
+
+@dataclass
 class EvalConfig:
     seed: int = 1_000_003  # the contest's seed: must differ from synth.seed so training never saw its problems
     n_problems: int = 200
@@ -104,6 +126,8 @@ class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    pts: PTSStageConfig = field(default_factory=PTSStageConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def section_hash(self, *sections: str) -> str:
@@ -264,6 +288,7 @@ def validate(r: Recipe, source: str = "recipe") -> None:
     s = r.synth
     need(s.difficulty >= 1, "synth.difficulty", "must be >= 1")
     need(s.n_pretrain > 0 and s.n_sft > 0, "synth.n_pretrain/n_sft", "must be positive")
+    need(s.n_pts >= 0, "synth.n_pts", "must be >= 0")
     need(s.shard_size > 0, "synth.shard_size", "must be positive")
     _check_mixture(s.domains, "synth.domains", need)
     _check_mixture(s.styles, "synth.styles", need)
@@ -296,6 +321,19 @@ def validate(r: Recipe, source: str = "recipe") -> None:
     for k in ("val_every", "val_batches", "ckpt_every", "keep_checkpoints", "log_every"):
         need(getattr(p, k) > 0, f"pretrain.{k}", "must be positive")
     need(r.sft.max_len <= m.max_seq_len, "sft.max_len", f"({r.sft.max_len}) must be <= model.max_seq_len ({m.max_seq_len})")
+
+    t = r.pts
+    need(0 < t.p_gap < 1, "pts.p_gap", "must be in (0, 1)")
+    need(0 <= t.gate_low < t.gate_high <= 1, "pts.gate_low/gate_high", "must satisfy 0 <= low < high <= 1")
+    need(t.n_queries >= 0, "pts.n_queries", "must be >= 0")
+    need(t.n_queries <= s.n_pts, "pts.n_queries", f"({t.n_queries}) must be <= synth.n_pts ({s.n_pts})")
+    need(t.solutions_per_query >= 1, "pts.solutions_per_query", "must be >= 1")
+    need(t.batch >= 1 and t.max_rollouts >= t.batch, "pts.batch/max_rollouts", "must satisfy 1 <= batch <= max_rollouts")
+    need(0.5 <= t.confidence < 1, "pts.confidence", "must be in [0.5, 1)")
+    d = r.dpo
+    need(d.beta > 0, "dpo.beta", "must be positive")
+    need(d.epochs > 0 and d.batch_size > 0, "dpo.epochs/batch_size", "must be positive")
+    need(d.optim.lr > 0, "dpo.optim.lr", "must be positive")
 
     e = r.eval
     need(e.seed != s.seed, "eval.seed", f"must differ from synth.seed ({s.seed}): the contest must be fresh")

@@ -7,6 +7,8 @@ copy of the weights is ever resident. Pairs are dicts with `prompt_ids`, `chosen
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 
 import torch
@@ -156,3 +158,32 @@ def train_dpo(model: nn.Module, pairs: Sequence[dict], ref_logps: torch.Tensor, 
             history.append({"step": step + 1, "loss": float(loss.detach()), "lr": rate, "grad_norm": grad_norm,
                             "reward_margin": float(margin.mean()), "accuracy": float((margin > 0).float().mean())})
     return history
+
+
+def run(recipe, run) -> dict:
+    """Stage `dpo`: DPO of the SFT model on the PTS pairs, against reference log-probs computed once up front."""
+    import json
+
+    from phiforge.checkpoint import export_model, load_model
+    from phiforge.rundir import atomic_write_json
+    from phiforge.train import device
+
+    cfg = recipe.dpo
+    model, mcfg, tok = load_model(run.stage_dir("sft") / "model")
+    model.to(device())
+    text = (run.stage_dir("pts") / "pairs.jsonl").read_text()
+    pairs = [json.loads(line) for line in text.splitlines() if line.strip()]
+    history: list[dict] = []
+    steps = math.ceil(cfg.epochs * len(pairs) / cfg.batch_size)
+    if pairs:
+        ref = precompute_reference(model, pairs, pad_id=tok.pad_id, batch_size=cfg.batch_size, dtype=cfg.dtype)
+        history = train_dpo(model, pairs, ref, beta=cfg.beta, steps=steps, batch_size=cfg.batch_size,
+                            pad_id=tok.pad_id, optim=cfg.optim, dtype=cfg.dtype, seed=cfg.seed,
+                            log_every=cfg.log_every)
+    # With no pairs the DPO model is the SFT model, said so in the metrics rather than failing the run.
+    out = run.stage_dir("dpo")
+    export_model(model, mcfg, tok, out / "model")
+    atomic_write_json(out / "history.json", {"train": history})
+    last = history[-1] if history else {}
+    return {"pairs": len(pairs), "steps": steps, "final_loss": last.get("loss"),
+            "final_reward_margin": last.get("reward_margin"), "final_pair_accuracy": last.get("accuracy")}

@@ -139,7 +139,7 @@ def paired(a: list[dict], b: list[dict]) -> dict:
 
 
 def run(recipe: Recipe, run: RunDir) -> dict:
-    seen = set(read_column(run, "pretrain", "question")) | set(read_column(run, "sft", "question"))
+    seen = {q for kind in ("pretrain", "sft", "pts") for q in read_column(run, kind, "question")}
     problems, dropped = contest(recipe, seen)
     out = run.stage_dir("eval")
     tok = ChatTokenizer.load(run.stage_dir("tokenizer"))
@@ -147,7 +147,8 @@ def run(recipe: Recipe, run: RunDir) -> dict:
     torch.manual_seed(recipe.pretrain.seed)  # the floor: the architecture before any training
     candidates = [("untrained", lambda: Phi3(recipe.model), "completion"),
                   ("base", lambda: load_model(run.stage_dir("pretrain") / "model")[0], "completion"),
-                  ("sft", lambda: load_model(run.stage_dir("sft") / "model")[0], "chat")]
+                  ("sft", lambda: load_model(run.stage_dir("sft") / "model")[0], "chat"),
+                  ("dpo", lambda: load_model(run.stage_dir("dpo") / "model")[0], "chat")]
     summary = {"contest": {"seed": recipe.eval.seed, "n_problems": len(problems), "dropped_seen_in_training": dropped,
                            "maj_k": recipe.eval.maj_k, "temperature": recipe.eval.temperature},
                "models": {}}
@@ -161,7 +162,7 @@ def run(recipe: Recipe, run: RunDir) -> dict:
         atomic_write_text(out / f"{name}.jsonl", "".join(_jsonl(r) for r in records))
         print(f"eval {name:>9}: greedy {result['greedy']['acc']:.1%}  maj@{recipe.eval.maj_k} {result['maj']['acc']:.1%}")
     summary["paired"] = {f"{a}_vs_{b}": paired(all_records[a], all_records[b])
-                         for a, b in (("sft", "base"), ("sft", "untrained"), ("base", "untrained"))}
+                         for a, b in (("dpo", "sft"), ("sft", "base"), ("base", "untrained"))}
     atomic_write_json(out / "summary.json", summary)
     return {name: {"greedy": m["greedy"]["acc"], "maj": m["maj"]["acc"]} for name, m in summary["models"].items()} | {
         "n_problems": len(problems), "dropped_seen_in_training": dropped}

@@ -35,9 +35,13 @@ STAGES: tuple[Stage, ...] = (
     Stage("pretrain", "pretrain", ("model", "pretrain"), ("synth", "tokenizer"), "pretrain the model on packed text",
           distributed=True),
     Stage("sft", "sft", ("sft",), ("synth", "pretrain"), "fine-tune on chat conversations (assistant-only loss)"),
-    Stage("eval", "evaluate", ("eval", "synth", "model", "pretrain"), ("synth", "tokenizer", "pretrain", "sft"),
-          "score untrained, base and SFT models on a fresh contest"),
-    Stage("report", "report", (), ("synth", "tokenizer", "pretrain", "sft", "eval"), "write report.md/.html and plots"),
+    Stage("pts", "pts", ("pts",), ("synth", "sft"), "mine pivotal-token DPO pairs from the SFT policy"),
+    Stage("dpo", "dpo", ("dpo",), ("sft", "pts"), "DPO of the SFT model on the pivotal-token pairs"),
+    Stage("eval", "evaluate", ("eval", "synth", "model", "pretrain"),
+          ("synth", "tokenizer", "pretrain", "sft", "pts", "dpo"),
+          "score untrained, base, SFT and DPO models on a fresh contest"),
+    Stage("report", "report", (), ("synth", "tokenizer", "pretrain", "sft", "pts", "dpo", "eval"),
+          "write report.md/.html and plots"),
 )
 BY_NAME = {s.name: s for s in STAGES}
 

@@ -370,3 +370,54 @@ def summarize(results: Sequence[dict]) -> dict:
         "rollouts_per_pivotal_token": round(rollouts / found, 2) if found else None,
         "undecided": sum(r["undecided"] for r in results),
     }
+
+
+def run(recipe, run) -> dict:
+    """Stage `pts`: mine single-token DPO pairs from the SFT policy's own solutions to the synth `pts` questions."""
+    import json
+
+    from tqdm import tqdm
+
+    from phiforge.checkpoint import load_model
+    from phiforge.generate import generate
+    from phiforge.rundir import atomic_write_json, atomic_write_text
+    from phiforge.synth import read_column
+    from phiforge.train import device
+
+    cfg = recipe.pts
+    model, _, tok = load_model(run.stage_dir("sft") / "model")
+    model.to(device()).eval()
+    n = cfg.n_queries
+    questions, answers = read_column(run, "pts", "question")[:n], read_column(run, "pts", "answer")[:n]
+    ids, domains = read_column(run, "pts", "id")[:n], read_column(run, "pts", "domain")[:n]
+    queries = [tok.chat_prompt(q) for q in questions]
+    stop = [tok.im_end_id, tok.endoftext_id]
+    k = cfg.solutions_per_query
+    # T_full of Fig. 4: the policy's own solutions, sampled; a solution that stopped keeps its <|im_end|>.
+    sampled = generate(model, [q for q in queries for _ in range(k)], max_new_tokens=cfg.max_response_tokens,
+                       pad_id=tok.pad_id, stop_ids=stop, temperature=cfg.solution_temperature, seed=cfg.seed)
+    results, lines = [], []
+    bar = tqdm(range(len(queries)), desc="pts", unit="query", dynamic_ncols=True)
+    for i in bar:
+        solutions = []
+        for s in sampled[i * k: (i + 1) * k]:
+            s = s + [tok.im_end_id] if len(s) < cfg.max_response_tokens else s
+            if s and s not in solutions:
+                solutions.append(s)
+        r = search_query(model, queries[i], solutions, MathOracle(answers[i]), decode=tok.decode, stop_ids=stop,
+                         cfg=cfg)
+        results.append(r)
+        for pair in r["pairs"]:
+            lines.append(json.dumps({
+                "question_id": ids[i], "domain": domains[i], **pair,
+                "prompt_text": tok.decode(pair["prompt_ids"], skip_special=False),
+                "chosen_text": tok.decode(pair["chosen_ids"], skip_special=False),
+                "rejected_text": tok.decode(pair["rejected_ids"], skip_special=False),
+            }) + "\n")
+        spent = sum(x["rollouts"] for x in results)
+        bar.set_postfix(pairs=len(lines), rollouts=spent, refresh=False)
+    out = run.stage_dir("pts")
+    atomic_write_text(out / "pairs.jsonl", "".join(lines))
+    summary = {**summarize(results), "mode": cfg.mode, "p_query": [round(r["p_query"], 3) for r in results]}
+    atomic_write_json(out / "summary.json", summary)
+    return {k: v for k, v in summary.items() if k != "p_query"}

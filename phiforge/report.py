@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from phiforge.config import Recipe, save_recipe  # noqa: E402
 from phiforge.rundir import RunDir, atomic_path, atomic_write_text  # noqa: E402
 
-STAGES_SHOWN = ("synth", "tokenizer", "pretrain", "sft", "eval")
+STAGES_SHOWN = ("synth", "tokenizer", "pretrain", "sft", "pts", "dpo", "eval")
 
 
 def machine() -> str:
@@ -120,6 +120,17 @@ def build_blocks(recipe: Recipe, run: RunDir) -> list[tuple]:
     if sft:
         blocks.append(("p", f"SFT: {sft['conversations']:,} conversations, {sft['steps']} steps "
                             f"({sft['epochs']} epochs); loss {sft['first_loss']:.3f} → {sft['final_loss']:.3f}."))
+    pts, dpo = m["pts"].get("metrics", {}), m["dpo"].get("metrics", {})
+    if pts:
+        per = pts["rollouts_per_pivotal_token"]
+        blocks.append(("p", f"Pivotal Token Search ({pts['mode']}): {pts['queries']} questions held out of SFT, "
+                            f"{pts['searched']} inside the 0.2-0.8 success gate, {pts['pivotal_tokens']} pivotal tokens, "
+                            f"{pts['pairs']} single-token DPO pairs, {pts['rollouts']:,} rollouts "
+                            f"({per if per is not None else '-'} per pivotal token)."))
+    if dpo:
+        tail = (f"; final loss {dpo['final_loss']:.3f}, reward margin {dpo['final_reward_margin']:.3f}"
+                if dpo["final_loss"] is not None else "; no pairs, so the DPO model is the SFT model")
+        blocks.append(("p", f"DPO on the PTS pairs: {dpo['pairs']} pairs, {dpo['steps']} steps{tail}."))
     for path, alt in plot_losses(run, plots):
         blocks.append(("img", path, alt))
 

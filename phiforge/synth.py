@@ -2,7 +2,8 @@
 
 Sample i of a run is a pure function of (synth.seed, i): its domain and style are drawn from a generator seeded by
 both, so shards can be rebuilt independently and a rerun writes identical bytes. Pretraining uses indices
-[0, n_pretrain); SFT uses the next n_sft, so no SFT conversation was ever a pretraining document.
+[0, n_pretrain); SFT uses the next n_sft and Pivotal Token Search the n_pts after those, so no post-training
+question was ever a pretraining document.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def build_rows(cfg: SynthConfig, start: int, stop: int, kind: str) -> tuple[list
     rows, rejects = [], []
     for i in range(start, stop):
         problem, style = sample_problem(cfg, i)
-        if kind == "sft":
+        if kind != "pretrain":
             style = "chat"
         ok = verify(problem)
         row = {
@@ -79,7 +80,7 @@ def build_rows(cfg: SynthConfig, start: int, stop: int, kind: str) -> tuple[list
                 {"workflow": ["generate", f"render:{style}", "verify"], "index": i, "difficulty": problem.difficulty}
             ),
         }
-        if kind == "sft":
+        if kind != "pretrain":
             row["messages"] = chat(problem)
         else:
             row["text"] = STYLES[style](problem)
@@ -100,14 +101,15 @@ def run(recipe: Recipe, run: RunDir) -> dict:
     cfg = recipe.synth
     out = run.stage_dir("synth")
     out.mkdir(parents=True, exist_ok=True)
-    spans = {"pretrain": (0, cfg.n_pretrain), "sft": (cfg.n_pretrain, cfg.n_pretrain + cfg.n_sft)}
-    counts: dict[str, Counter] = {"pretrain": Counter(), "sft": Counter(), "styles": Counter()}
+    post = cfg.n_pretrain + cfg.n_sft
+    spans = {"pretrain": (0, cfg.n_pretrain), "sft": (cfg.n_pretrain, post), "pts": (post, post + cfg.n_pts)}
+    counts: dict[str, Counter] = {kind: Counter() for kind in (*spans, "styles")}
     chars = Counter()
     all_rejects: list[dict] = []
-    total = cfg.n_pretrain + cfg.n_sft
+    total = post + cfg.n_pts
     with tqdm(total=total, desc="synth", unit="sample", dynamic_ncols=True) as bar:
         for kind, (lo, hi) in spans.items():
-            schema = SFT_SCHEMA if kind == "sft" else PRETRAIN_SCHEMA
+            schema = PRETRAIN_SCHEMA if kind == "pretrain" else SFT_SCHEMA
             for shard, start in enumerate(range(lo, hi, cfg.shard_size)):
                 stop = min(hi, start + cfg.shard_size)
                 rows, rejects = build_rows(cfg, start, stop, kind)
@@ -127,6 +129,7 @@ def run(recipe: Recipe, run: RunDir) -> dict:
         "accept_rate": kept / total,
         "pretrain_by_domain": dict(sorted(counts["pretrain"].items())),
         "sft_by_domain": dict(sorted(counts["sft"].items())),
+        "pts_by_domain": dict(sorted(counts["pts"].items())),
         "by_style": dict(sorted(counts["styles"].items())),
         "pretrain_chars": chars["pretrain"],
         "sft_chars": chars["sft"],
@@ -134,7 +137,7 @@ def run(recipe: Recipe, run: RunDir) -> dict:
 
 
 def read_column(run: RunDir, kind: str, column: str) -> list:
-    """One column across a kind's shards (`pretrain` or `sft`)."""
+    """One column across a kind's shards (`pretrain`, `sft` or `pts`)."""
     values: list = []
     for shard in sorted(run.stage_dir("synth").glob(f"{kind}-*.parquet")):
         values += pq.read_table(shard, columns=[column]).column(column).to_pylist()

@@ -12,13 +12,15 @@ import yaml
 
 MICRO = {
     "name": "micro",
-    "synth": {"seed": 0, "n_pretrain": 400, "n_sft": 120, "shard_size": 150},
+    "synth": {"seed": 0, "n_pretrain": 400, "n_sft": 120, "n_pts": 6, "shard_size": 150},
     "tokenizer": {"vocab_size": 300},
     "model": {"vocab_size": 320, "d_model": 32, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "d_ffn": 64,
               "max_seq_len": 128},
     "pretrain": {"seq_len": 64, "batch_size": 8, "steps": 40, "val_every": 20, "ckpt_every": 10, "val_batches": 2,
                  "log_every": 5, "optim": {"lr": 3e-3, "warmup_steps": 5}},
     "sft": {"batch_size": 8, "steps": 10, "max_len": 128, "log_every": 2, "optim": {"lr": 1e-3, "warmup_steps": 2}},
+    "pts": {"n_queries": 3, "solutions_per_query": 1, "batch": 4, "max_rollouts": 8, "max_response_tokens": 24},
+    "dpo": {"batch_size": 4},
     "eval": {"n_problems": 8, "maj_k": 2, "max_new_tokens": 24, "batch_size": 16},
 }
 

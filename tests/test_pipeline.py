@@ -38,7 +38,7 @@ def test_run_writes_every_stage_and_a_report(done_run):
     assert "<table>" in (out / "report.html").read_text()
     assert (out / "plots" / "pretrain_loss.png").stat().st_size > 1000
     summary = json.loads((out / "eval" / "summary.json").read_text())
-    assert set(summary["models"]) == {"untrained", "base", "sft"}
+    assert set(summary["models"]) == {"untrained", "base", "sft", "dpo"}
     record = json.loads((out / "eval" / "sft.jsonl").read_text().splitlines()[0])
     assert {"prompt", "output", "extracted", "correct", "maj_answer"} <= set(record)
     # checkpoints are transformers folders with the training state beside them
@@ -65,7 +65,7 @@ def test_rerun_skips_unchanged_stages_and_force_redoes_downstream(done_run):
     r = phiforge("run", recipe, "--out", out, "--set", "eval.max_new_tokens=20", "--force", "sft")
     assert r.returncode == 0
     forced = finished_times(out)
-    assert {s for s in STAGE_NAMES if forced[s] != after[s]} == {"sft", "eval", "report"}
+    assert {s for s in STAGE_NAMES if forced[s] != after[s]} == {"sft", "pts", "dpo", "eval", "report"}
 
 
 def test_resume_after_kill_9_in_pretraining_matches_an_uninterrupted_run(done_run, tmp_path):
