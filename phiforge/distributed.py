@@ -8,6 +8,7 @@ then on the root, so each block's parameters are gathered only while that block 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +41,9 @@ def world() -> World:
     if not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(w.local_rank)
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # Ranks other than 0 wait in a barrier while rank 0 runs the single-process stages (synth, eval, ...),
+        # which can take far longer than the default 30-minute collective timeout.
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(hours=12))
     return w
 
 

@@ -76,7 +76,7 @@ def run(recipe: Recipe, run: RunDir) -> dict:
         loss, count = cross_entropy(logits, y)
         (loss / max(1, count)).backward()
         clip_and_step(model, opt, cfg.optim.grad_clip)
-        value = float(loss) / max(1, count)
+        value = float(loss.detach()) / max(1, count)
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             history.append({"step": step + 1, "loss": value, "lr": lr})
         bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}", refresh=False)
