@@ -50,6 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
                            description=f"Run only the {stage.name!r} stage ({stage.help}) in a run folder; the "
                                        f"stages it reads ({', '.join(stage.inputs) or 'none'}) must have completed.")
         _recipe_args(p)
+    p = sub.add_parser("plan", help="parameters, FLOPs, GPU time and an FSDP2 memory plan for a recipe",
+                       description="Build the recipe's model on the meta device and print its size, training FLOPs "
+                                   "and a per-GPU memory plan under FSDP2; nothing is trained.")
+    p.add_argument("recipe", nargs="?", default=None)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--gpus", type=int, default=8)
+    p.add_argument("--gpu", default="H100", help="GPU model for the bf16 peak (H100, H200, A100, ...)")
+    p.add_argument("--gpu-gb", type=float, default=80.0)
+    p.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation for the time estimate")
     p = sub.add_parser("validate", help="load and check a recipe without running anything")
     p.add_argument("recipe", nargs="?", default=None)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -78,6 +87,15 @@ def main(argv: list[str] | None = None) -> int:
             from phiforge.config import load_recipe, save_recipe
 
             print(save_recipe(load_recipe(args.recipe, args.overrides)), end="")
+            return 0
+        if args.command == "plan":
+            from phiforge.config import load_recipe
+            from phiforge.flops import GPU_PEAKS
+            from phiforge.plan import describe
+
+            if args.gpu not in GPU_PEAKS:
+                raise PhiforgeError(f"--gpu {args.gpu!r} is not one of {', '.join(GPU_PEAKS)}")
+            print(describe(load_recipe(args.recipe, args.overrides), args.gpus, args.gpu, args.gpu_gb, args.mfu))
             return 0
         from phiforge.pipeline import BY_NAME, run_pipeline
         from phiforge.rundir import RunDir
