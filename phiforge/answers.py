@@ -208,5 +208,10 @@ def answers_equal(pred: str | None, gold: str) -> bool:
 
 
 def verify(problem) -> bool:
-    """The rendered worked solution's extracted answer equals the problem's answer."""
+    """Maths: the rendered worked solution's extracted answer equals the problem's answer. Code: the solution passes
+    the problem's unit tests, run in the sandbox."""
+    if getattr(problem, "tests", ""):
+        from phiforge.domains_code import verify_code
+
+        return verify_code(problem, solution_text(problem))
     return answers_equal(extract_answer(solution_text(problem)), problem.answer)

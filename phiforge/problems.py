@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable
 
+from phiforge.domains_algebra import linear_systems, quadratics, sequences
+from phiforge.domains_code import python_code
+from phiforge.domains_measure import geometry, physics, unit_conversion
+from phiforge.domains_numeric import combinatorics, decimals_percentages, probability
 from phiforge.errors import PhiforgeError
 
 
@@ -25,8 +29,9 @@ class Problem:
     difficulty: int
     question: str
     steps: list[str]  # worked solution without the final "The answer is \boxed{...}." line
-    answer: str
+    answer: str  # for code problems: the function's name; the code itself is the last step
     topic: str
+    tests: str = ""  # `assert` lines a code solution must pass (run via phiforge.sandbox); empty for math problems
 
 
 _COLUMNS = ("Ones", "Tens", "Hundreds", "Thousands", "Ten thousands", "Hundred thousands",
@@ -268,11 +273,22 @@ def _number_theory(rng: random.Random, d: int) -> tuple[str, list[str], int, str
     return f"What is the remainder when {a} is divided by {m}?", steps, r, topic
 
 
-_GENERATORS: dict[str, Callable[[random.Random, int], tuple[str, list[str], object, str]]] = {
+# A generator returns (question, steps, answer, topic), plus the unit tests for code domains.
+_GENERATORS: dict[str, Callable[[random.Random, int], tuple]] = {
     "arithmetic": _arithmetic,
     "fractions": _fractions,
     "linear_equations": _linear,
     "number_theory": _number_theory,
+    "quadratics_polynomials": quadratics,
+    "linear_systems": linear_systems,
+    "decimals_percentages": decimals_percentages,
+    "combinatorics": combinatorics,
+    "probability": probability,
+    "sequences_series": sequences,
+    "geometry": geometry,
+    "unit_conversion": unit_conversion,
+    "physics": physics,
+    "python_code": python_code,
 }
 
 DOMAINS: tuple[str, ...] = tuple(_GENERATORS)
@@ -291,7 +307,7 @@ def make_problem(domain: str, seed: int, index: int, difficulty: int = 1) -> Pro
         raise PhiforgeError(f"unknown problem domain {domain!r}; valid domains: {', '.join(DOMAINS)}")
     if isinstance(difficulty, bool) or not isinstance(difficulty, int) or difficulty < 1:
         raise PhiforgeError(f"difficulty must be an integer >= 1, got {difficulty!r}")
-    question, steps, answer, topic = _GENERATORS[domain](_rng(domain, seed, index, difficulty), difficulty)
+    question, steps, answer, topic, *tests = _GENERATORS[domain](_rng(domain, seed, index, difficulty), difficulty)
     return Problem(
         id=f"{domain}-{seed}-{index}-d{difficulty}",
         domain=domain,
@@ -300,4 +316,5 @@ def make_problem(domain: str, seed: int, index: int, difficulty: int = 1) -> Pro
         steps=list(steps),
         answer=str(answer),
         topic=topic,
+        tests=tests[0] if tests else "",
     )
