@@ -17,6 +17,8 @@ EPILOG = """examples:
   phiforge run tiny --set pretrain.steps=200 --out runs/quick
   phiforge run --force sft                      # redo SFT and everything after it
   phiforge eval --out runs/tiny --force eval    # rescore an existing run
+  phiforge chat runs/tiny                       # talk to the run's best model (dpo > sft > pretrain)
+  phiforge serve runs/tiny --port 8000          # OpenAI-compatible API and a chat page on 127.0.0.1:8000
 """
 
 
@@ -62,6 +64,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="load and check a recipe without running anything")
     p.add_argument("recipe", nargs="?", default=None)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    p = sub.add_parser("chat", help="chat with a trained model in the terminal, replies streamed as generated",
+                       description="Chat with a model in the ChatML format. Commands: /reset, /temp X, "
+                                   "/system TEXT, /quit.")
+    p.add_argument("path", metavar="RUN_OR_CHECKPOINT",
+                   help="a run folder (its best model: dpo > sft > pretrain) or a model folder")
+    p.add_argument("--temperature", type=float, default=0.7, help="0 is greedy (default: 0.7)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: 0.95)")
+    p.add_argument("--max-tokens", type=int, default=256, help="longest reply in tokens (default: 256)")
+    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed, for repeatable replies")
+
+    p = sub.add_parser("serve", help="serve models over an OpenAI-compatible HTTP API, with a chat page at /",
+                       description="Serve /v1/chat/completions, /v1/completions (plain and streamed), /v1/models, "
+                                   "/health and a chat web page at /. Concurrent requests are batched.")
+    p.add_argument("path", metavar="RUN_OR_CHECKPOINT", nargs="?", default=None,
+                   help="a run folder (its best model) or a model folder, named after its folder")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
+                   help="also serve PATH as model NAME (repeatable); requests pick one by their 'model' field")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
+    p.add_argument("--max-tokens", type=int, default=512, help="most new tokens a request may ask for (default: 512)")
+    p.add_argument("--max-concurrent", type=int, default=64,
+                   help="requests in flight at once; more are answered 429 (default: 64)")
+    p.add_argument("--max-batch", type=int, default=32, help="most requests decoded as one batch (default: 32)")
+    p.add_argument("--batch-window-ms", type=float, default=10.0,
+                   help="how long a request waits for others to batch with (default: 10)")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                   help="server log level; info logs every request (default: warning)")
     return parser
 
 
@@ -83,6 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if args.command == "chat":
+            from phiforge.chat import run_chat
+
+            return run_chat(args)
+        if args.command == "serve":
+            from phiforge.serve import run_serve
+
+            return run_serve(args)
         if args.command == "validate":
             from phiforge.config import load_recipe, save_recipe
 

@@ -1,0 +1,327 @@
+"""`phiforge chat`: a terminal conversation with a trained model, streamed token by token.
+
+Also holds what the HTTP server (`phiforge.serve`) shares with it: finding the model in a run folder, a step-wise
+version of `generate`'s decoding loop that yields tokens as they are sampled, and incremental detokenisation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from phiforge.errors import PhiforgeError
+from phiforge.generate import sample_next
+from phiforge.model import KVCache
+from phiforge.rundir import MARKER, RunDir
+from phiforge.tokenizer import ChatTokenizer
+
+# The most-trained model first: DPO refines SFT, which refines the pretrained base.
+STAGE_PREFERENCE = ("dpo", "sft", "pretrain")
+
+HELP = "commands: /reset (forget the conversation), /temp X, /system TEXT (empty to clear), /help, /quit"
+
+
+def resolve_model_dir(path: Path | str) -> Path:
+    """A model folder as given, or a run folder's best completed model (dpo > sft > pretrain)."""
+    path = Path(path)
+    if not path.exists():
+        raise PhiforgeError(f"{path} does not exist (expected a run folder or a model folder with config.json)")
+    if (path / "config.json").is_file():
+        return path
+    if (path / MARKER).is_file():
+        run = RunDir.open(path)
+        for stage in STAGE_PREFERENCE:
+            # A stage whose manifest is gone was invalidated (e.g. by --force on an earlier stage): its model is stale.
+            model_dir = run.stage_dir(stage) / "model"
+            if run.manifest(stage) is not None and (model_dir / "config.json").is_file():
+                return model_dir
+        raise PhiforgeError(f"run folder {path} has no finished model yet (none of {', '.join(STAGE_PREFERENCE)} "
+                            f"has completed); run `phiforge run --out {path}` first")
+    raise PhiforgeError(f"{path} is neither a model folder (no config.json) nor a phiforge run folder (no {MARKER})")
+
+
+def load_chat_model(path: Path | str) -> tuple[nn.Module, ChatTokenizer, Path]:
+    from phiforge.checkpoint import load_model
+
+    model_dir = resolve_model_dir(path)
+    model, _, tok = load_model(model_dir)
+    return model.eval(), tok, model_dir
+
+
+def default_name(model_dir: Path) -> str:
+    """runs/tiny/sft/model -> 'tiny-sft'; any other folder -> its own name."""
+    parts = model_dir.resolve().parts
+    return f"{parts[-3]}-{parts[-2]}" if parts[-1] == "model" and len(parts) >= 3 else parts[-1]
+
+
+def load_named_models(path: str | None, named: Sequence[str]) -> list[tuple[str, Path, nn.Module, ChatTokenizer]]:
+    """(name, folder, model, tokenizer) for a RUN_OR_CHECKPOINT (named after its folder) and each NAME=PATH."""
+    specs = [(None, path)] if path is not None else []
+    for spec in named:
+        name, sep, where = spec.partition("=")
+        if not sep or not name or not where:
+            raise PhiforgeError(f"--model expects NAME=PATH, got {spec!r}")
+        specs.append((name, where))
+    if not specs:
+        raise PhiforgeError("nothing to serve: give a run folder or model folder, or --model NAME=PATH")
+    loaded = []
+    for name, where in specs:
+        model, tok, model_dir = load_chat_model(where)
+        loaded.append((name or default_name(model_dir), model_dir, model, tok))
+    return loaded
+
+
+def stream_generate(
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    pad_id: int,
+    stop_ids: Sequence[int] = (),
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    alive: Callable[[int], bool] | None = None,
+) -> Iterator[list[tuple[int, int]]]:
+    """`generate`'s batched KV-cache loop, one step at a time: yields [(prompt index, token), ...] per step.
+
+    A row leaves the batch at its first stop token (never yielded), after max_new_tokens, or as soon as
+    alive(index) turns False, so a cancelled request stops costing compute. The forward calls are the same as
+    generate's, so a prompt decoded alone greedily gives the same tokens either way.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("a prompt is empty; generation needs at least one token to start from")
+    if max_new_tokens <= 0 or not prompts:
+        return
+    model = getattr(model, "_orig_mod", model)
+    device = next(model.parameters()).device
+    generator = None
+    if seed is not None and temperature > 0:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+    stop = set(stop_ids)
+
+    # Per call, not around the loop: an inference_mode block held open across `yield` would leak into the caller.
+    @torch.inference_mode()
+    def forward(*args, **kwargs):
+        return model(*args, **kwargs)
+
+    B, L = len(prompts), max(len(p) for p in prompts)
+    total = L + max_new_tokens
+    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    key_valid = torch.zeros((B, total), dtype=torch.bool)
+    for r, p in enumerate(prompts):
+        ids[r, L - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        key_valid[r, L - len(p):L] = True
+    ids, key_valid = ids.to(device), key_valid.to(device)
+    positions = (key_valid[:, :L].long().cumsum(-1) - 1).clamp_min(0)
+    cache = KVCache(model.cfg.n_layers, total)
+    logits = forward(ids, position_ids=positions, kv_cache=cache, attention_mask=key_valid[:, :L], last_only=True)
+    logits, next_pos = logits[:, -1], positions[:, -1] + 1
+    rows = list(range(B))  # prompt index of each row still in the batch
+    for step in range(max_new_tokens):
+        tok = sample_next(logits, temperature, top_p, generator)
+        toks = tok.tolist()
+        yield [(rows[i], t) for i, t in enumerate(toks) if t not in stop]
+        keep = [i for i, t in enumerate(toks) if t not in stop and (alive is None or alive(rows[i]))]
+        if not keep or step == max_new_tokens - 1:
+            return
+        if len(keep) < len(rows):
+            idx = torch.tensor(keep, dtype=torch.long, device=device)
+            rows = [rows[i] for i in keep]
+            tok, next_pos, key_valid = tok[idx], next_pos[idx], key_valid[idx]
+            cache.select(idx)
+        key_valid[:, L + step] = True
+        logits = forward(tok[:, None], position_ids=next_pos[:, None], kv_cache=cache,
+                         attention_mask=key_valid[:, :L + step + 1])[:, -1]
+        next_pos = next_pos + 1
+
+
+def stream_tokens(model: nn.Module, prompt: Sequence[int], **kwargs) -> Iterator[int]:
+    """One prompt's new tokens, one at a time as they are sampled (stop token excluded); kwargs as stream_generate."""
+    for step in stream_generate(model, [prompt], **kwargs):
+        for _, token in step:
+            yield token
+
+
+class TextStream:
+    """Token ids in, text deltas out, never showing text that a later token could still change.
+
+    Byte-level BPE can split one character over several tokens (decoded meanwhile as U+FFFD), and the tail of the
+    text may be the start of a stop string; both are held back until resolved. `text` is everything before the
+    first stop string, `stopped` says whether one was found.
+    """
+
+    def __init__(self, tok: ChatTokenizer, stop: Sequence[str] = ()):
+        self.tok, self.stop = tok, [s for s in stop if s]
+        self.ids: list[int] = []
+        self.text, self.shown, self.stopped = "", 0, False
+
+    def push(self, token: int) -> str:
+        if self.stopped:
+            return ""
+        self.ids.append(token)
+        text = self.tok.decode(self.ids)
+        hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        if hits:
+            self.stopped, text = True, text[:min(hits)]
+            safe = len(text)
+        else:
+            safe = len(text) - self._undecided_tail(text)
+        self.text = text
+        delta = text[self.shown:safe]
+        self.shown = max(self.shown, safe)
+        return delta
+
+    def extend(self, tokens: Sequence[int]) -> int:
+        """Push tokens until a stop string appears; returns how many were consumed."""
+        if not self.stop and not self.stopped:  # one decode instead of one per token
+            self.ids += tokens
+            self.text = self.tok.decode(self.ids)
+            return len(tokens)
+        for n, token in enumerate(tokens, 1):
+            self.push(token)
+            if self.stopped:
+                return n
+        return len(tokens)
+
+    def _undecided_tail(self, text: str) -> int:
+        # An unfinished character may be the next one of a stop string, so stop prefixes are sought before it.
+        whole = text.rstrip("\ufffd")
+        prefix = max((next((k for k in range(min(len(s) - 1, len(whole)), 0, -1) if whole.endswith(s[:k])), 0)
+                      for s in self.stop), default=0)
+        return len(text) - len(whole) + prefix
+
+    def flush(self) -> str:
+        """Whatever is still held back, once no more tokens will come."""
+        delta, self.shown = self.text[self.shown:], max(self.shown, len(self.text))
+        return delta
+
+
+def openai_messages(messages) -> list[dict]:
+    """OpenAI-style chat messages as the plain {role, content} ones `encode_chat` takes; text content parts are
+    joined, the 'developer' role is the system role, and anything else is a one-line PhiforgeError."""
+    if not isinstance(messages, list) or not messages:
+        raise PhiforgeError("'messages' must be a non-empty list")
+    out = []
+    for i, m in enumerate(messages):
+        role, content = (m.get("role"), m.get("content")) if isinstance(m, dict) else (None, None)
+        if isinstance(content, list):
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in content):
+                raise PhiforgeError(f"messages[{i}]: only text content parts are supported")
+            content = "".join(p["text"] for p in content)
+        role = "system" if role == "developer" else role
+        if role not in ("system", "user", "assistant") or not isinstance(content, str):
+            raise PhiforgeError(f"messages[{i}] must have role system/user/assistant and text content")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def _fit_prompt(tok: ChatTokenizer, system: str | None, history: list[dict], user: str, max_len: int,
+                max_tokens: int) -> tuple[list[int], int]:
+    """The prompt and its reply budget, dropping the oldest turns while the reply would be squeezed."""
+    while True:
+        messages = ([{"role": "system", "content": system}] if system else []) + history
+        prompt = tok.encode_chat(messages + [{"role": "user", "content": user}], add_generation_prompt=True)[0]
+        budget = min(max_tokens, max_len - len(prompt))
+        if budget >= min(max_tokens, max_len // 4) or not history:
+            return prompt, budget
+        del history[:2]
+        print("(oldest turn dropped to fit the model's context)", flush=True)
+
+
+def chat_loop(model: nn.Module, tok: ChatTokenizer, *, temperature: float = 0.7, top_p: float = 0.95,
+              max_tokens: int = 256, system: str | None = None, seed: int | None = None) -> int:
+    """Read lines from stdin, stream replies to stdout; returns the exit status."""
+    history: list[dict] = []
+    max_len = model.cfg.max_seq_len
+    stop_ids = [tok.im_end_id, tok.endoftext_id]
+    print(f"{HELP}\n", flush=True)
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            print(flush=True)
+            return 0
+        if not line:
+            continue
+        if line.startswith("/"):
+            cmd, _, arg = line.partition(" ")
+            arg = arg.strip()
+            if cmd in ("/quit", "/exit"):
+                return 0
+            if cmd == "/reset":
+                history.clear()
+                print("(conversation cleared)", flush=True)
+            elif cmd == "/temp":
+                try:
+                    value = float(arg)
+                    if not 0 <= value <= 10:
+                        raise ValueError
+                    temperature = value
+                    print(f"(temperature {temperature:g}{', greedy' if temperature == 0 else ''})", flush=True)
+                except ValueError:
+                    print(f"(usage: /temp X with 0 <= X <= 10; 0 is greedy; temperature stays {temperature:g})")
+            elif cmd == "/system":
+                system = arg or None
+                print(f"(system prompt {'set' if system else 'cleared'}; applies from the next message)", flush=True)
+            elif cmd == "/help":
+                print(HELP, flush=True)
+            else:
+                print(f"(unknown command {cmd}; {HELP})", flush=True)
+            continue
+
+        prompt, budget = _fit_prompt(tok, system, history, line, max_len, max_tokens)
+        if budget <= 0:
+            print(f"(message too long: the prompt is {len(prompt)} tokens, the model's context {max_len})")
+            continue
+        print("assistant> ", end="", flush=True)
+        text, n, ended, t0 = TextStream(tok), 0, False, time.perf_counter()
+        try:
+            for step in stream_generate(model, [prompt], max_new_tokens=budget, pad_id=tok.pad_id,
+                                        stop_ids=stop_ids, temperature=temperature, top_p=top_p, seed=seed):
+                ended = not step  # an empty step is the stop token
+                for _, token in step:
+                    n += 1
+                    print(text.push(token), end="", flush=True)
+        except KeyboardInterrupt:
+            print(text.flush() + " [interrupted]", flush=True)
+        else:
+            note = "" if ended else f" [stopped at {budget} tokens]"
+            print(text.flush() + note, flush=True)
+        if n:
+            rate = n / max(time.perf_counter() - t0, 1e-9)
+            print(f"({n} tokens, {rate:.1f} tokens/s)", flush=True)
+        history += [{"role": "user", "content": line}, {"role": "assistant", "content": text.text}]
+
+
+def run_chat(args) -> int:
+    """`phiforge chat`, given its parsed arguments."""
+    if args.temperature < 0:
+        raise PhiforgeError(f"--temperature must be >= 0, got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise PhiforgeError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.max_tokens < 1:
+        raise PhiforgeError(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    model, tok, model_dir = load_chat_model(args.path)
+    try:
+        import readline  # noqa: F401  (line editing and history for input(), where the platform has it)
+    except ImportError:
+        pass
+    print(f"phiforge chat: {model_dir} ({model.num_params() / 1e6:.2f}M parameters, "
+          f"context {model.cfg.max_seq_len} tokens)", flush=True)
+    try:
+        return chat_loop(model, tok, temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
+                         system=args.system, seed=args.seed)
+    except KeyboardInterrupt:
+        print(flush=True)
+        return 0

@@ -1,0 +1,205 @@
+"""`phiforge chat` and the streaming pieces it shares with the server, on a tiny random model."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from phiforge.chat import TextStream, load_chat_model, resolve_model_dir, stream_generate, stream_tokens
+from phiforge.checkpoint import export_model
+from phiforge.cli import main
+from phiforge.errors import PhiforgeError
+from phiforge.generate import generate
+from phiforge.model import ModelConfig, Phi3
+from phiforge.rundir import MARKER
+from phiforge.tokenizer import ChatTokenizer, train_bpe
+
+CORPUS = [
+    "The cat sat on the mat and looked at the garden.",
+    "A train leaves the station at 9 and arrives at 12.",
+    "Add 17 and 25 to get 42; multiply 6 by 7 to get 42 as well.",
+    "Héllo wörld: naïve café façade, ✓ done — 東京.",
+    "system user assistant",
+] * 4
+
+
+def make_checkpoint(directory: Path, *, seed: int = 0, max_seq_len: int = 256) -> Path:
+    """A tiny random Phi3 with a tiny BPE, exported like a trained stage's model folder."""
+    tok = ChatTokenizer(train_bpe(CORPUS, vocab_size=300, min_frequency=1, progress=False))
+    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, d_ffn=64,
+                      max_seq_len=max_seq_len)
+    torch.manual_seed(seed)
+    model = Phi3(cfg)
+    with torch.no_grad():
+        # Peaked logits, so greedy argmax never hinges on float noise between batched and unbatched runs; and no
+        # stop token under greedy decoding, so replies run to max_tokens and their length is known.
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(4.0)
+        model.lm_head.weight[[tok.im_end_id, tok.endoftext_id]] = 0.0
+    export_model(model, cfg, tok, directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("chat") / "model")
+
+
+@pytest.fixture(scope="module")
+def loaded(ckpt):
+    model, tok, _ = load_chat_model(ckpt)
+    return model, tok
+
+
+def test_stream_tokens_equal_generate_alone_and_batched(loaded):
+    model, tok = loaded
+    prompts = [tok.chat_prompt("hello there"), tok.chat_prompt("add 17 and 25", system="Be brief."), tok.encode("A")]
+    common = dict(max_new_tokens=24, pad_id=tok.pad_id, stop_ids=[tok.im_end_id, tok.endoftext_id])
+    expected = [generate(model, [p], **common)[0] for p in prompts]
+    assert all(len(e) == 24 for e in expected)
+    for p, e in zip(prompts, expected):
+        assert list(stream_tokens(model, p, **common)) == e
+    rows = [[] for _ in prompts]
+    for step in stream_generate(model, prompts, **common):
+        for i, t in step:
+            rows[i].append(t)
+    assert rows == expected
+
+
+def test_stream_ends_at_stop_token_and_when_a_row_dies(loaded):
+    model, tok = loaded
+    prompts = [tok.chat_prompt("hello"), tok.chat_prompt("the cat")]
+    free = generate(model, prompts, max_new_tokens=16, pad_id=tok.pad_id)
+    stop = free[0][5]  # pretend the 6th token of row 0 is the end of turn
+    first = free[0].index(stop)
+    counts = [0, 0]
+
+    def alive(i):  # row 1's client "disconnects" after 3 tokens
+        return i != 1 or counts[1] < 3
+
+    for step in stream_generate(model, prompts, max_new_tokens=16, pad_id=tok.pad_id, stop_ids=[stop], alive=alive):
+        assert all(t != stop for _, t in step)
+        for i, _ in step:
+            counts[i] += 1
+    assert counts == [first, 3]
+    assert generate(model, prompts[:1], max_new_tokens=16, pad_id=tok.pad_id, stop_ids=[stop])[0] == free[0][:first]
+
+
+def test_text_stream_holds_back_split_characters_and_stop_strings(loaded):
+    _, tok = loaded
+    text = "Héllo wörld ✓ 東京 and the cat"
+    ids = tok.encode(text)
+    ts = TextStream(tok)
+    deltas = [ts.push(t) for t in ids]
+    assert "".join(deltas) + ts.flush() == text
+    assert not any("\ufffd" in d for d in deltas)
+
+    ts = TextStream(tok, stop=["wörld", "zzz"])
+    shown = "".join(ts.push(t) for t in ids) + ts.flush()
+    assert ts.stopped and shown == ts.text == "Héllo "
+    assert TextStream(tok, stop=["東"]).extend(ids) < len(ids)
+
+
+def test_run_folder_resolves_to_best_completed_model(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / MARKER).write_text(json.dumps({"format": 1}))
+    with pytest.raises(PhiforgeError, match="no finished model"):
+        resolve_model_dir(run)
+    for stage in ("pretrain", "sft", "dpo"):
+        (run / stage / "model").mkdir(parents=True)
+        (run / stage / "model" / "config.json").write_text("{}")
+        (run / stage / "manifest.json").write_text(json.dumps({"status": "complete"}))
+    assert resolve_model_dir(run) == run / "dpo" / "model"
+    (run / "dpo" / "manifest.json").unlink()  # invalidated: its model is stale
+    assert resolve_model_dir(run) == run / "sft" / "model"
+    with pytest.raises(PhiforgeError, match="does not exist"):
+        resolve_model_dir(tmp_path / "missing")
+    with pytest.raises(PhiforgeError, match="neither a model folder"):
+        resolve_model_dir(tmp_path)
+
+
+def test_cli_errors_are_one_line(ckpt, tmp_path, capsys):
+    assert main(["chat", str(tmp_path / "missing")]) == 2
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in ckpt.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    (bad / "model.safetensors").write_bytes(b"\x00" * 40)
+    assert main(["chat", str(bad)]) == 2
+    assert main(["chat", str(ckpt), "--temperature", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("phiforge: error: ") for line in err)
+    assert "does not exist" in err[0] and "safetensors" in err[1] and "--temperature" in err[2]
+
+
+class Terminal:
+    """A child process on a pseudo-terminal, read with deadlines so a hung child fails the test instead of it."""
+
+    def __init__(self, args: list[str]):
+        master, slave = pty.openpty()
+        env = {**os.environ, "TERM": "dumb", "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+        os.close(slave)
+        self.fd, self.out = master, ""
+
+    def expect(self, text: str, timeout: float = 60) -> str:
+        """Everything printed up to and including the next `text`."""
+        deadline = time.monotonic() + timeout
+        while text not in self.out:
+            left = deadline - time.monotonic()
+            assert left > 0, f"timed out waiting for {text!r}; output so far:\n{self.out}"
+            if select.select([self.fd], [], [], left)[0]:
+                try:
+                    chunk = os.read(self.fd, 4096)
+                except OSError:  # the child closed the terminal
+                    chunk = b""
+                assert chunk, f"child exited before printing {text!r}; output:\n{self.out}"
+                self.out += chunk.decode("utf-8", "replace").replace("\r\n", "\n")
+        head, _, self.out = self.out.partition(text)
+        return head + text
+
+    def send(self, line: str) -> None:
+        os.write(self.fd, (line + "\n").encode())
+
+
+def test_chat_cli_through_a_terminal(ckpt):
+    term = Terminal([sys.executable, "-m", "phiforge.cli", "chat", str(ckpt), "--max-tokens", "12", "--seed", "0"])
+    try:
+        term.expect("you> ")
+        term.send("hello there")
+        reply = term.expect("you> ")
+        assert "assistant> " in reply and "(12 tokens," in reply and "tokens/s)" in reply
+        assert "[stopped at 12 tokens]" in reply  # this model never says <|im_end|>, so the reply hits the cap
+        term.send("/temp 0")
+        assert "(temperature 0, greedy)" in term.expect("you> ")
+        term.send("/temp hot")
+        assert "usage: /temp X" in term.expect("you> ")
+        term.send("/system Answer in one word.")
+        assert "(system prompt set" in term.expect("you> ")
+        term.send("/reset")
+        assert "(conversation cleared)" in term.expect("you> ")
+        term.send("what is 6 times 7?")
+        reply = term.expect("you> ")
+        # After /reset at temperature 0 the reply is the greedy continuation of exactly [system, user].
+        model, tok, _ = load_chat_model(ckpt)
+        prompt = tok.encode_chat([{"role": "system", "content": "Answer in one word."},
+                                  {"role": "user", "content": "what is 6 times 7?"}], add_generation_prompt=True)[0]
+        expected = tok.decode(generate(model, [prompt], max_new_tokens=12, pad_id=tok.pad_id)[0])
+        assert f"assistant> {expected} [stopped at 12 tokens]" in reply
+        term.send("/quit")
+        assert term.proc.wait(timeout=30) == 0
+    finally:
+        if term.proc.poll() is None:
+            term.proc.kill()
+        os.close(term.fd)
