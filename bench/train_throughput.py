@@ -1,8 +1,10 @@
 """Training-step throughput and MFU: phiforge's Phi3 against transformers' Phi3ForCausalLM, same weights, same run.
 
-One full training step = bf16-autocast forward, fp32 cross-entropy (phiforge.train.cross_entropy), backward, gradient
-clipping and an AdamW step (phiforge.train.build_optimizer / clip_and_step), identical for both models; only the
-module computing the logits differs. transformers runs with attn_implementation="sdpa".
+One full training step = bf16-autocast forward, fp32 cross-entropy, backward, gradient clipping and an AdamW step
+(phiforge.train.build_optimizer / clip_and_step, identical for all). phiforge's step is exactly `phiforge pretrain`'s
+(Phi3 + train.cross_entropy). The named baseline is transformers' own training path: Phi3ForCausalLM with
+attn_implementation="sdpa" called with labels, so its loss function upcasts the logits and computes the loss, as
+its Trainer does. A third row, transformers' model with phiforge's loss, splits the gain between model and loss.
 
 The two implementations alternate in rounds (and swap which goes first each round) so that whatever else the shared
 machine is doing lands on both; each figure is the median over all timed steps. The bf16 matmul peak that MFU is
@@ -92,8 +94,8 @@ class Runner:
     """One model, its optimiser and a closure doing a full training step on a fixed batch."""
 
     def __init__(self, name: str, model: torch.nn.Module, hf: bool, x: torch.Tensor, y: torch.Tensor,
-                 lr: float = 1e-5):
-        self.name, self.model, self.hf, self.x, self.y = name, model, hf, x, y
+                 lr: float = 1e-5, hf_loss: bool = False):
+        self.name, self.model, self.hf, self.x, self.y, self.hf_loss = name, model, hf, x, y, hf_loss
         # A small, fixed lr: the weights barely move, so both models keep doing the same arithmetic throughout.
         self.opt = build_optimizer(model, OptimConfig(lr=lr, warmup_steps=0))
         self.times: list[float] = []
@@ -102,13 +104,17 @@ class Runner:
     def step(self) -> float:
         t = time.perf_counter()
         with autocast("bf16", torch.device("cpu")):
-            out = self.model(input_ids=self.x) if self.hf else self.model(self.x)
-        logits = out.logits if self.hf else out
-        loss, count = cross_entropy(logits, self.y)
-        (loss / count).backward()
+            if self.hf_loss:  # y as already-shifted labels: the same targets as ours, mean over tokens
+                mean = self.model(input_ids=self.x, labels=self.y, shift_labels=self.y).loss
+            else:
+                out = self.model(input_ids=self.x) if self.hf else self.model(self.x)
+        if not self.hf_loss:
+            loss, count = cross_entropy(out.logits if self.hf else out, self.y)
+            mean = loss / count
+        mean.backward()
         clip_and_step(self.model, self.opt, 1.0)
         dt = time.perf_counter() - t
-        self.last_loss = float(loss.detach()) / count
+        self.last_loss = float(mean.detach())
         return dt
 
 
@@ -117,7 +123,7 @@ def try_compile(model: Phi3, runner_args) -> tuple[torch.nn.Module, str]:
     try:
         compiled = torch.compile(model)
         probe = Runner("probe", compiled, False, *runner_args, lr=0.0)  # compiles forward and backward, moves nothing
-        probe.step()
+        print(f"torch.compile: first step (compiling forward and backward) took {probe.step():.1f} s")
         return compiled, "torch.compile"
     except Exception as e:  # inductor needs a working C++ toolchain; any failure there means eager
         msg = (str(e).strip().splitlines() or [""])[0][:120]
@@ -136,6 +142,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile phiforge's model")
     ap.add_argument("--quick", action="store_true", help="tiny model, few steps: a smoke test")
     ap.add_argument("--no-hf", action="store_true", help="time phiforge only")
+    ap.add_argument("--no-split", action="store_true", help="skip the row of transformers' model + phiforge's loss")
     args = ap.parse_args()
     if args.quick:
         args.steps, args.repeats, args.warmup, args.batch, args.seq = 2, 2, 1, 2, 64
@@ -161,7 +168,9 @@ def main() -> None:
         model = pf
     runners.append(Runner(label, model, False, x, y))
     if hf is not None:
-        runners.append(Runner("transformers (sdpa)", hf, True, x, y))
+        runners.append(Runner("transformers (sdpa)", hf, True, x, y, hf_loss=True))
+        if not args.no_split:
+            runners.append(Runner("transformers (sdpa) + phiforge loss", build_hf(cfg, pf.state_dict()), True, x, y))
 
     fpt = flops.train_flops_per_token(cfg, args.seq)
     tokens = args.batch * args.seq
@@ -200,8 +209,8 @@ def main() -> None:
         med = statistics.median(r.times)
         rates[r.name] = tokens / med
         print(f"| {r.name} | {med:.3f} | {tokens / med:,.0f} | {tokens / med * fpt / peak:.1%} | {r.last_loss:.4f} |")
-    if len(runners) == 2:
-        a, b = runners
+    a = runners[0]
+    for b in runners[1:]:
         print(f"\nratio {a.name} / {b.name}: {rates[a.name] / rates[b.name]:.2f}x "
               f"(per-round ratios: " + ", ".join(
                   f"{statistics.median(b.times[i:i + args.steps]) / statistics.median(a.times[i:i + args.steps]):.2f}"

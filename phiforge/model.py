@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from phiforge.errors import PhiforgeError
+from phiforge.rundir import atomic_path, atomic_write_json
 
 
 @dataclass
@@ -61,6 +61,19 @@ class KVCache:
         # Called by the model once every layer has written, so all layers see the same offset within a forward.
         self.length += n
 
+    def place(self, rows: torch.Tensor, batch: int, other: KVCache, end: int) -> None:
+        """Copy everything `other` holds into rows `rows` of a `batch`-row cache, its last position in slot end - 1.
+
+        Lets rows be prefilled in separate, shorter batches and then decoded together; the caller sets `length`.
+        Slots that nothing was placed in stay zero, so they must be masked out as padding.
+        """
+        start = end - other.length
+        for mine, theirs in ((self.k, other.k), (self.v, other.v)):
+            for i, t in enumerate(theirs):
+                if mine[i] is None:
+                    mine[i] = t.new_zeros((batch, t.shape[1], self.max_len, t.shape[3]))
+                mine[i][rows, :, start:end] = t[:, :, : other.length]
+
     def select(self, batch_indices: torch.Tensor) -> None:
         """Keep only the given batch rows (e.g. drop finished sequences during generation)."""
         for store in (self.k, self.v):
@@ -76,16 +89,188 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 and cast back before the weight, exactly as Phi3RMSNorm does, so bf16 runs match HF.
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            # The residual stream is fp32 even under autocast. Every consumer of a norm is a linear layer, which
+            # autocast would feed a bf16 copy of the output anyway, so write that copy directly.
+            dev = x.device.type
+            out_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+            if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+                return _RMSNormFn.apply(x, self.weight, self.eps, out_dtype)
+            return _rms_norm(x, self.weight, self.eps, out_dtype)[0]
+        # Otherwise normalise in fp32 and cast back before the weight, exactly as Phi3RMSNorm does.
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)
 
 
-def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # Non-interleaved ("rotate half") layout, as in HF Phi3: dimension i pairs with i + head_dim/2.
+def _rms_norm(x, weight, eps: float, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """weight * x / rms(x) for fp32 x, rounded once to out_dtype, and the 1/rms factors [..., 1]."""
+    r = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+    h = x * r
+    if out_dtype == x.dtype:
+        return h.mul_(weight), r
+    return torch.mul(h, weight, out=torch.empty(x.shape, dtype=out_dtype, device=x.device)), r
+
+
+class _RMSNormFn(torch.autograd.Function):
+    """RMSNorm in three passes forward and about seven backward, against about six and fifteen for autograd of the
+    composite F.rms_norm (CPU has no fused kernel) plus autocast's cast of its output."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps: float, out_dtype: torch.dtype):
+        y, r = _rms_norm(x, weight, eps, out_dtype)
+        ctx.save_for_backward(x, weight, r)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight, r = ctx.saved_tensors
+        h = x * r
+        d_weight = (g * h).sum_to_size(weight.shape) if ctx.needs_input_grad[1] else None
+        # With h = x * r and r = (mean(x^2) + eps)^-1/2:  dx = r * (dh - h * mean(dh * h)),  dh = g * weight.
+        dh = g * weight
+        mean = torch.linalg.vecdot(dh, h, dim=-1).unsqueeze(-1).div_(x.shape[-1])
+        return dh.addcmul_(h, mean, value=-1).mul_(r), d_weight, None, None
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor, sign: int) -> None:
+    """out = x rotated by +angle (sign 1) or -angle (sign -1, the transpose, for the backward pass).
+
+    Non-interleaved ("rotate half") layout, as in HF Phi3: dimension i pairs with i + head_dim/2, and cos/sin are
+    the half-width tables. Four half-width passes instead of rotate_half's neg + cat + three full-width ones.
+    """
     half = x.shape[-1] // 2
-    return x * cos.to(x.dtype) + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin.to(x.dtype)
+    x1, x2, y1, y2 = x[..., :half], x[..., half:], out[..., :half], out[..., half:]
+    torch.mul(x1, cos, out=y1)
+    y1.addcmul_(x2, sin, value=-sign)
+    torch.mul(x2, cos, out=y2)
+    y2.addcmul_(x1, sin, value=sign)
+
+
+def _split_rope(qkv, cos, sin, n_q: int, n_kv: int, head_dim: int):
+    B, T, _ = qkv.shape
+    heads = qkv.view(B, T, n_q + 2 * n_kv, head_dim)
+    qk = qkv.new_empty((B, n_q + n_kv, T, head_dim))
+    _rotate(heads[:, :, : n_q + n_kv], cos, sin, qk.transpose(1, 2), 1)
+    return qk[:, :n_q], qk[:, n_q:], heads[:, :, n_q + n_kv :].transpose(1, 2)
+
+
+class _SplitRope(torch.autograd.Function):
+    """Fused qkv projection [B, T, (Hq + 2 Hkv) * D] -> roped q [B, Hq, T, D], roped k [B, Hkv, T, D], v.
+
+    Autograd of split + rotate_half would cat the three gradients back together after a neg, a cat and five
+    multiplies or adds per tensor; here the backward writes each gradient, rotated back, straight into its slot.
+    q and k come out contiguous in [B, H, T, D], the layout attention and the KV cache read fastest.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv, cos, sin, n_q: int, n_kv: int, head_dim: int):
+        ctx.save_for_backward(cos, sin)
+        ctx.heads = (n_q, n_kv)
+        return _split_rope(qkv, cos, sin, n_q, n_kv, head_dim)
+
+    @staticmethod
+    def backward(ctx, gq, gk, gv):
+        cos, sin = ctx.saved_tensors
+        n_q, n_kv = ctx.heads
+        ref = next(g for g in (gq, gk, gv) if g is not None)
+        B, _, T, D = ref.shape
+        grad = ref.new_empty((B, T, n_q + 2 * n_kv, D))
+        for g, slot in ((gq, slice(0, n_q)), (gk, slice(n_q, n_q + n_kv))):
+            if g is None:
+                grad[:, :, slot].zero_()
+            else:
+                _rotate(g.transpose(1, 2), cos, sin, grad[:, :, slot], -1)
+        if gv is None:
+            grad[:, :, n_q + n_kv :].zero_()
+        else:
+            grad[:, :, n_q + n_kv :].copy_(gv.transpose(1, 2))
+        return grad.view(B, T, -1), None, None, None, None, None
+
+
+class _SwiGLU(torch.autograd.Function):
+    """up * silu(gate) from the fused [gate | up] projection, saving only that projection for the backward.
+
+    Autograd would also keep silu(gate) alive and cat the two gradient halves; this writes them in place.
+    """
+
+    @staticmethod
+    def forward(ctx, gate_up):
+        gate, up = gate_up.chunk(2, dim=-1)
+        ctx.save_for_backward(gate_up)
+        return up * F.silu(gate)
+
+    @staticmethod
+    def backward(ctx, g):
+        (gate_up,) = ctx.saved_tensors
+        gate, up = gate_up.chunk(2, dim=-1)
+        grad = torch.empty_like(gate_up)
+        d_gate, d_up = grad.chunk(2, dim=-1)
+        torch.mul(g, F.silu(gate), out=d_up)
+        torch.ops.aten.silu_backward.grad_input(g * up, gate, grad_input=d_gate)
+        return grad
+
+
+# Query rows per block of _BlockCausalAttention, and the longest sequence it takes: it keeps the (causal half of
+# the) attention probabilities for the backward, O(T^2) memory that flash attention avoids, so long sequences go
+# to the fused kernel. 64 was fastest at T = 256 and 512 (1.25-1.4x over 128; 32 is slower again).
+_ATTN_BLOCK, _ATTN_MAX_LEN = 64, 1024
+
+
+def _causal_bias(start: int, end: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    q = torch.arange(start, end, device=device)[:, None]
+    k = torch.arange(end, device=device)[None, :]
+    return torch.zeros((end - start, end), dtype=dtype, device=device).masked_fill_(k > q, float("-inf"))
+
+
+class _BlockCausalAttention(torch.autograd.Function):
+    """Causal softmax(q k^T / sqrt(D)) v for training on CPU, in blocks of query rows that each see only the keys
+    up to their own end, so the masked upper triangle is mostly never computed.
+
+    On CPU the fused flash kernel runs its bf16 backward at a fraction of matmul speed; batched matmuls on the
+    causal blocks plus the saved probabilities do the same work about twice as fast at these lengths. Scores and
+    probabilities are in the input dtype, as in HF's eager attention; gradients measured against an fp32 reference
+    are no less accurate than flash's.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        B, H, T, D = q.shape
+        scale = D**-0.5
+        q3, k3, v3 = (t.reshape(B * H, T, D) for t in (q, k, v))
+        out = q3.new_empty((B * H, T, D))
+        probs = []
+        for start in range(0, T, _ATTN_BLOCK):
+            end = min(start + _ATTN_BLOCK, T)
+            scores = torch.baddbmm(_causal_bias(start, end, q.dtype, q.device), q3[:, start:end],
+                                   k3[:, :end].transpose(1, 2), alpha=scale)
+            p = torch.softmax(scores, dim=-1)
+            torch.bmm(p, v3[:, :end], out=out[:, start:end])
+            probs.append(p)
+        ctx.save_for_backward(q3, k3, v3, *probs)
+        ctx.scale = scale
+        return out.view(B, H, T, D)
+
+    @staticmethod
+    def backward(ctx, g):
+        q3, k3, v3, *probs = ctx.saved_tensors
+        B, H, T, D = g.shape
+        g3 = g.reshape(B * H, T, D)
+        dq, dk, dv = torch.empty_like(q3), None, None
+        # Last block first: it sees every key, so its products initialise dk and dv without zero-filling them.
+        for p, start in reversed(list(zip(probs, range(0, T, _ATTN_BLOCK)))):
+            end = min(start + _ATTN_BLOCK, T)
+            g_blk, q_blk = g3[:, start:end], q3[:, start:end]
+            d_scores = torch._softmax_backward_data(torch.bmm(g_blk, v3[:, :end].transpose(1, 2)), p, -1, p.dtype)
+            if dk is None:
+                dv, dk = torch.bmm(p.transpose(1, 2), g_blk), torch.bmm(d_scores.transpose(1, 2), q_blk)
+            else:
+                dv[:, :end].baddbmm_(p.transpose(1, 2), g_blk)
+                dk[:, :end].baddbmm_(d_scores.transpose(1, 2), q_blk)
+            torch.bmm(d_scores, k3[:, :end], out=dq[:, start:end])
+        dq.mul_(ctx.scale)
+        dk.mul_(ctx.scale)
+        return dq.view(B, H, T, D), dk.view(B, H, T, D), dv.view(B, H, T, D)
 
 
 class Attention(nn.Module):
@@ -94,15 +279,16 @@ class Attention(nn.Module):
         self.layer_idx = layer_idx
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-        self.split = (q_dim, kv_dim, kv_dim)
         self.qkv_proj = nn.Linear(cfg.d_model, q_dim + 2 * kv_dim, bias=False)
         self.o_proj = nn.Linear(q_dim, cfg.d_model, bias=False)
 
     def forward(self, x, cos, sin, mask, causal, kv_cache):
         B, T, _ = x.shape
-        qkv = self.qkv_proj(x).split(self.split, dim=-1)  # fused as [q heads | k heads | v heads]
-        q, k, v = (t.view(B, T, -1, self.head_dim).transpose(1, 2) for t in qkv)
-        q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
+        qkv = self.qkv_proj(x)  # fused as [q heads | k heads | v heads]
+        # cos/sin: half-width tables [T, 1, D/2] or [B, T, 1, D/2], cast here (they are tiny) to q's dtype. Without
+        # autograd the plain function skips autograd.Function's overhead, which matters in a decode step.
+        split_rope = _SplitRope.apply if qkv.requires_grad else _split_rope
+        q, k, v = split_rope(qkv, cos.to(qkv.dtype), sin.to(qkv.dtype), self.n_heads, self.n_kv_heads, self.head_dim)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)
         y = self._attend(q, k, v, mask, causal)
@@ -110,6 +296,10 @@ class Attention(nn.Module):
 
     def _attend(self, q, k, v, mask, causal):
         groups = self.n_heads // self.n_kv_heads
+        if causal and q.device.type == "cpu" and q.requires_grad and q.shape[2] <= _ATTN_MAX_LEN:
+            if groups > 1:
+                k, v = (t.repeat_interleave(groups, dim=1) for t in (k, v))
+            return _BlockCausalAttention.apply(q, k, v)
         if causal:
             # On CUDA only the flash kernel (fp16/bf16) takes enable_gqa natively; elsewhere it would fall back
             # to the math kernel, so repeating K/V keeps the fused fp32 kernels. On CPU enable_gqa is fastest.
@@ -122,7 +312,7 @@ class Attention(nn.Module):
         B, H, T, D = q.shape
         if groups > 1:
             q = q.reshape(B, self.n_kv_heads, groups * T, D)
-            if mask is not None:
+            if mask is not None and T > 1:  # one query row broadcasts over the folded groups as it is
                 mask = mask.repeat(1, 1, groups, 1)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return y.reshape(B, H, T, D)
@@ -135,7 +325,10 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.d_ffn, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        gate_up = self.gate_up_proj(x)
+        if gate_up.requires_grad:
+            return self.down_proj(_SwiGLU.apply(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
         return self.down_proj(up * F.silu(gate))
 
 
@@ -228,11 +421,13 @@ class Phi3(nn.Module):
         if position_ids is not None:
             # Computed rather than gathered from the table: no host sync to range-check arbitrary positions.
             cos, sin = self._rope_from_positions(position_ids.view(-1, T), self.rope_inv_freq)
-            cos, sin = cos[:, None], sin[:, None]
         elif S <= self.rope_cos.shape[0]:
             cos, sin = self.rope_cos[offset:S], self.rope_sin[offset:S]
         else:
             cos, sin = self._rope_from_positions(torch.arange(offset, S, device=device), self.rope_inv_freq)
+        # Both halves of each table are equal; the layers take one half, with a broadcast axis for the heads.
+        half = self.cfg.head_dim // 2
+        cos, sin = cos[..., None, :half], sin[..., None, :half]
 
         causal, mask = False, None
         if attention_mask is not None:
@@ -254,6 +449,11 @@ class Phi3(nn.Module):
 
     @staticmethod
     def _build_mask(key_valid: torch.Tensor | None, T: int, offset: int, device: torch.device) -> torch.Tensor:
+        if T == 1 and key_valid is not None:
+            # A single query (a decode step) sits after every key, so only padding and its own slot matter.
+            mask = key_valid.clone()
+            mask[:, -1] = True
+            return mask[:, None, None, :]
         q_slot = torch.arange(offset, offset + T, device=device)
         k_slot = torch.arange(offset + T, device=device)
         mask = k_slot[None, :] <= q_slot[:, None]  # [T, S]
@@ -328,16 +528,6 @@ def config_from_hf_dict(d: dict, source: str = "config.json") -> ModelConfig:
     return cfg
 
 
-def _atomic_write(path: Path, write) -> None:
-    # A crash mid-write must never leave a half-written file under the real name.
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_pretrained(model: nn.Module | None, cfg: ModelConfig, directory, *, bos_id: int, eos_id: int, pad_id: int,
                     state_dict: dict | None = None) -> None:
     """Write config.json, model.safetensors and generation_config.json, loadable by transformers or load_pretrained.
@@ -353,11 +543,11 @@ def save_pretrained(model: nn.Module | None, cfg: ModelConfig, directory, *, bos
         state_dict = model.state_dict()
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state_dict.items()}
     gen_cfg = {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id}
-    _atomic_write(directory / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    _atomic_write(directory / "generation_config.json", lambda p: p.write_text(json.dumps(gen_cfg, indent=2) + "\n"))
+    with atomic_path(directory / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    atomic_write_json(directory / "generation_config.json", gen_cfg)
     # config.json last, so a folder with a config is a folder whose weights were fully written.
-    hf = json.dumps(hf_config_dict(cfg, bos_id, eos_id, pad_id), indent=2) + "\n"
-    _atomic_write(directory / "config.json", lambda p: p.write_text(hf))
+    atomic_write_json(directory / "config.json", hf_config_dict(cfg, bos_id, eos_id, pad_id))
 
 
 def _one_line(e: Exception) -> str:

@@ -168,6 +168,17 @@ def test_sample_next_top_p_keeps_only_nucleus():
     assert int(sample_next(logits, 0.0, 1.0, None)) == 0
 
 
+def test_sampling_frequencies_follow_the_distribution_and_skip_zero_weights():
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.15, 0.05, 0.0])
+    logits = torch.log(probs).expand(4000, -1)  # -inf where the weight is zero
+    g = torch.Generator().manual_seed(0)
+    draws = torch.cat([sample_next(logits, 1.0, 1.0, g) for _ in range(5)])
+    freq = torch.bincount(draws, minlength=6).double() / draws.numel()
+    assert freq[1] == 0 and freq[5] == 0
+    # 20,000 draws: a standard error under 0.0036 for every entry, so 0.015 is more than four of them.
+    assert (freq - probs.double()).abs().max() < 0.015
+
+
 def test_generate_restores_training_mode(model):
     model.train()
     try:
