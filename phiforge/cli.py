@@ -17,7 +17,7 @@ EPILOG = """examples:
   phiforge run tiny --set pretrain.steps=200 --out runs/quick
   phiforge run --force sft                      # redo SFT and everything after it
   phiforge eval --out runs/tiny --force eval    # rescore an existing run
-  phiforge chat runs/tiny                       # talk to the run's best model (dpo > sft > pretrain)
+  phiforge chat runs/tiny                       # talk to the run's best model (dpo > sft > midtrain > pretrain)
   phiforge serve runs/tiny --port 8000          # OpenAI-compatible API and a chat page on 127.0.0.1:8000
 """
 
@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="phiforge",
-        description="Train a small Phi-style model the Phi-4 way: verified synthetic data, pretraining, SFT, "
+        description="Train a small Phi-style model the Phi-4 way: verified synthetic data, pretraining, "
+                    "midtraining (context extension), SFT, "
                     "evaluation on a fresh contest, and a report. Stages: " + " -> ".join(s.name for s in STAGES),
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Chat with a model in the ChatML format. Commands: /reset, /temp X, "
                                    "/system TEXT, /quit.")
     p.add_argument("path", metavar="RUN_OR_CHECKPOINT",
-                   help="a run folder (its best model: dpo > sft > pretrain) or a model folder")
+                   help="a run folder (its best model: dpo > sft > midtrain > pretrain) or a model folder")
     p.add_argument("--temperature", type=float, default=0.7, help="0 is greedy (default: 0.7)")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: 0.95)")
     p.add_argument("--max-tokens", type=int, default=256, help="longest reply in tokens (default: 256)")

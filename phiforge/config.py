@@ -77,6 +77,31 @@ class PretrainConfig:
 
 
 @dataclass
+class MidtrainConfig:
+    """Context extension (Phi-4 §3.3): continue from the pretrained model at a longer sequence and a higher RoPE base,
+    on natively long documents mixed with replayed pretraining windows, at a tenth of the pretraining peak LR."""
+
+    seed: int = 0
+    seq_len: int = 512  # the new context; must be <= model.max_seq_len
+    rope_theta: float = 40000.0  # the new RoPE base (Phi-4: 10K -> 250K going 4K -> 16K)
+    long_fraction: float = 0.3  # share of windows that are whole long documents; the rest replay pretraining text
+    lr_scale: float = 0.1  # peak LR = pretrain.optim.lr * lr_scale; the rest of the optimiser is pretrain's
+    warmup_steps: int = 20
+    batch_size: int = 8  # sequences per micro-batch
+    grad_accum: int = 1  # micro-batches per optimiser step
+    steps: int = 200
+    dtype: Literal["bf16", "fp32"] = "bf16"
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    bucket: int = 128  # width of the position buckets the loss is reported in
+    eval_windows: int = 32  # held-out long documents and replay windows each, for the per-position losses
+    val_every: int = 50
+    val_batches: int = 4
+    ckpt_every: int = 50
+    keep_checkpoints: int = 2
+    log_every: int = 10
+
+
+@dataclass
 class SFTConfig:
     seed: int = 0
     batch_size: int = 16
@@ -125,6 +150,7 @@ class Recipe:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    midtrain: MidtrainConfig = field(default_factory=MidtrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     pts: PTSStageConfig = field(default_factory=PTSStageConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
@@ -320,6 +346,22 @@ def validate(r: Recipe, source: str = "recipe") -> None:
     need(0 < p.val_fraction < 0.5, "pretrain.val_fraction", "must be in (0, 0.5)")
     for k in ("val_every", "val_batches", "ckpt_every", "keep_checkpoints", "log_every"):
         need(getattr(p, k) > 0, f"pretrain.{k}", "must be positive")
+    mt = r.midtrain
+    need(mt.seq_len <= m.max_seq_len, "midtrain.seq_len",
+         f"({mt.seq_len}) must be <= model.max_seq_len ({m.max_seq_len}); raise model.max_seq_len to extend further")
+    need(mt.seq_len > p.seq_len, "midtrain.seq_len",
+         f"({mt.seq_len}) must be > pretrain.seq_len ({p.seq_len}): midtraining extends the context")
+    need(mt.rope_theta > 0, "midtrain.rope_theta", "must be positive")
+    need(0.0 <= mt.long_fraction <= 1.0, "midtrain.long_fraction", "must be in [0, 1]")
+    need(mt.lr_scale > 0, "midtrain.lr_scale", "must be positive")
+    need(mt.steps > 0, "midtrain.steps", "must be positive")
+    need(0 <= mt.warmup_steps < mt.steps, "midtrain.warmup_steps",
+         f"({mt.warmup_steps}) must be >= 0 and < midtrain.steps ({mt.steps})")
+    need(0 < mt.bucket <= mt.seq_len, "midtrain.bucket",
+         f"({mt.bucket}) must be in (0, midtrain.seq_len ({mt.seq_len})]")
+    for k in ("batch_size", "grad_accum", "eval_windows", "val_every", "val_batches", "ckpt_every", "keep_checkpoints",
+              "log_every"):
+        need(getattr(mt, k) > 0, f"midtrain.{k}", "must be positive")
     need(r.sft.max_len <= m.max_seq_len, "sft.max_len", f"({r.sft.max_len}) must be <= model.max_seq_len ({m.max_seq_len})")
 
     t = r.pts

@@ -145,8 +145,10 @@ def run(recipe: Recipe, run: RunDir) -> dict:
     tok = ChatTokenizer.load(run.stage_dir("tokenizer"))
 
     torch.manual_seed(recipe.pretrain.seed)  # the floor: the architecture before any training
+    # "base" is the model post-training starts from: the pretrained one after midtraining extended its context.
     candidates = [("untrained", lambda: Phi3(recipe.model), "completion"),
-                  ("base", lambda: load_model(run.stage_dir("pretrain") / "model")[0], "completion"),
+                  ("pretrain", lambda: load_model(run.stage_dir("pretrain") / "model")[0], "completion"),
+                  ("base", lambda: load_model(run.stage_dir("midtrain") / "model")[0], "completion"),
                   ("sft", lambda: load_model(run.stage_dir("sft") / "model")[0], "chat"),
                   ("dpo", lambda: load_model(run.stage_dir("dpo") / "model")[0], "chat")]
     summary = {"contest": {"seed": recipe.eval.seed, "n_problems": len(problems), "dropped_seen_in_training": dropped,
@@ -162,7 +164,7 @@ def run(recipe: Recipe, run: RunDir) -> dict:
         atomic_write_text(out / f"{name}.jsonl", "".join(_jsonl(r) for r in records))
         print(f"eval {name:>9}: greedy {result['greedy']['acc']:.1%}  maj@{recipe.eval.maj_k} {result['maj']['acc']:.1%}")
     summary["paired"] = {f"{a}_vs_{b}": paired(all_records[a], all_records[b])
-                         for a, b in (("dpo", "sft"), ("sft", "base"), ("base", "untrained"))}
+                         for a, b in (("dpo", "sft"), ("sft", "base"), ("base", "pretrain"), ("base", "untrained"))}
     atomic_write_json(out / "summary.json", summary)
     return {name: {"greedy": m["greedy"]["acc"], "maj": m["maj"]["acc"]} for name, m in summary["models"].items()} | {
         "n_problems": len(problems), "dropped_seen_in_training": dropped}

@@ -35,8 +35,10 @@ class MemoryPlan:
         return self.total_gb <= 0.9 * self.gpu_gb  # leave room for the allocator's fragmentation and NCCL buffers
 
 
-def memory_plan(recipe: Recipe, gpus: int, gpu_gb: float, micro_batch: int | None = None) -> MemoryPlan:
-    m, seq = recipe.model, recipe.pretrain.seq_len
+def memory_plan(recipe: Recipe, gpus: int, gpu_gb: float, micro_batch: int | None = None,
+                seq_len: int | None = None) -> MemoryPlan:
+    """Per-GPU memory of a training step; pretraining's micro-batch and sequence unless given."""
+    m, seq = recipe.model, seq_len or recipe.pretrain.seq_len
     b = micro_batch or recipe.pretrain.batch_size
     n = param_count(m)
     block = (n - 2 * m.vocab_size * m.d_model) / m.n_layers
@@ -63,6 +65,11 @@ def describe(recipe: Recipe, gpus: int = 8, gpu: str = "H100", gpu_gb: float = 8
     total = fpt * tokens
     peak = GPU_PEAKS[gpu]
     gpu_days = total / (peak * mfu) / 86400
+    mt = recipe.midtrain
+    mt_fpt = train_flops_per_token(recipe.model, mt.seq_len)
+    mt_tokens = mt.steps * mt.batch_size * mt.grad_accum * mt.seq_len
+    mt_total = mt_fpt * mt_tokens
+    mt_days = mt_total / (peak * mfu) / 86400
     lines = [
         f"recipe {recipe.name}: {n_meta:,} parameters (built on the meta device; {n_meta / 1e9:.2f}B)",
         f"  non-embedding: {n - 2 * recipe.model.vocab_size * recipe.model.d_model:,}",
@@ -70,6 +77,9 @@ def describe(recipe: Recipe, gpus: int = 8, gpu: str = "H100", gpu_gb: float = 8
         f"pretraining: {p.steps:,} steps x {p.batch_size * p.grad_accum:,} sequences x {p.seq_len:,} tokens = "
         f"{tokens:.4g} tokens, {total:.4g} FLOPs",
         f"  = {gpu_days:,.0f} {gpu}-days at {mfu:.0%} MFU ({gpu_days / gpus:,.1f} days on {gpus} GPUs)",
+        f"midtraining: {mt.steps:,} steps x {mt.batch_size * mt.grad_accum:,} sequences x {mt.seq_len:,} tokens = "
+        f"{mt_tokens:.4g} tokens, {mt_total:.4g} FLOPs ({mt_fpt:.4g} per token)",
+        f"  = {mt_days:,.0f} {gpu}-days at {mfu:.0%} MFU ({mt_days / gpus:,.1f} days on {gpus} GPUs)",
         "",
         f"FSDP2 memory plan per GPU, {gpus} x {gpu} {gpu_gb:g} GB, micro-batch {p.batch_size} x {p.seq_len} tokens:",
     ]
@@ -78,4 +88,8 @@ def describe(recipe: Recipe, gpus: int = 8, gpu: str = "H100", gpu_gb: float = 8
     lines += [f"  {name:<{width}}  {gb:8.2f} GiB" for name, gb in plan.rows]
     verdict = "fits" if plan.fits else "does NOT fit (lower pretrain.batch_size or add GPUs)"
     lines.append(f"  {'total':<{width}}  {plan.total_gb:8.2f} GiB of {gpu_gb:g}: {verdict}")
+    mt_plan = memory_plan(recipe, gpus, gpu_gb, mt.batch_size, mt.seq_len)
+    verdict = "fits" if mt_plan.fits else "does NOT fit (lower midtrain.batch_size or add GPUs)"
+    lines.append(f"  midtraining, micro-batch {mt.batch_size} x {mt.seq_len} tokens: "
+                 f"{mt_plan.total_gb:.2f} GiB: {verdict}")
     return "\n".join(lines)

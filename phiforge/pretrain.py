@@ -10,7 +10,9 @@ import hashlib
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -26,41 +28,61 @@ from phiforge.checkpoint import (
     save_training_state,
 )
 from phiforge import distributed, flops
-from phiforge.config import Recipe
+from phiforge.config import OptimConfig, Recipe
 from phiforge.errors import PhiforgeError
-from phiforge.model import Phi3
+from phiforge.model import ModelConfig, Phi3
 from phiforge.rundir import RunDir, atomic_write_json
 from phiforge.tokenizer import ChatTokenizer
 from phiforge.train import autocast, build_optimizer, clip_and_step, cross_entropy, lr_at, set_lr
 
 
-class PackedTokens:
+class Windows:
+    """Training windows of seq_len + 1 tokens, read in a fresh seeded permutation each epoch.
+
+    A subclass sets `n`, `seq_len`, `seed` and `window(i)`; global sample positions then run across epochs."""
+
+    n: int
+    seq_len: int
+    seed: int
+    _epoch: int = -1
+    _order: np.ndarray | None = None
+
+    def window(self, i: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def sample(self, p: int) -> np.ndarray:
+        """Global sample `p`: window order[p mod n] of epoch p // n."""
+        epoch, k = divmod(p, self.n)
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return self.window(int(self._order[k]))
+
+    def batch(self, position: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The `size` windows starting at global sample `position`, as (inputs, next-token targets)."""
+        return to_batch([self.sample(p) for p in range(position, position + size)])
+
+
+class PackedTokens(Windows):
     """Documents joined by `<|endoftext|>` and cut into windows of seq_len + 1 tokens, shuffled once per epoch."""
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int):
+    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int, key: str = "pretrain.seq_len"):
         self.tokens, self.seq_len, self.seed = tokens, seq_len, seed
         self.n = (len(tokens) - 1) // seq_len
         if self.n < 1:
             raise PhiforgeError(
-                f"{len(tokens)} tokens cannot fill one sequence of pretrain.seq_len={seq_len}; "
-                "raise synth.n_pretrain or pretrain.val_fraction, or lower pretrain.seq_len"
+                f"{len(tokens)} tokens cannot fill one sequence of {key}={seq_len}; "
+                f"raise synth.n_pretrain or pretrain.val_fraction, or lower {key}"
             )
         self._epoch, self._order = -1, None
 
     def window(self, i: int) -> np.ndarray:
         return self.tokens[i * self.seq_len : (i + 1) * self.seq_len + 1]
 
-    def batch(self, position: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The `size` windows starting at global sample `position` (which runs across epochs)."""
-        rows = []
-        for p in range(position, position + size):
-            epoch, k = divmod(p, self.n)
-            if epoch != self._epoch:
-                self._epoch = epoch
-                self._order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-            rows.append(self.window(int(self._order[k])))
-        arr = torch.from_numpy(np.stack(rows).astype(np.int64))
-        return arr[:, :-1], arr[:, 1:]
+
+def to_batch(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    arr = torch.from_numpy(np.stack(rows).astype(np.int64))
+    return arr[:, :-1], arr[:, 1:]
 
 
 def tokenize_corpus(run: RunDir, tok: ChatTokenizer, val_fraction: float) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -73,7 +95,7 @@ def tokenize_corpus(run: RunDir, tok: ChatTokenizer, val_fraction: float) -> tup
         table = pq.read_table(shard, columns=["id", "text"])
         ids, texts = table.column("id").to_pylist(), table.column("text").to_pylist()
         for doc_id, enc in zip(ids, tok.encode_batch(texts)):
-            to_val = (_stable_fraction(doc_id) < val_fraction)
+            to_val = (stable_fraction(doc_id) < val_fraction)
             (val if to_val else train).append(np.asarray(enc + [eot], dtype=np.int32))
             n_docs += 1
             n_val += to_val
@@ -83,12 +105,13 @@ def tokenize_corpus(run: RunDir, tok: ChatTokenizer, val_fraction: float) -> tup
     return t, v, {"docs": n_docs, "val_docs": n_val, "train_tokens": int(len(t)), "val_tokens": int(len(v))}
 
 
-def _stable_fraction(key: str) -> float:
+def stable_fraction(key: str) -> float:
+    """A document id's fixed place in [0, 1): below val_fraction it is validation, in every stage that splits."""
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
 
 
 @torch.no_grad()
-def evaluate_loss(model: Phi3, data: PackedTokens, batches: int, batch_size: int, dtype: str, dev: torch.device) -> float:
+def evaluate_loss(model: Phi3, data: Windows, batches: int, batch_size: int, dtype: str, dev: torch.device) -> float:
     model.eval()
     total, count = 0.0, 0
     n = min(batches * batch_size, data.n)
@@ -103,26 +126,38 @@ def evaluate_loss(model: Phi3, data: PackedTokens, batches: int, batch_size: int
     return total / max(1, count)
 
 
-def run(recipe: Recipe, run: RunDir) -> dict:
-    cfg, mcfg = recipe.pretrain, recipe.model
-    stage = run.stage_dir("pretrain")
-    ckpt_root = stage / "checkpoints"
-    # Checkpoints only resume a run with the same recipe slice and the same inputs.
-    fingerprint = "-".join(
-        [recipe.section_hash("model", "pretrain"), run.output_digest("tokenizer"), run.output_digest("synth")]
-    )
-    tok = ChatTokenizer.load(run.stage_dir("tokenizer"))
-    train_tokens, val_tokens, data_stats = tokenize_corpus(run, tok, cfg.val_fraction)
-    train = PackedTokens(train_tokens, cfg.seq_len, cfg.seed)
-    val = PackedTokens(val_tokens, cfg.seq_len, cfg.seed)
+@dataclass
+class Trained:
+    """What `train_loop` hands back: the loss history and the full weights (gathered for rank 0 to export)."""
 
+    history: dict
+    model_sd: dict
+    params: int
+    resumed_from: str | None
+    tokens_per_step: int
+    tokens_per_s: int
+    mfu: float
+    peak_flops: float
+
+
+def train_loop(name: str, cfg, optim: OptimConfig, mcfg: ModelConfig, tok: ChatTokenizer, build: Callable[[], Phi3],
+               data, validate: Callable[[torch.nn.Module], dict], ckpt_root: Path, fingerprint: str,
+               lr_key: str = "pretrain.optim.lr") -> Trained:
+    """The resumable training loop every next-token stage shares (pretrain, midtrain).
+
+    `cfg` is the stage's section (its seed, seq_len, batch_size, grad_accum, steps, dtype, parallel, val_every,
+    ckpt_every, keep_checkpoints and log_every); `build` makes the starting model and runs after the seed is set;
+    `data.batch(position, size)` gives the micro-batch at a global sample position, so a resumed run sees exactly the
+    batches of an uninterrupted one; `validate(model)` returns the fields of one `history["val"]` entry; `lr_key`
+    is the recipe key a diverging loss asks the user to lower.
+    """
     w = distributed.world()
     dev = w.device
     torch.manual_seed(cfg.seed)
-    model = Phi3(mcfg).to(dev)
+    model = build().to(dev)
     params = model.num_params()
     model = distributed.parallelize(model, cfg.parallel, w)
-    opt = build_optimizer(model, cfg.optim)
+    opt = build_optimizer(model, optim)
     step, history = 0, {"train": [], "val": []}
     resumed_from = None
     ckpts = list_checkpoints(ckpt_root)
@@ -139,15 +174,15 @@ def run(recipe: Recipe, run: RunDir) -> dict:
     tokens_per_step = cfg.batch_size * micro_per_step * cfg.seq_len
     flops_per_token = flops.train_flops_per_token(mcfg, cfg.seq_len)
     peak = flops.peak_flops(dev, cfg.dtype) * w.size
-    bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", unit="step", dynamic_ncols=True, disable=not w.main)
+    bar = tqdm(total=cfg.steps, initial=step, desc=name, unit="step", dynamic_ncols=True, disable=not w.main)
     t0, tokens_seen = time.perf_counter(), 0
     model.train()
     while step < cfg.steps:
-        lr = lr_at(step, cfg.steps, cfg.optim)
+        lr = lr_at(step, cfg.steps, optim)
         set_lr(opt, lr)
         step_loss, step_count = 0.0, 0
         mine = range(step * micro_per_step + w.rank, (step + 1) * micro_per_step, w.size)
-        micro = [train.batch(m * cfg.batch_size, cfg.batch_size) for m in mine]
+        micro = [data.batch(m * cfg.batch_size, cfg.batch_size) for m in mine]
         n_targets = sum(int(y.numel()) for _, y in micro)
         for i, (x, y) in enumerate(micro):
             x, y = x.to(dev), y.to(dev)
@@ -157,13 +192,13 @@ def run(recipe: Recipe, run: RunDir) -> dict:
             loss, cnt = cross_entropy(logits, y)
             (loss / n_targets).backward()
             step_loss, step_count = step_loss + float(loss.detach()), step_count + cnt
-        gnorm = clip_and_step(model, opt, cfg.optim.grad_clip)
+        gnorm = clip_and_step(model, opt, optim.grad_clip)
         step_loss, step_count = distributed.all_sum([step_loss, step_count], dev)
         step += 1
         tokens_seen += tokens_per_step
         train_loss = step_loss / step_count
         if not math.isfinite(train_loss):
-            raise FloatingPointError(f"pretrain loss is {train_loss} at step {step}; lower pretrain.optim.lr")
+            raise FloatingPointError(f"{name} loss is {train_loss} at step {step}; lower {lr_key}")
         elapsed = max(1e-9, time.perf_counter() - t0)
         rate = tokens_seen / elapsed
         mfu = rate * flops_per_token / peak
@@ -171,8 +206,7 @@ def run(recipe: Recipe, run: RunDir) -> dict:
             history["train"].append({"step": step, "loss": train_loss, "lr": lr, "grad_norm": gnorm,
                                      "tokens_per_s": round(rate), "mfu": round(mfu, 4)})
         if step % cfg.val_every == 0 or step == cfg.steps:
-            val_loss = evaluate_loss(model, val, cfg.val_batches, cfg.batch_size, cfg.dtype, dev)
-            history["val"].append({"step": step, "loss": val_loss})
+            history["val"].append({"step": step, **validate(model)})
         bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", mfu=f"{mfu:.0%}", refresh=False)
         bar.update(1)
         if step % cfg.ckpt_every == 0 and step < cfg.steps:
@@ -185,27 +219,50 @@ def run(recipe: Recipe, run: RunDir) -> dict:
             distributed.barrier()
     bar.close()
     elapsed = time.perf_counter() - t0
-
     model_sd, _ = distributed.full_state(model, opt)
+    rate = tokens_seen / max(1e-9, elapsed)
+    return Trained(history, model_sd, params, resumed_from, tokens_per_step, round(rate),
+                   round(rate * flops_per_token / peak, 4), peak)
+
+
+def run(recipe: Recipe, run: RunDir) -> dict:
+    cfg, mcfg = recipe.pretrain, recipe.model
+    stage = run.stage_dir("pretrain")
+    # Checkpoints only resume a run with the same recipe slice and the same inputs.
+    fingerprint = "-".join(
+        [recipe.section_hash("model", "pretrain"), run.output_digest("tokenizer"), run.output_digest("synth")]
+    )
+    tok = ChatTokenizer.load(run.stage_dir("tokenizer"))
+    train_tokens, val_tokens, data_stats = tokenize_corpus(run, tok, cfg.val_fraction)
+    train = PackedTokens(train_tokens, cfg.seq_len, cfg.seed)
+    val = PackedTokens(val_tokens, cfg.seq_len, cfg.seed)
+    dev = distributed.world().device
+
+    def validate(model: torch.nn.Module) -> dict:
+        return {"loss": evaluate_loss(model, val, cfg.val_batches, cfg.batch_size, cfg.dtype, dev)}
+
+    t = train_loop("pretrain", cfg, cfg.optim, mcfg, tok, lambda: Phi3(mcfg), train, validate,
+                   stage / "checkpoints", fingerprint)
+    w = distributed.world()
     if w.main:
-        export_model(None, mcfg, tok, stage / "model", state_dict=model_sd)
-        atomic_write_json(stage / "history.json", history)
+        export_model(None, mcfg, tok, stage / "model", state_dict=t.model_sd)
+        atomic_write_json(stage / "history.json", t.history)
     distributed.barrier()
     return {
         **data_stats,
-        "params": params,
+        "params": t.params,
         "world_size": w.size,
         "parallel": cfg.parallel if w.size > 1 else "none",
         "steps": cfg.steps,
-        "tokens_per_step": tokens_per_step,
-        "tokens_trained": cfg.steps * tokens_per_step,
-        "epochs": round(cfg.steps * tokens_per_step / max(1, len(train_tokens)), 3),
-        "final_train_loss": history["train"][-1]["loss"],
-        "final_val_loss": history["val"][-1]["loss"],
-        "resumed_from": resumed_from,
-        "tokens_per_s": round(tokens_seen / max(1e-9, elapsed)),
-        "mfu": round(tokens_seen / max(1e-9, elapsed) * flops_per_token / peak, 4),
-        "peak_flops": peak,
+        "tokens_per_step": t.tokens_per_step,
+        "tokens_trained": cfg.steps * t.tokens_per_step,
+        "epochs": round(cfg.steps * t.tokens_per_step / max(1, len(train_tokens)), 3),
+        "final_train_loss": t.history["train"][-1]["loss"],
+        "final_val_loss": t.history["val"][-1]["loss"],
+        "resumed_from": t.resumed_from,
+        "tokens_per_s": t.tokens_per_s,
+        "mfu": t.mfu,
+        "peak_flops": t.peak_flops,
     }
 
 

@@ -20,7 +20,10 @@ import torch  # noqa: E402
 from phiforge.config import Recipe, save_recipe  # noqa: E402
 from phiforge.rundir import RunDir, atomic_path, atomic_write_text  # noqa: E402
 
-STAGES_SHOWN = ("synth", "tokenizer", "pretrain", "sft", "pts", "dpo", "eval")
+STAGES_SHOWN = ("synth", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "eval")
+# How the per-position table and plot name the three models midtraining compares.
+POSITION_MODELS = {"pretrain": "pretrained", "pretrain_rope": "pretrained, raised RoPE base, untrained",
+                   "midtrain": "midtrained"}
 
 
 def machine() -> str:
@@ -48,6 +51,20 @@ def plot_losses(run: RunDir, plots: Path) -> list[tuple[str, str]]:
         ax.legend()
         _save(fig, plots / "pretrain_loss.png")
         made.append(("plots/pretrain_loss.png", "pretraining loss"))
+    mid = run.stage_dir("midtrain") / "history.json"
+    if mid.is_file():
+        h = json.loads(mid.read_text())
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        ax.plot([r["step"] for r in h["train"]], [r["loss"] for r in h["train"]], label="train (mixture)", lw=1)
+        for key, label in (("long_loss", "held-out long documents"), ("replay_loss", "held-out replay windows")):
+            ax.plot([r["step"] for r in h["val"]], [r[key] for r in h["val"]], "o-", label=label)
+        ax.set(xlabel="step", ylabel="loss (nats/token)", title="Midtraining (context extension)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        _save(fig, plots / "midtrain_loss.png")
+        made.append(("plots/midtrain_loss.png", "midtraining loss"))
+        if h.get("by_position", {}).get("long"):
+            made.append(plot_positions(h["by_position"], plots))
     sft = run.stage_dir("sft") / "history.json"
     if sft.is_file():
         h = json.loads(sft.read_text())["train"]
@@ -58,6 +75,38 @@ def plot_losses(run: RunDir, plots: Path) -> list[tuple[str, str]]:
         _save(fig, plots / "sft_loss.png")
         made.append(("plots/sft_loss.png", "SFT loss"))
     return made
+
+
+def plot_positions(bp: dict, plots: Path) -> tuple[str, str]:
+    """Loss against position for each model, long documents and replay windows side by side."""
+    mids = [(a + b) / 2 for a, b in bp["buckets"]]
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.6))
+    for ax, kind, title in zip(axes, ("long", "replay"), ("held-out long documents", "held-out replay windows")):
+        for name, label in POSITION_MODELS.items():
+            if name in bp.get(kind, {}):
+                theta = bp["rope_theta"][name]
+                ax.plot(mids, bp[kind][name], "o-", label=f"{label} (θ={theta:g})")
+        ax.axvline(bp["pretrain_seq_len"], color="grey", ls="--", lw=1)
+        ax.set(xlabel="position in window", title=title, yscale="log")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("loss (nats/token)")
+    axes[0].legend(fontsize=8)
+    _save(fig, plots / "midtrain_positions.png")
+    return ("plots/midtrain_positions.png", "loss by position before and after midtraining")
+
+
+def position_tables(bp: dict) -> list[tuple]:
+    """One table per data kind: a row per model, a column per position bucket."""
+    cut = bp["pretrain_seq_len"]
+    head = ["model", "RoPE base"] + [f"[{a}, {b})" for a, b in bp["buckets"]] + [f"≥ {cut}"]
+    blocks = []
+    for kind, title in (("long", "held-out long documents"), ("replay", "held-out replay windows")):
+        rows = [[label, f"{bp['rope_theta'][name]:g}"] + [f"{x:.3f}" for x in bp[kind][name]]
+                + [f"{bp[f'{kind}_beyond_pretrain_seq_len'][name]:.3f}"]
+                for name, label in POSITION_MODELS.items() if name in bp.get(kind, {})]
+        if rows:
+            blocks.append(("table", [f"loss, {title} ({bp['windows'][kind]})"] + head[1:], rows))
+    return blocks
 
 
 def plot_eval(summary: dict, plots: Path, k: int) -> tuple[str, str]:
@@ -117,6 +166,29 @@ def build_blocks(recipe: Recipe, run: RunDir) -> list[tuple]:
                             f"{pre['tokens_per_step']:,} tokens = {pre['tokens_trained']:,} tokens "
                             f"({pre['epochs']} epochs); final train loss {pre['final_train_loss']:.3f}, "
                             f"validation {pre['final_val_loss']:.3f}."))
+    mid = m["midtrain"].get("metrics", {})
+    if mid:
+        bp = mid["by_position"]
+        blocks.append(("p", f"Midtraining (context extension): sequence {bp['pretrain_seq_len']} → "
+                            f"{mid['seq_len']}, RoPE base "
+                            f"{mid['rope_theta']['before']:g} → {mid['rope_theta']['after']:g}, peak LR "
+                            f"{mid['peak_lr']:.2g}; {mid['steps']} steps × {mid['tokens_per_step']:,} tokens, "
+                            f"{100 * mid['long_fraction']:.0f}% of windows whole long documents ({mid['long_docs']:,} "
+                            f"problem sets of {mid['problems_per_doc']} exercises on average, each followed by its "
+                            f"answer key), the rest replayed pretraining text; final train loss "
+                            f"{mid['final_train_loss']:.3f}. Loss by position on held-out data, where positions "
+                            f"≥ {bp['pretrain_seq_len']} are beyond the pretraining context:"))
+        blocks += position_tables(bp)
+        long_beyond = bp.get("long_beyond_pretrain_seq_len", {})
+        if {"pretrain", "midtrain"} <= set(long_beyond):
+            blocks.append(("p", f"Held-out long documents, positions ≥ {bp['pretrain_seq_len']}: "
+                                f"{long_beyond['pretrain']:.3f} before midtraining, {long_beyond['midtrain']:.3f} "
+                                f"after ({long_beyond['midtrain'] - long_beyond['pretrain']:+.3f} nats/token)."))
+        key = bp.get("answer_key_loss", {})
+        if {"pretrain", "midtrain"} <= set(key):
+            blocks.append(("p", f"Answer-key answers ({bp['answer_key_tokens']} tokens predicted by "
+                                f"looking up that exercise's answer hundreds of tokens back): {key['pretrain']:.3f} "
+                                f"before midtraining, {key['midtrain']:.3f} after (nats/token)."))
     if sft:
         blocks.append(("p", f"SFT: {sft['conversations']:,} conversations, {sft['steps']} steps "
                             f"({sft['epochs']} epochs); loss {sft['first_loss']:.3f} → {sft['final_loss']:.3f}."))

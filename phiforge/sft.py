@@ -54,7 +54,7 @@ def batches(n: int, batch_size: int, steps: int, seed: int):
 
 def run(recipe: Recipe, run: RunDir) -> dict:
     cfg = recipe.sft
-    model, mcfg, tok = load_model(run.stage_dir("pretrain") / "model")
+    model, mcfg, tok = load_model(run.stage_dir("midtrain") / "model")  # the base model: context-extended
     dev = device()
     model.to(dev).train()
     conversations = read_column(run, "sft", "messages")

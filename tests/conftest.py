@@ -15,9 +15,13 @@ MICRO = {
     "synth": {"seed": 0, "n_pretrain": 400, "n_sft": 120, "n_pts": 6, "shard_size": 150},
     "tokenizer": {"vocab_size": 300},
     "model": {"vocab_size": 320, "d_model": 32, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "d_ffn": 64,
-              "max_seq_len": 128},
+              "max_seq_len": 320},
+    # val_fraction: enough held-out exercises for a few held-out problem sets in midtraining
     "pretrain": {"seq_len": 64, "batch_size": 8, "steps": 40, "val_every": 20, "ckpt_every": 10, "val_batches": 2,
-                 "log_every": 5, "optim": {"lr": 3e-3, "warmup_steps": 5}},
+                 "log_every": 5, "val_fraction": 0.15, "optim": {"lr": 3e-3, "warmup_steps": 5}},
+    # a problem set of two micro-tokenizer exercises and its key needs about 280 tokens
+    "midtrain": {"seq_len": 320, "batch_size": 4, "steps": 10, "warmup_steps": 2, "val_every": 5, "ckpt_every": 5,
+                 "val_batches": 1, "log_every": 2, "bucket": 64, "eval_windows": 8},
     "sft": {"batch_size": 8, "steps": 10, "max_len": 128, "log_every": 2, "optim": {"lr": 1e-3, "warmup_steps": 2}},
     "pts": {"n_queries": 3, "solutions_per_query": 1, "batch": 4, "max_rollouts": 8, "max_response_tokens": 24},
     "dpo": {"batch_size": 4},

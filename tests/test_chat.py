@@ -116,13 +116,17 @@ def test_run_folder_resolves_to_best_completed_model(tmp_path):
     (run / MARKER).write_text(json.dumps({"format": 1}))
     with pytest.raises(PhiforgeError, match="no finished model"):
         resolve_model_dir(run)
-    for stage in ("pretrain", "sft", "dpo"):
+    for stage in ("pretrain", "midtrain", "sft", "dpo"):
         (run / stage / "model").mkdir(parents=True)
         (run / stage / "model" / "config.json").write_text("{}")
         (run / stage / "manifest.json").write_text(json.dumps({"status": "complete"}))
     assert resolve_model_dir(run) == run / "dpo" / "model"
     (run / "dpo" / "manifest.json").unlink()  # invalidated: its model is stale
     assert resolve_model_dir(run) == run / "sft" / "model"
+    (run / "sft" / "manifest.json").unlink()
+    assert resolve_model_dir(run) == run / "midtrain" / "model"  # the context-extended base
+    (run / "midtrain" / "manifest.json").unlink()
+    assert resolve_model_dir(run) == run / "pretrain" / "model"
     with pytest.raises(PhiforgeError, match="does not exist"):
         resolve_model_dir(tmp_path / "missing")
     with pytest.raises(PhiforgeError, match="neither a model folder"):

@@ -15,7 +15,11 @@ def test_phi4_14b_recipe_has_the_papers_architecture():
     r = load_recipe("phi4-14b")
     m = r.model
     assert (m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.d_ffn) == (5120, 40, 40, 10, 17920)
-    assert (m.vocab_size, m.rope_theta, m.head_dim) == (100352, 250000.0, 128)
+    assert (m.vocab_size, m.head_dim) == (100352, 128)
+    # midtraining takes the context from 4K to 16K and the RoPE base to phi-4's 250K
+    assert (r.pretrain.seq_len, r.midtrain.seq_len, m.max_seq_len) == (4096, 16384, 16384)
+    assert r.midtrain.rope_theta == 250000.0 and r.midtrain.lr_scale == pytest.approx(0.1)
+    assert r.midtrain.long_fraction == pytest.approx(0.3)
     assert r.pretrain.optim.lr == pytest.approx(3e-4) and r.pretrain.optim.weight_decay == pytest.approx(0.1)
     assert r.pretrain.batch_size * r.pretrain.grad_accum == 5760
     assert r.sft.optim.lr == pytest.approx(1e-6)
@@ -34,6 +38,7 @@ def test_phi4_14b_recipe_has_the_papers_architecture():
         ({"model": {"n_kv_heads": 3}}, "model.n_kv_heads (3) must divide model.n_heads"),
         ({"model": {"vocab_size": 512}, "tokenizer": {"vocab_size": 1024}}, "model.vocab_size (512) must be >="),
         ({"pretrain": {"seq_len": 4096}}, "pretrain.seq_len (4096) must be <= model.max_seq_len"),
+        ({"midtrain": {"seq_len": 1024}}, "midtrain.seq_len (1024) must be <= model.max_seq_len (512)"),
         ({"eval": {"seed": 0}}, "eval.seed must differ from synth.seed"),
         ({"synth": {"domains": {"astrology": 1.0}}}, "synth.domains.astrology is not a known domain"),
         ({"pretrain": {"optim": {"warmup_steps": 5000}}}, "pretrain.optim.warmup_steps (5000) must be <"),

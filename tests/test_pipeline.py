@@ -36,9 +36,15 @@ def test_run_writes_every_stage_and_a_report(done_run):
         assert m["status"] == "complete" and m["config_hash"] is not None
     assert (out / "report.md").read_text().startswith("# phiforge run: micro")
     assert "<table>" in (out / "report.html").read_text()
-    assert (out / "plots" / "pretrain_loss.png").stat().st_size > 1000
+    for plot in ("pretrain_loss", "midtrain_loss", "midtrain_positions"):
+        assert (out / "plots" / f"{plot}.png").stat().st_size > 1000
+    assert "Midtraining (context extension)" in (out / "report.md").read_text()
     summary = json.loads((out / "eval" / "summary.json").read_text())
-    assert set(summary["models"]) == {"untrained", "base", "sft", "dpo"}
+    assert set(summary["models"]) == {"untrained", "pretrain", "base", "sft", "dpo"}
+    assert "base_vs_pretrain" in summary["paired"]
+    # SFT starts from the context-extended model, whose RoPE base it keeps
+    sft_cfg = json.loads((out / "sft" / "model" / "config.json").read_text())
+    assert sft_cfg["rope_theta"] == json.loads((out / "midtrain" / "model" / "config.json").read_text())["rope_theta"]
     record = json.loads((out / "eval" / "sft.jsonl").read_text().splitlines()[0])
     assert {"prompt", "output", "extracted", "correct", "maj_answer"} <= set(record)
     # checkpoints are transformers folders with the training state beside them
@@ -129,10 +135,11 @@ def test_corrupt_checkpoint_is_one_line(done_run, tmp_path):
     recipe, reference = done_run
     out = tmp_path / "run"
     shutil.copytree(reference, out)
-    weights = out / "pretrain" / "model" / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:1000])
-    line = one_line_error(phiforge("sft", recipe, "--out", out, "--force", "sft"))
-    assert "model.safetensors" in line
+    for stage, reader in (("midtrain", "sft"), ("pretrain", "midtrain")):  # each stage reads the one before
+        weights = out / stage / "model" / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+        line = one_line_error(phiforge(reader, recipe, "--out", out, "--force", reader))
+        assert f"{stage}/model/model.safetensors" in line
 
     # a damaged resume checkpoint is named too, not skipped silently
     (out / "pretrain" / "manifest.json").unlink()
