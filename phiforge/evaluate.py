@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from fractions import Fraction
 from pathlib import Path
@@ -58,10 +59,14 @@ def prompt_ids(tok: ChatTokenizer, problem: Problem, style: str) -> list[int]:
 
 
 def clean_output(text: str, style: str) -> str:
-    """A base model trained on packed exercises may run on into a new exercise; only its first answer counts."""
+    """A base model trained on packed exercises may run on into a new exercise ("Exercise:", or "Exercise 2:" after
+    midtraining's numbered problem sets); only its first answer counts."""
     if style == "completion":
-        text = text.split("Exercise:")[0]
+        text = _NEXT_EXERCISE.split(text, maxsplit=1)[0]
     return text.strip()
+
+
+_NEXT_EXERCISE = re.compile(r"Exercise(?: \d+)?:")
 
 
 def _vote_key(answer: str) -> str:

@@ -25,6 +25,10 @@ def test_base_model_output_is_cut_at_the_next_exercise():
     out = "x = 3. The answer is \\boxed{3}.\n\nExercise: What is 2 + 2?\nSolution: The answer is \\boxed{4}."
     assert clean_output(out, "completion").endswith("\\boxed{3}.")
     assert clean_output(out, "chat") == out.strip()
+    # After midtraining on numbered problem sets a base model runs on into "Exercise 2:" instead.
+    numbered = "x = 16. The answer is \\boxed{16}.\nExercise 2: Solve for x: 2*x = 12.\nSolution: \\boxed{6}."
+    assert clean_output(numbered, "completion") == "x = 16. The answer is \\boxed{16}."
+    assert clean_output("Exercises like this one: \\boxed{5}.", "completion").endswith("\\boxed{5}.")
 
 
 def test_contest_is_fresh_deterministic_and_drops_seen_questions():
