@@ -7,6 +7,7 @@ problem and exit 2; tracebacks are for phiforge's own bugs.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ EPILOG = """examples:
   phiforge eval --out runs/tiny --force eval    # rescore an existing run
   phiforge chat runs/tiny                       # talk to the run's best model (dpo > sft > midtrain > pretrain)
   phiforge serve runs/tiny --port 8000          # OpenAI-compatible API and a chat page on 127.0.0.1:8000
+  phiforge benchmark runs/tiny --tasks gsm8k100,humaneval --limit 20
 """
 
 
@@ -94,7 +96,46 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long a request waits for others to batch with (default: 10)")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                    help="server log level; info logs every request (default: warning)")
+    p = sub.add_parser("benchmark", help="score a model on real benchmarks (GSM8K-100, CHAMP, HumanEval)",
+                       description="Score a model on benchmarks read from installed registry packages: greedy or "
+                                   "sampled, pass@k, per-sample JSONL.")
+    p.add_argument("path", metavar="RUN_OR_CHECKPOINT",
+                   help="a run folder (its best model: dpo > sft > midtrain > pretrain) or a model folder")
+    p.add_argument("--tasks", default="gsm8k100,champ,humaneval", help="comma-separated benchmark names")
+    p.add_argument("--style", choices=["chat", "completion"], default="chat",
+                   help="maths prompts as a chat turn or as 'Exercise: ...\\nSolution:' (default: chat)")
+    p.add_argument("--limit", type=int, default=None, help="first N items of each benchmark")
+    p.add_argument("--samples", type=int, default=1, help="samples per item (pass@k up to this k)")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-tokens", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="folder for <task>.jsonl and summary.json")
     return parser
+
+
+def run_benchmark(args) -> int:
+    from phiforge import benchmarks
+    from phiforge.chat import load_chat_model
+    from phiforge.rundir import atomic_write_json, atomic_write_text
+
+    model, tok, model_dir = load_chat_model(args.path)
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    tasks = [benchmarks.get(n) for n in names]  # every name checked before any generation
+    ks = sorted({1, *(k for k in (5, 10, 100) if k <= args.samples)})
+    summaries = {}
+    for bench in tasks:
+        summary, records = benchmarks.evaluate(
+            model, tok, bench, style=args.style, limit=args.limit, samples=args.samples, temperature=args.temperature,
+            top_p=args.top_p, max_new_tokens=args.max_tokens, seed=args.seed, ks=ks)
+        summaries[bench.name] = summary
+        print(f"{bench.name}: " + ", ".join(f"{k} {summary[k]:.1%}" for k in summary if k.startswith("pass@"))
+              + f" on {summary['n_items']} items", flush=True)
+        if args.out:
+            atomic_write_text(args.out / f"{bench.name}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    if args.out:
+        atomic_write_json(args.out / "summary.json", {"model": str(model_dir), "benchmarks": summaries})
+    return 0
 
 
 def _resolve(args) -> tuple:
@@ -123,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             from phiforge.serve import run_serve
 
             return run_serve(args)
+        if args.command == "benchmark":
+            return run_benchmark(args)
         if args.command == "validate":
             from phiforge.config import load_recipe, save_recipe
 

