@@ -171,45 +171,122 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 # -- running a model ----------------------------------------------------------------------------------------
 
 MATH_INSTRUCTION = "Solve the problem. Put the final answer in \\boxed{}."
+# Where a completion stops: the next exercise (a base model runs on into one), or a new top-level statement after a
+# HumanEval function body (the benchmark's own stop sequences).
+MATH_STOPS = ("\nExercise", "\nQuestion:", "\n\n\n")
+CODE_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 
 
-def prompts(bench: Benchmark, items: Sequence[Item], tok, style: str) -> list[list[int]]:
+def cut_at(text: str, stops: Sequence[str]) -> str:
+    return text[: min((i for s in stops if (i := text.find(s)) >= 0), default=len(text))]
+
+
+class PhiforgeEngine:
+    """A phiforge checkpoint on the batched KV-cache engine; stops at <|im_end|> / <|endoftext|> and, after
+    decoding, at the stop strings."""
+
+    def __init__(self, model, tok):
+        self.model, self.tok = model, tok
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text)
+
+    def chat_prompt(self, user: str) -> list[int]:
+        return self.tok.chat_prompt(user)
+
+    def complete(self, prompts: list[list[int]], *, stops: Sequence[str], max_new_tokens: int, temperature: float,
+                 top_p: float, seed: int, batch_size: int) -> list[str]:
+        from phiforge.generate import generate
+
+        outs = generate(self.model, prompts, max_new_tokens=max_new_tokens, pad_id=self.tok.pad_id,
+                        stop_ids=[self.tok.im_end_id, self.tok.endoftext_id], temperature=temperature, top_p=top_p,
+                        seed=seed if temperature > 0 else None, batch_size=batch_size, progress=True)
+        return [cut_at(self.tok.decode(o), stops) for o in outs]
+
+
+class HFEngine:
+    """Any transformers causal-LM directory (e.g. Gemma 3 270M converted from its registry GGUF), on
+    transformers' own `generate` with left padding and stop strings. The chat prompt needs the tokenizer's chat
+    template; base models without one are run with `--style completion`."""
+
+    def __init__(self, directory: Path, dtype: str = "bf16"):
+        import torch
+        import transformers
+
+        self.tok = transformers.AutoTokenizer.from_pretrained(directory)
+        self.tok.padding_side = "left"
+        if self.tok.pad_token is None:
+            self.tok.pad_token = self.tok.eos_token
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(
+            directory, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32).eval()
+        self.directory = Path(directory)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=True)["input_ids"]
+
+    def chat_prompt(self, user: str) -> list[int]:
+        if not self.tok.chat_template:
+            raise PhiforgeError(f"{self.directory}: the tokenizer has no chat template (a base model?); "
+                                "use --style completion")
+        return self.tok.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True,
+                                            tokenize=True, return_dict=False)
+
+    def complete(self, prompts: list[list[int]], *, stops: Sequence[str], max_new_tokens: int, temperature: float,
+                 top_p: float, seed: int, batch_size: int) -> list[str]:
+        import torch
+        from tqdm import tqdm
+
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
+        texts: list[str] = [""] * len(prompts)
+        kw = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else \
+            dict(do_sample=False)
+        torch.manual_seed(seed)
+        for s in tqdm(range(0, len(order), batch_size), desc="generate", unit="batch"):
+            idx = order[s : s + batch_size]
+            batch = self.tok.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt")
+            with torch.inference_mode():
+                out = self.model.generate(**batch, max_new_tokens=max_new_tokens, stop_strings=list(stops) or None,
+                                          tokenizer=self.tok, pad_token_id=self.tok.pad_token_id, **kw)
+            for i, row in zip(idx, out[:, batch["input_ids"].shape[1] :]):
+                texts[i] = cut_at(self.tok.decode(row, skip_special_tokens=True), stops)
+        return texts
+
+
+def load_engine(path: Path | str):
+    """A phiforge run or model folder on phiforge's engine; any other transformers model folder on HFEngine."""
+    path = Path(path)
+    config = path / "config.json"
+    if config.is_file() and json.loads(config.read_text()).get("model_type") != "phi3":
+        return HFEngine(path), path
+    from phiforge.chat import load_chat_model
+
+    model, tok, model_dir = load_chat_model(path)
+    return PhiforgeEngine(model, tok), model_dir
+
+
+def prompts(bench: Benchmark, items: Sequence[Item], engine, style: str) -> list[list[int]]:
     """Token ids per item. Code is always completed as raw text (HumanEval's protocol); maths is asked as a chat
     turn (`chat`) or as the pretraining corpus's `Exercise: ...\\nSolution:` (`completion`, for base models)."""
     if bench.kind == "code":
-        return [tok.encode(it.question) for it in items]
+        return [engine.encode(it.question) for it in items]
     if style == "chat":
-        return [tok.chat_prompt(f"{it.question}\n{MATH_INSTRUCTION}") for it in items]
-    return [tok.encode(f"Exercise: {it.question}\nSolution:") for it in items]
+        return [engine.chat_prompt(f"{it.question}\n{MATH_INSTRUCTION}") for it in items]
+    return [engine.encode(f"Exercise: {it.question}\nSolution:") for it in items]
 
 
-_CODE_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
-
-
-def trim_code(completion: str) -> str:
-    """A completion ends where a new top-level statement starts (HumanEval's stop sequences)."""
-    cut = min((i for s in _CODE_STOPS if (i := completion.find(s)) >= 0), default=len(completion))
-    return completion[:cut]
-
-
-def evaluate(model, tok, bench: Benchmark, *, style: str = "chat", limit: int | None = None, samples: int = 1,
+def evaluate(engine, bench: Benchmark, *, style: str = "chat", limit: int | None = None, samples: int = 1,
              temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int = 512, seed: int = 0,
              batch_size: int = 32, ks: Sequence[int] = (1,)) -> tuple[dict, list[dict]]:
     """Score a model on a benchmark: per-item records (prompt, every sample, its verdict) and a summary with
     pass@k for each k <= samples (pass@1 with samples=1 and temperature 0 is greedy accuracy)."""
-    from phiforge.generate import generate
-
-    items = bench.load()[:limit]
     if samples < 1 or (samples > 1 and temperature <= 0):
         raise PhiforgeError(f"samples={samples} needs samples >= 1, and temperature > 0 when above 1")
-    ids = prompts(bench, items, tok, style)
-    stop = [tok.im_end_id, tok.endoftext_id]
-    outs = generate(model, [p for p in ids for _ in range(samples)], max_new_tokens=max_new_tokens, pad_id=tok.pad_id,
-                    stop_ids=stop, temperature=temperature, top_p=top_p, seed=seed if temperature > 0 else None,
-                    batch_size=batch_size, progress=True)
-    texts = [tok.decode(o) for o in outs]
+    items = bench.load()[:limit]
+    ids = prompts(bench, items, engine, style)
+    texts = engine.complete([p for p in ids for _ in range(samples)], stops=CODE_STOPS if bench.kind == "code"
+                            else MATH_STOPS, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                            seed=seed, batch_size=batch_size)
     if bench.kind == "code":
-        texts = [trim_code(t) for t in texts]
         verdicts = code_passes([(items[i // samples], t) for i, t in enumerate(texts)])
     else:
         verdicts = [math_correct(items[i // samples], t) for i, t in enumerate(texts)]

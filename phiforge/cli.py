@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Score a model on benchmarks read from installed registry packages: greedy or "
                                    "sampled, pass@k, per-sample JSONL.")
     p.add_argument("path", metavar="RUN_OR_CHECKPOINT",
-                   help="a run folder (its best model: dpo > sft > midtrain > pretrain) or a model folder")
+                   help="a run folder (its best model: dpo > sft > midtrain > pretrain), a phiforge model folder, "
+                        "or any transformers causal-LM folder")
     p.add_argument("--tasks", default="gsm8k100,champ,humaneval", help="comma-separated benchmark names")
     p.add_argument("--style", choices=["chat", "completion"], default="chat",
                    help="maths prompts as a chat turn or as 'Exercise: ...\\nSolution:' (default: chat)")
@@ -110,24 +111,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-tokens", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32, help="prompts decoded together (default: 32)")
     p.add_argument("--out", type=Path, default=None, help="folder for <task>.jsonl and summary.json")
     return parser
 
 
 def run_benchmark(args) -> int:
     from phiforge import benchmarks
-    from phiforge.chat import load_chat_model
     from phiforge.rundir import atomic_write_json, atomic_write_text
 
-    model, tok, model_dir = load_chat_model(args.path)
+    engine, model_dir = benchmarks.load_engine(args.path)
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     tasks = [benchmarks.get(n) for n in names]  # every name checked before any generation
     ks = sorted({1, *(k for k in (5, 10, 100) if k <= args.samples)})
     summaries = {}
     for bench in tasks:
         summary, records = benchmarks.evaluate(
-            model, tok, bench, style=args.style, limit=args.limit, samples=args.samples, temperature=args.temperature,
-            top_p=args.top_p, max_new_tokens=args.max_tokens, seed=args.seed, ks=ks)
+            engine, bench, style=args.style, limit=args.limit, samples=args.samples, temperature=args.temperature,
+            top_p=args.top_p, max_new_tokens=args.max_tokens, seed=args.seed, batch_size=args.batch_size, ks=ks)
         summaries[bench.name] = summary
         print(f"{bench.name}: " + ", ".join(f"{k} {summary[k]:.1%}" for k in summary if k.startswith("pass@"))
               + f" on {summary['n_items']} items", flush=True)

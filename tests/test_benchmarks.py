@@ -57,8 +57,8 @@ def test_humaneval_canonical_solutions_pass_in_the_sandbox_and_stubs_fail():
 
 def test_humaneval_completion_is_cut_at_the_next_top_level_statement():
     body = "    return x + 1\n\n\ndef unrelated():\n    pass\n"
-    assert B.trim_code(body) == "    return x + 1\n\n"
-    assert B.trim_code("    return 1\nprint(f(2))") == "    return 1"
+    assert B.cut_at(body, B.CODE_STOPS) == "    return x + 1\n\n"
+    assert B.cut_at("    return 1\nprint(f(2))", B.CODE_STOPS) == "    return 1"
 
 
 def test_pass_at_k_is_the_unbiased_estimator():
@@ -108,9 +108,43 @@ def test_runner_scores_every_sample_and_aggregates_pass_at_k(monkeypatch):
         return out
 
     monkeypatch.setattr("phiforge.generate.generate", fake_generate)
-    summary, records = B.evaluate(None, tok, bench, samples=2, temperature=1.0, ks=(1, 2))
+    engine = B.PhiforgeEngine(None, tok)
+    summary, records = B.evaluate(engine, bench, samples=2, temperature=1.0, ks=(1, 2))
     assert [r["n_correct"] for r in records] == [1, 1, 0]
     assert summary["pass@1"] == pytest.approx(1 / 3) and summary["pass@2"] == pytest.approx(2 / 3)
     assert records[0]["samples"][0] == {"output": "\\boxed{2}", "correct": True, "extracted": "2"}
     with pytest.raises(PhiforgeError, match="temperature > 0"):
-        B.evaluate(None, tok, bench, samples=3, temperature=0.0)
+        B.evaluate(engine, bench, samples=3, temperature=0.0)
+
+
+def test_transformers_engine_matches_phiforge_engine_on_the_same_checkpoint(tmp_path):
+    import torch
+
+    from phiforge.checkpoint import export_model
+    from phiforge.model import ModelConfig, Phi3
+    from phiforge.tokenizer import ChatTokenizer, train_bpe
+
+    pytest.importorskip("transformers")
+    texts = [f"Exercise: What is {a} + {b}?\nSolution: The answer is \\boxed{{{a + b}}}." for a in range(30)
+             for b in range(5)]
+    tok = ChatTokenizer(train_bpe(texts, vocab_size=300, progress=False))
+    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ffn=128,
+                      max_seq_len=128)
+    torch.manual_seed(0)
+    model = Phi3(cfg)
+    with torch.no_grad():  # peaked logits, so greedy decoding has no near-ties for the two engines to split
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(4.0)
+    export_model(model, cfg, tok, tmp_path / "m")
+    items = [B.Item(str(i), f"What is {i} + 2?", (str(i + 2),)) for i in range(6)]
+    bench = B.Benchmark("toy", "math", "toy", "", lambda: items)
+    ours, _ = B.load_engine(tmp_path / "m")
+    theirs = B.HFEngine(tmp_path / "m", dtype="fp32")
+    assert isinstance(ours, B.PhiforgeEngine)
+    for style in ("chat", "completion"):
+        a = B.evaluate(ours, bench, style=style, max_new_tokens=12)[1]
+        b = B.evaluate(theirs, bench, style=style, max_new_tokens=12, batch_size=4)[1]
+        outputs = [r["samples"][0]["output"] for r in a]
+        assert outputs == [r["samples"][0]["output"] for r in b]
+        assert len(set(outputs)) > 1 and all(len(o) > 5 for o in outputs), outputs
