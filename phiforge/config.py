@@ -77,6 +77,18 @@ class PretrainConfig:
 
 
 @dataclass
+class DecontamConfig:
+    """Phi-4 App. B decontamination of every training sample against the benchmarks of `phiforge benchmark`."""
+
+    benchmarks: list[str] = field(default_factory=lambda: ["gsm8k100", "champ", "humaneval"])
+    if_missing: Literal["skip", "error"] = "skip"  # a benchmark whose data package is not installed
+    drop_partial: bool = True  # PARTIAL = a fifth or more of an item's 7-grams copied verbatim
+    info_threshold: float = 0.2
+    contaminated_threshold: float = 0.5
+    allow_min_items: int = 10  # n-grams shared by this many benchmark items are boilerplate, never a match
+
+
+@dataclass
 class MidtrainConfig:
     """Context extension (Phi-4 §3.3): continue from the pretrained model at a longer sequence and a higher RoPE base,
     on natively long documents mixed with replayed pretraining windows, at a tenth of the pretraining peak LR."""
@@ -147,6 +159,7 @@ class EvalConfig:
 class Recipe:
     name: str = "tiny"
     synth: SynthConfig = field(default_factory=SynthConfig)
+    decontam: DecontamConfig = field(default_factory=DecontamConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -346,6 +359,15 @@ def validate(r: Recipe, source: str = "recipe") -> None:
     need(0 < p.val_fraction < 0.5, "pretrain.val_fraction", "must be in (0, 0.5)")
     for k in ("val_every", "val_batches", "ckpt_every", "keep_checkpoints", "log_every"):
         need(getattr(p, k) > 0, f"pretrain.{k}", "must be positive")
+    dc = r.decontam
+    from phiforge.benchmarks import BENCHMARKS
+
+    for name in dc.benchmarks:
+        need(name in BENCHMARKS, "decontam.benchmarks", f"{name!r} is not a benchmark ({', '.join(BENCHMARKS)})")
+    need(0 < dc.info_threshold <= dc.contaminated_threshold <= 1, "decontam.info_threshold",
+         f"({dc.info_threshold}) must be in (0, decontam.contaminated_threshold ({dc.contaminated_threshold})] "
+         "and that at most 1")
+    need(dc.allow_min_items >= 2, "decontam.allow_min_items", "must be >= 2")
     mt = r.midtrain
     need(mt.seq_len <= m.max_seq_len, "midtrain.seq_len",
          f"({mt.seq_len}) must be <= model.max_seq_len ({m.max_seq_len}); raise model.max_seq_len to extend further")

@@ -447,3 +447,74 @@ def decontaminate(docs: Iterable[dict], index: _Index, text_key: str = "text", *
             kept.append(doc)
     stats.update(docs=len(kept) + len(flagged), kept=len(kept), flagged=len(flagged))
     return kept, flagged, stats
+
+
+# -- the pipeline stage -------------------------------------------------------------------------------------
+
+
+def training_text(kind: str, row: dict) -> str:
+    """What a model trains on from one synth sample: the document, every turn of the conversation, or the question
+    (PTS questions reach training as DPO prompts)."""
+    if kind == "sft":
+        messages = row["messages"]
+        messages = json.loads(messages) if isinstance(messages, str) else messages
+        return "\n".join(m["content"] for m in messages)
+    return row["text"] if kind == "pretrain" else row["question"]
+
+
+def build_harness_index(cfg) -> tuple[BenchmarkIndex, dict]:
+    """One index over every benchmark of the harness that is installed: each item's question and reference solution."""
+    from phiforge import benchmarks
+
+    items, status = [], {}
+    for name in cfg.benchmarks:
+        bench = benchmarks.get(name)
+        try:
+            loaded = bench.load()
+        except PhiforgeError as e:
+            if cfg.if_missing == "error":
+                raise PhiforgeError(f"decontam.benchmarks: {e}") from e
+            status[name] = {"items": 0, "skipped": str(e)}
+            continue
+        items += [(name, it.id, f"{it.question}\n{it.solution}") for it in loaded]
+        status[name] = {"items": len(loaded)}
+    if not items:
+        raise PhiforgeError(f"decontam: none of decontam.benchmarks ({', '.join(cfg.benchmarks)}) is installed: "
+                            + "; ".join(s["skipped"] for s in status.values()))
+    index = BenchmarkIndex(items, info_threshold=cfg.info_threshold,
+                           contaminated_threshold=cfg.contaminated_threshold, allow_min_items=cfg.allow_min_items)
+    return index, status
+
+
+def run(recipe, run) -> dict:
+    """Stage `decontam`: every synth training sample against the harness's benchmarks; the flagged ones are listed in
+    `dropped.json`, which every training stage's reader leaves out, and shown with their verdicts in `flagged.jsonl`."""
+    import pyarrow.parquet as pq
+
+    from phiforge.rundir import atomic_write_json, atomic_write_text
+    from phiforge.synth import shards
+
+    cfg, out = recipe.decontam, run.stage_dir("decontam")
+    index, bench_status = build_harness_index(cfg)
+    dropped, lines, per_source = [], [], {}
+    for kind in ("pretrain", "sft", "pts"):
+        columns = {"pretrain": ["id", "text"], "sft": ["id", "messages"], "pts": ["id", "question"]}[kind]
+        rows = [r for shard in shards(run, kind) for r in pq.read_table(shard, columns=columns).to_pylist()]
+        docs = [{"id": r["id"], "text": training_text(kind, r)} for r in rows]
+        _, flagged, stats = decontaminate(docs, index, drop_partial=cfg.drop_partial)
+        per_source[kind] = {k: stats[k] for k in ("docs", "kept", "flagged", "status", "benchmark")}
+        for doc, v in flagged:
+            dropped.append(doc["id"])
+            lines.append(json.dumps({"source": kind, "id": doc["id"], "status": v.status, "reason": v.reason,
+                                     "benchmark": v.benchmark, "item_id": v.item_id, "ratio": round(v.ratio, 4),
+                                     "ngram": v.ngram, "text": doc["text"][:500]}) + "\n")
+    atomic_write_text(out / "flagged.jsonl", "".join(lines))
+    atomic_write_json(out / "dropped.json", sorted(dropped))
+    return {"benchmarks": bench_status, "sources": per_source, "dropped": len(dropped),
+            "allow_listed_ngrams": {str(n): c for n, c in index.allowed.items()},
+            "thresholds": {"info": cfg.info_threshold, "contaminated": cfg.contaminated_threshold}}
+
+
+def outputs(run) -> list[Path]:
+    out = run.stage_dir("decontam")
+    return [out / "dropped.json", out / "flagged.jsonl"]

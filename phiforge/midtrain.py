@@ -90,12 +90,15 @@ def problem_set(problems: list[dict], practice: list[dict]) -> tuple[str, int, i
 
 
 def exercise_rows(run: RunDir) -> list[dict]:
-    """The synth pretraining documents in the exercise style, in corpus order, whose answer fits on one line."""
-    rows = []
-    for shard in sorted(run.stage_dir("synth").glob("pretrain-*.parquet")):
+    """The synth pretraining documents in the exercise style that decontamination kept, in corpus order, whose
+    answer fits on one line."""
+    from phiforge.synth import dropped_ids, shards
+
+    rows, drop = [], dropped_ids(run)
+    for shard in shards(run, "pretrain"):
         table = pq.read_table(shard, columns=["id", "text", "question", "answer", "domain", "style"])
-        rows += [r for r in table.to_pylist()
-                 if r["style"] == "exercise" and r["text"].startswith("Exercise: ") and "\n" not in r["answer"]]
+        rows += [r for r in table.to_pylist() if r["style"] == "exercise" and r["text"].startswith("Exercise: ")
+                 and "\n" not in r["answer"] and r["id"] not in drop]
     return rows
 
 
@@ -267,7 +270,8 @@ def run(recipe: Recipe, run: RunDir) -> dict:
     mcfg = dataclasses.replace(recipe.model, rope_theta=cfg.rope_theta)
     optim = midtrain_optim(recipe)
     fingerprint = "-".join([recipe.section_hash("model", "pretrain", "midtrain"), run.output_digest("pretrain"),
-                            run.output_digest("tokenizer"), run.output_digest("synth")])
+                            run.output_digest("tokenizer"), run.output_digest("synth"),
+                            run.output_digest("decontam")])
     tok = ChatTokenizer.load(run.stage_dir("tokenizer"))
     train_tokens, val_tokens, _ = tokenize_corpus(run, tok, pre.val_fraction)
     train_rows, held_rows = split_rows(exercise_rows(run), pre.val_fraction)

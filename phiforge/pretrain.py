@@ -86,14 +86,20 @@ def to_batch(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def tokenize_corpus(run: RunDir, tok: ChatTokenizer, val_fraction: float) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Every synthetic pretraining document, tokenised; a hash of its id sends it to train or validation."""
-    shards = sorted(run.stage_dir("synth").glob("pretrain-*.parquet"))
+    """Every synthetic pretraining document decontamination kept, tokenised; a hash of its id sends it to train or
+    validation."""
+    from phiforge.synth import dropped_ids, shards as synth_shards
+
+    shards, drop = synth_shards(run, "pretrain"), dropped_ids(run)
     train, val = [], []
     n_docs = n_val = 0
     eot = tok.endoftext_id
     for shard in tqdm(shards, desc="tokenize", unit="shard", leave=False):
         table = pq.read_table(shard, columns=["id", "text"])
         ids, texts = table.column("id").to_pylist(), table.column("text").to_pylist()
+        if drop:
+            keep = [k for k, i in enumerate(ids) if i not in drop]
+            ids, texts = [ids[k] for k in keep], [texts[k] for k in keep]
         for doc_id, enc in zip(ids, tok.encode_batch(texts)):
             to_val = (stable_fraction(doc_id) < val_fraction)
             (val if to_val else train).append(np.asarray(enc + [eot], dtype=np.int32))
@@ -230,7 +236,8 @@ def run(recipe: Recipe, run: RunDir) -> dict:
     stage = run.stage_dir("pretrain")
     # Checkpoints only resume a run with the same recipe slice and the same inputs.
     fingerprint = "-".join(
-        [recipe.section_hash("model", "pretrain"), run.output_digest("tokenizer"), run.output_digest("synth")]
+        [recipe.section_hash("model", "pretrain"), run.output_digest("tokenizer"), run.output_digest("synth"),
+         run.output_digest("decontam")]
     )
     tok = ChatTokenizer.load(run.stage_dir("tokenizer"))
     train_tokens, val_tokens, data_stats = tokenize_corpus(run, tok, cfg.val_fraction)

@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from phiforge.config import Recipe, save_recipe  # noqa: E402
 from phiforge.rundir import RunDir, atomic_path, atomic_write_text  # noqa: E402
 
-STAGES_SHOWN = ("synth", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "eval")
+STAGES_SHOWN = ("synth", "decontam", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "eval")
 # How the per-position table and plot name the three models midtraining compares.
 POSITION_MODELS = {"pretrain": "pretrained", "pretrain_rope": "pretrained, raised RoPE base, untrained",
                    "midtrain": "midtrained"}
@@ -218,6 +218,18 @@ def build_blocks(recipe: Recipe, run: RunDir) -> list[tuple]:
         if pre:
             blocks.append(("p", f"Pretraining corpus: {pre['train_tokens']:,} train tokens, {pre['val_tokens']:,} "
                                 f"validation tokens from {pre['docs']:,} documents."))
+    dc = m["decontam"].get("metrics", {})
+    if dc:
+        used = {b: x["items"] for b, x in dc["benchmarks"].items() if x["items"]}
+        skipped = [b for b, x in dc["benchmarks"].items() if not x["items"]]
+        blocks.append(("p", "Decontamination (hybrid 13-gram / 7-gram test, Phi-4 App. B; 7-gram ratio thresholds "
+                            f"{dc['thresholds']['info']} partial, {dc['thresholds']['contaminated']} contaminated) "
+                            "against " + ", ".join(f"{b} ({n} items)" for b, n in used.items())
+                            + (f"; not installed, so not checked: {', '.join(skipped)}" if skipped else "")
+                            + f". {dc['dropped']} training samples dropped."))
+        rows = [[src, x["docs"], x["status"]["PARTIAL"], x["status"]["CONTAMINATED"], x["kept"]]
+                for src, x in dc["sources"].items()]
+        blocks.append(("table", ["source", "samples", "partial", "contaminated", "kept"], rows))
     if tok:
         blocks.append(("p", f"Tokenizer: byte-level BPE, {tok['vocab_size']} tokens, {tok['chars_per_token']} "
                             f"characters per token; PAD id {tok['pad_id']}, EOS `<|im_end|>` id {tok['im_end_id']}."))

@@ -136,9 +136,26 @@ def run(recipe: Recipe, run: RunDir) -> dict:
     }
 
 
-def read_column(run: RunDir, kind: str, column: str) -> list:
-    """One column across a kind's shards (`pretrain`, `sft` or `pts`)."""
+def shards(run: RunDir, kind: str) -> list[Path]:
+    """A kind's Parquet shards (`pretrain`, `sft` or `pts`) in order."""
+    return sorted(run.stage_dir("synth").glob(f"{kind}-*.parquet"))
+
+
+def dropped_ids(run: RunDir) -> frozenset[str]:
+    """Sample ids the `decontam` stage removed from training (empty before it has run)."""
+    path = run.stage_dir("decontam") / "dropped.json"
+    return frozenset(json.loads(path.read_text())) if path.is_file() else frozenset()
+
+
+def read_column(run: RunDir, kind: str, column: str, *, include_dropped: bool = False) -> list:
+    """One column across a kind's shards, without the samples decontamination dropped unless asked for them."""
+    drop = frozenset() if include_dropped else dropped_ids(run)
     values: list = []
-    for shard in sorted(run.stage_dir("synth").glob(f"{kind}-*.parquet")):
-        values += pq.read_table(shard, columns=[column]).column(column).to_pylist()
+    for shard in shards(run, kind):
+        cols = [column] if not drop or column == "id" else [column, "id"]
+        table = pq.read_table(shard, columns=cols)
+        col = table.column(column).to_pylist()
+        if drop:
+            col = [v for v, i in zip(col, table.column("id").to_pylist()) if i not in drop]
+        values += col
     return values

@@ -3,14 +3,24 @@ giving the same verdicts as the plain-Python definition."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
+import json
 import random
+import shutil
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from phiforge import decontam
+from conftest import MICRO
+from phiforge import benchmarks, decontam, synth
+from phiforge.config import DecontamConfig, recipe_from_dict
 from phiforge.decontam import (CLEAN, CONTAMINATED, PARTIAL, BenchmarkIndex, NaiveIndex, Verdict, _encode,
                                decontaminate, normalize)
 from phiforge.errors import PhiforgeError
+from phiforge.pipeline import BY_NAME, prepare, run_stage
+from phiforge.rundir import RunDir
 
 ORCHARD = ("An orchard has 14 rows of pear trees with 23 trees in each row. In autumn every tree gives 37 pears, "
            "but the farmer keeps 120 pears for his family and packs the rest into crates that hold 48 pears each. "
@@ -213,3 +223,91 @@ def test_bad_benchmark_items_are_user_errors():
         NaiveIndex([])
     with pytest.raises(PhiforgeError, match="threshold"):
         BenchmarkIndex(ITEMS, info_threshold=0.6, contaminated_threshold=0.5)
+
+
+# -- the pipeline stage -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def synth_run(tmp_path_factory):
+    recipe = recipe_from_dict(MICRO)
+    run = prepare(recipe, tmp_path_factory.mktemp("dc") / "run")
+    run_stage(recipe, run, BY_NAME["synth"])
+    return recipe, run
+
+
+def _plant(shard, row: int, column: str, value) -> str:
+    table = pq.read_table(shard)
+    values = table.column(column).to_pylist()
+    values[row] = value
+    field = table.schema.field(column)
+    table = table.set_column(table.schema.get_field_index(column), field, pa.array(values, field.type))
+    pq.write_table(table, shard)
+    return table.column("id")[row].as_py()
+
+
+GSM8K = pytest.mark.skipif(importlib.util.find_spec(benchmarks.get("gsm8k100").package) is None,
+                           reason=f"needs {benchmarks.get('gsm8k100').install}")
+
+
+@GSM8K
+def test_stage_drops_planted_benchmark_items_from_every_training_reader(synth_run, tmp_path):
+    recipe, clean = synth_run
+    metrics = run_stage(recipe, clean, BY_NAME["decontam"])
+    assert metrics["dropped"] == 0 and json.loads((clean.stage_dir("decontam") / "dropped.json").read_text()) == []
+    assert metrics["sources"]["pretrain"]["docs"] == len(synth.read_column(clean, "pretrain", "id"))
+    assert {k: v["items"] for k, v in metrics["benchmarks"].items()} == {"gsm8k100": 100, "champ": 270,
+                                                                         "humaneval": 164}
+
+    shutil.copytree(clean.root, tmp_path / "run")
+    run = RunDir.open(tmp_path / "run")
+    gsm = benchmarks.get("gsm8k100").load()[7]
+    he = benchmarks.get("humaneval").load()[42]
+    texts = synth.read_column(run, "pretrain", "text")
+    planted_doc = f"Exercise 1: {gsm.question}\nSolution: {gsm.solution}"
+    pre_id = _plant(synth.shards(run, "pretrain")[1], 3, "text", planted_doc)
+    sft_shard = synth.shards(run, "sft")[0]
+    messages = pq.read_table(sft_shard).column("messages")[5].as_py()
+    messages[-1]["content"] = "Here is the function:\n" + he.question + he.solution
+    sft_id = _plant(sft_shard, 5, "messages", messages)
+
+    metrics = run_stage(recipe, run, BY_NAME["decontam"])
+    assert sorted(json.loads((run.stage_dir("decontam") / "dropped.json").read_text())) == sorted([pre_id, sft_id])
+    flagged = {f["id"]: f for f in map(json.loads, (run.stage_dir("decontam") / "flagged.jsonl").open())}
+    assert (flagged[pre_id]["benchmark"], flagged[pre_id]["item_id"]) == ("gsm8k100", gsm.id)
+    assert (flagged[sft_id]["benchmark"], flagged[sft_id]["item_id"]) == ("humaneval", he.id)
+    assert flagged[pre_id]["status"] == flagged[sft_id]["status"] == CONTAMINATED
+    assert metrics["sources"]["pretrain"]["flagged"] == metrics["sources"]["sft"]["flagged"] == 1
+    # the readers every training stage uses leave the dropped samples out, and only them
+    kept = synth.read_column(run, "pretrain", "text")
+    assert planted_doc not in kept and len(kept) == len(texts) - 1
+    assert len(synth.read_column(run, "pretrain", "text", include_dropped=True)) == len(texts)
+    assert sft_id not in synth.read_column(run, "sft", "id") and pre_id not in synth.read_column(run, "pretrain", "id")
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    ({"benchmarks": ["mmlu"]}, "decontam.benchmarks 'mmlu' is not a benchmark"),
+    ({"info_threshold": 0.7}, "decontam.info_threshold (0.7) must be in (0, decontam.contaminated_threshold (0.5)]"),
+    ({"allow_min_items": 1}, "decontam.allow_min_items must be >= 2"),
+    ({"if_missing": "maybe"}, "decontam.if_missing"),
+])
+def test_bad_decontam_recipes_name_the_key(overrides, needle):
+
+    with pytest.raises(PhiforgeError) as e:
+        recipe_from_dict({"decontam": overrides}, source="r.yaml")
+    assert needle in str(e.value)
+
+
+@GSM8K
+def test_missing_benchmark_package_is_skipped_or_an_error(monkeypatch):
+    def missing():
+        raise PhiforgeError("benchmark data package 'champ_dataset' is not installed; install it with: pip install x")
+
+    monkeypatch.setitem(benchmarks.BENCHMARKS, "champ", dataclasses.replace(benchmarks.BENCHMARKS["champ"], load=missing))
+    index, status = decontam.build_harness_index(DecontamConfig(benchmarks=["gsm8k100", "champ"]))
+    assert status["gsm8k100"] == {"items": 100} and "pip install x" in status["champ"]["skipped"]
+    with pytest.raises(PhiforgeError, match="decontam.benchmarks: benchmark data package 'champ_dataset'"):
+        decontam.build_harness_index(DecontamConfig(benchmarks=["gsm8k100", "champ"], if_missing="error"))
+    with pytest.raises(PhiforgeError, match="none of decontam.benchmarks"):
+        decontam.build_harness_index(DecontamConfig(benchmarks=["champ"]))
+

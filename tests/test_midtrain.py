@@ -38,7 +38,7 @@ def done(tmp_path_factory):
     """A micro run through midtraining, in process."""
     recipe = recipe_from_dict(micro())
     run = prepare(recipe, tmp_path_factory.mktemp("mid") / "run")
-    for name in ("synth", "tokenizer", "pretrain", "midtrain"):
+    for name in ("synth", "decontam", "tokenizer", "pretrain", "midtrain"):
         run_stage(recipe, run, BY_NAME[name])
     return recipe, run
 
@@ -60,8 +60,9 @@ def test_bad_midtrain_recipes_name_the_key(overrides, needle):
 
 
 def test_stage_sits_between_pretrain_and_sft():
-    assert BY_NAME["midtrain"].inputs == ("synth", "tokenizer", "pretrain") and BY_NAME["midtrain"].distributed
-    assert BY_NAME["sft"].inputs == ("synth", "midtrain")
+    assert BY_NAME["midtrain"].inputs == ("synth", "decontam", "tokenizer", "pretrain")
+    assert BY_NAME["midtrain"].distributed
+    assert BY_NAME["sft"].inputs == ("synth", "decontam", "midtrain")
     r = recipe_from_dict(micro())
     assert midtrain.midtrain_optim(r).lr == pytest.approx(r.pretrain.optim.lr / 10)
 

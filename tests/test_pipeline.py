@@ -79,9 +79,9 @@ def test_resume_after_kill_9_in_pretraining_matches_an_uninterrupted_run(done_ru
     slow = write_recipe(tmp_path / "micro.yaml", {"pretrain.steps": 40})
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "phiforge.cli", "pretrain", str(slow), "--out", str(out)]
-    # the first two stages, then a pretraining run killed once its first checkpoint is on disk
-    assert phiforge("synth", slow, "--out", out).returncode == 0
-    assert phiforge("tokenizer", slow, "--out", out).returncode == 0
+    # the first three stages, then a pretraining run killed once its first checkpoint is on disk
+    for stage in ("synth", "decontam", "tokenizer"):
+        assert phiforge(stage, slow, "--out", out).returncode == 0
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not list((out / "pretrain" / "checkpoints").glob("step-*")):
