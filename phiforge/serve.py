@@ -121,8 +121,12 @@ class Server:
         for job in jobs:
             if job.cancelled or self.closing:
                 self._cancel(job)
-            else:  # greedy decoding ignores top_p and seed, so greedy requests share a batch whatever they say
-                sampling = (job.temperature, job.top_p, job.seed) if job.temperature > 0 else ()
+            else:
+                # Greedy decoding ignores top_p and seed, so greedy requests share a batch whatever they say. A seeded
+                # request decodes alone, so that its sample depends on the request only: two jobs with one seed in
+                # one batch (a client's retry racing its original, say) would draw two different rows of one stream.
+                sampling = () if job.temperature == 0 else ("seeded", id(job)) if job.seed is not None \
+                    else (job.temperature, job.top_p)
                 groups.setdefault((job.served.name, job.stream, *sampling), []).append(job)
         for group in groups.values():
             self.stats["batches"] += 1

@@ -1,0 +1,259 @@
+"""`HTTPTeacher`: chat completions from any OpenAI-compatible server (phiforge serve, vLLM, llama.cpp, Ollama, APIs).
+
+    teacher = HTTPTeacher("http://127.0.0.1:8000/v1", "tiny-sft", cache_dir="runs/x/synth/teacher-cache")
+    asks = [ChatRequest.user("Write an exercise on fractions.", temperature=0.8, seed=i) for i in range(100)]
+    replies = teacher.complete(asks)   # one Completion per request, in order
+    teacher.stats   # {'requests': 100, 'retries': 0, 'cache_hits': 0, 'prompt_tokens': ..., ...}
+
+One asyncio event loop and at most `concurrency` requests in flight (a bounded semaphore, released while a request
+waits to retry), each slot with its own `httpx.AsyncClient` and keep-alive connection. A request is retried, up to
+`max_retries` times, on 408/429/500/502/503/504, a timeout, a connection error, or a 200 whose body is not a whole
+chat completion (truncated or malformed JSON). The wait before retry k is the server's Retry-After when it sends one,
+else "full jitter", uniform in [0, min(max_backoff_s, backoff_s * 2**k)], so that clients that failed together do
+not retry together. Any other status fails at once. When a request runs out of retries the rest of the batch still
+finishes (every answer that came back is cached), then a `TeacherError` names the URL and the last status or error.
+
+Answers are cached on disk (`teacher.DiskCache`) under the SHA-256 of the canonical request: model, messages,
+temperature, max_tokens, seed and stop; not the URL, so a model moved to another server keeps its cache. Only
+deterministic requests are cached (greedy, or sampled with a seed), and identical ones in one batch are sent once:
+two seedless samples of one prompt are meant to be two different draws, which a cache or a merge would make one.
+Results come back in request order, exactly one per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import json
+import queue
+import random
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from phiforge.teacher import ChatRequest, Completion, DiskCache, TeacherError, request_key
+
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+MAX_RETRY_AFTER_S = 600.0  # a Retry-After is honoured up to ten minutes; a larger one is a server bug
+
+
+class _Malformed(Exception):
+    """A 200 response that is not a whole chat completion."""
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), clipped to [0, 600]; None if absent
+    or unreadable."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - (time.time() if now is None else now)
+        except (TypeError, ValueError, IndexError):
+            return None
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Full-jitter exponential backoff before retry number attempt (0 for the first retry)."""
+    return rng.uniform(0.0, min(cap, base * 2.0 ** attempt))
+
+
+def parse_completion(raw: bytes) -> Completion:
+    """The first choice of a chat.completion body; _Malformed if it is not one."""
+    try:
+        data = json.loads(raw)
+    except ValueError as e:
+        raise _Malformed(f"body is not JSON ({e}; {len(raw)} bytes)") from None
+    try:
+        choice = data["choices"][0]
+        text = choice["message"]["content"]
+        usage = data.get("usage") or {}
+        prompt_tokens = int(usage.get("prompt_tokens") or 0)  # a server that reports no usage counts as zero
+        completion_tokens = int(usage.get("completion_tokens") or 0)
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+        raise _Malformed(f"body is not a chat completion: {raw[:200]!r}") from None
+    if text is not None and not isinstance(text, str):
+        raise _Malformed(f"choices[0].message.content is {type(text).__name__}, not a string")
+    return Completion(text or "", str(choice.get("finish_reason") or "unknown"), prompt_tokens, completion_tokens)
+
+
+def _error_detail(response: httpx.Response) -> str:
+    """The server's own message (OpenAI's {"error": {"message"}} shape, else the start of the body)."""
+    try:
+        message = response.json()["error"]["message"]
+        if isinstance(message, str):
+            return message[:300]
+    except (ValueError, KeyError, TypeError):
+        pass
+    return response.text[:300].strip() or response.reason_phrase
+
+
+class _CacheWriter:
+    """Cache entries written by one helper thread that drains a queue: a slow disk (up to 1 ms a file in this
+    machine's /tmp) never stalls the event loop, and handing an entry over costs the loop a queue put, not a future."""
+
+    def __init__(self, cache: DiskCache):
+        self.cache, self.queue, self.error = cache, queue.SimpleQueue(), None
+        self.thread = threading.Thread(target=self._drain, name="phiforge-cache", daemon=True)
+        self.thread.start()
+
+    def put(self, key: str, canonical: dict, completion: Completion) -> None:
+        self.queue.put((key, canonical, completion))
+
+    def _drain(self) -> None:
+        while (item := self.queue.get()) is not None:
+            try:
+                self.cache.put(*item)
+            except Exception as e:  # e.g. a full disk: reported once the batch is done
+                self.error = self.error or e
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+
+
+class HTTPTeacher:
+    """A chat model behind an OpenAI-compatible `base_url` (ending in /v1, as for the openai client)."""
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, *, concurrency: int = 8,
+                 max_retries: int = 6, timeout_s: float = 60.0, cache_dir: Path | str | None = None,
+                 backoff_s: float = 0.5, max_backoff_s: float = 30.0, name: str | None = None):
+        if concurrency < 1 or max_retries < 0 or timeout_s <= 0 or backoff_s < 0:
+            raise TeacherError(f"HTTPTeacher needs concurrency >= 1, max_retries >= 0, timeout_s > 0 and "
+                               f"backoff_s >= 0; got {concurrency}, {max_retries}, {timeout_s}, {backoff_s}")
+        self.base_url, self.model = base_url.rstrip("/"), model
+        self.url = self.base_url + "/chat/completions"
+        self.api_key, self.concurrency, self.max_retries, self.timeout_s = api_key, concurrency, max_retries, timeout_s
+        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
+        self.cache = DiskCache(cache_dir) if cache_dir is not None else None
+        self.name = name or f"http:{model}"
+        self.rng = random.Random()
+        self._ssl = None
+        # Cumulative over calls. requests: HTTP requests sent, retries included; tokens: as the server reported them,
+        # for the requests it answered (cache hits cost none).
+        self.stats = {"requests": 0, "retries": 0, "cache_hits": 0, "deduplicated": 0, "completed": 0, "failed": 0,
+                      "prompt_tokens": 0, "completion_tokens": 0}
+
+    def complete(self, requests: Sequence[ChatRequest]) -> list[Completion]:
+        """`acomplete` for synchronous callers; from inside a running event loop it runs on a helper thread."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.acomplete(requests))
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, self.acomplete(requests)).result()
+
+    async def acomplete(self, requests: Sequence[ChatRequest]) -> list[Completion]:
+        requests = list(requests)
+        results: list[Completion | None] = [None] * len(requests)
+        todo: dict[str, tuple[dict, list[int]]] = {}  # request key -> (canonical request, positions it answers)
+        for i, r in enumerate(requests):
+            canonical = r.canonical(self.model)
+            key = request_key(canonical)
+            if not r.deterministic:
+                todo[f"{key}/{i}"] = (canonical, [i])  # a fresh draw each: never merged, never cached
+            elif self.cache is not None and (hit := self.cache.get(key, canonical)) is not None:
+                results[i] = hit
+                self.stats["cache_hits"] += 1
+            else:
+                self.stats["deduplicated"] += key in todo
+                todo.setdefault(key, (canonical, []))[1].append(i)
+        if not todo:
+            return results
+
+        # One client per slot, each with one keep-alive connection, rather than one client with `concurrency`
+        # connections: httpcore's pool scans every connection for every request it places, so a shared pool of 64
+        # managed 120 requests/s on the 2-core bench machine, separate ones about 5 times more (bench/http_teacher.py).
+        n_slots = min(self.concurrency, len(todo))
+        slots = asyncio.BoundedSemaphore(n_slots)
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        loop = asyncio.get_running_loop()
+
+        async def answer(key: str, canonical: dict, positions: list[int]) -> None:
+            request = requests[positions[0]]
+            completion = await self._post(slots, free, request)
+            for p in positions:
+                results[p] = completion
+            if writer is not None and request.deterministic:
+                writer.put(key, canonical, completion)
+
+        if self._ssl is None:  # the CA bundle takes 20-30 ms to load: once per teacher, not per client; only for https
+            self._ssl = httpx.create_ssl_context() if self.url.startswith("https:") else False
+        async with contextlib.AsyncExitStack() as stack:
+            free = [await stack.enter_async_context(httpx.AsyncClient(timeout=self.timeout_s, limits=one,
+                                                                      headers=headers, verify=self._ssl))
+                    for _ in range(n_slots)]
+            writer = _CacheWriter(self.cache) if self.cache is not None else None
+            try:
+                outcomes = await asyncio.gather(*(answer(k, c, ps) for k, (c, ps) in todo.items()),
+                                                return_exceptions=True)
+            finally:
+                if writer is not None:
+                    await loop.run_in_executor(None, writer.close)
+        errors = [e for e in outcomes if isinstance(e, BaseException)]
+        if errors:
+            self.stats["failed"] += len(errors)
+            first = next((e for e in errors if not isinstance(e, TeacherError)), errors[0])
+            if not isinstance(first, TeacherError):
+                raise first  # a bug or a cancellation, not the server's doing
+            raise TeacherError(f"{len(errors)} of {len(todo)} requests failed (the others are cached); "
+                               f"first: {first}", url=first.url, status=first.status)
+        if writer is not None and writer.error is not None:
+            e = writer.error
+            raise TeacherError(f"cannot write the teacher cache under {self.cache.root}: {type(e).__name__}: {e}")
+        return results
+
+    async def _post(self, slots: asyncio.BoundedSemaphore, free: list[httpx.AsyncClient],
+                    request: ChatRequest) -> Completion:
+        body = {"model": self.model, "messages": list(request.messages), "temperature": request.temperature,
+                "max_tokens": request.max_tokens}
+        if request.seed is not None:  # omitted rather than null: some servers reject null fields
+            body["seed"] = request.seed
+        if request.stop:
+            body["stop"] = list(request.stop)
+        last, status = "", None
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                self.stats["retries"] += 1
+            retry_after = None
+            try:
+                async with slots:  # a slot held is a client free: there are as many of one as of the other
+                    self.stats["requests"] += 1
+                    client = free.pop()
+                    try:
+                        response = await client.post(self.url, json=body)
+                    finally:
+                        free.append(client)
+                status = response.status_code
+                if status == 200:
+                    completion = parse_completion(response.content)
+                    self.stats["completed"] += 1
+                    self.stats["prompt_tokens"] += completion.prompt_tokens
+                    self.stats["completion_tokens"] += completion.completion_tokens
+                    return completion
+                last = f"HTTP {status}: {_error_detail(response)}"
+                if status not in RETRY_STATUSES:
+                    raise TeacherError(f"POST {self.url} failed with {last}", url=self.url, status=status)
+                retry_after = retry_after_seconds(response.headers.get("retry-after"))
+            except httpx.TimeoutException as e:
+                last, status = f"no answer within {self.timeout_s:g} s ({type(e).__name__})", None
+            except httpx.TransportError as e:
+                last, status = f"connection error ({type(e).__name__}: {e})", None
+            except _Malformed as e:
+                last = f"HTTP 200 with a malformed body: {e}"
+            if attempt < self.max_retries:
+                await asyncio.sleep(retry_after if retry_after is not None
+                                    else backoff_delay(attempt, self.backoff_s, self.max_backoff_s, self.rng))
+        raise TeacherError(f"POST {self.url} failed after {self.max_retries + 1} attempts; last: {last}",
+                           url=self.url, status=status)

@@ -1,0 +1,251 @@
+"""Teachers: where a synthetic-data workflow gets its text, behind one small batch interface.
+
+    class Teacher(Protocol):
+        name: str  # recorded as the `teacher` of every sample it helps make
+        def complete(self, requests: list[ChatRequest]) -> list[Completion]: ...  # one per request, in order
+
+A batch call rather than one request at a time, so that an HTTP teacher can keep many requests in flight and a
+local model can decode many prompts in one batch. The teachers:
+
+- `HTTPTeacher` (phiforge/http_teacher.py): any OpenAI-compatible chat-completions server (phiforge serve, vLLM,
+  llama.cpp, Ollama, a hosted API), with bounded concurrency, retries and a disk cache.
+- `LocalTeacher`: a phiforge checkpoint on this machine, through the one generation engine (`generate`). Hugging
+  Face model folders (e.g. Gemma 3 270M) are a later step: they need transformers' own model and chat template.
+- `ProgrammaticTeacher`: the exact problem generators of phiforge/problems.py. It is *not* a chat model and does not
+  implement `complete`: it makes problems with exact answers, it does not answer free text, and wrapping it in
+  messages would only add a parser to undo them. It names the existing path (`synth.sample_problem`) for
+  provenance and for workflows that start from its problems.
+
+design.md calls the method `generate`; it is `complete` here because `generate` already names the token-level
+engine in phiforge/generate.py, and a teacher completes chats.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from phiforge.errors import PhiforgeError
+
+if TYPE_CHECKING:
+    from phiforge.config import SynthConfig
+    from phiforge.problems import Problem
+
+log = logging.getLogger("phiforge.teacher")
+_TMP_COUNTER = itertools.count()
+CACHE_FORMAT = 1  # part of every cache key: bump it when the meaning of a cached entry changes
+
+
+class TeacherError(PhiforgeError):
+    """A teacher could not answer; `url` and `status` (the last HTTP status, if any) say where and how."""
+
+    def __init__(self, message: str, url: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.url, self.status = url, status
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat completion to ask for. temperature 0 is greedy; a seed makes a sample reproducible (and cacheable)."""
+
+    messages: Sequence[Mapping[str, str]]
+    temperature: float = 0.0
+    max_tokens: int = 256
+    seed: int | None = None
+    stop: Sequence[str] = ()
+
+    def __post_init__(self):
+        if isinstance(self.messages, (str, bytes)) or not self.messages:
+            raise PhiforgeError(f"a chat request needs a non-empty list of messages, got {self.messages!r}")
+        messages = []
+        for i, m in enumerate(self.messages):
+            if not (isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+                raise PhiforgeError(f"chat message {i}: expected {{'role': str, 'content': str}}, got {m!r}")
+            messages.append({"role": m["role"], "content": m["content"]})
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        if not all(isinstance(s, str) and s for s in stop):
+            raise PhiforgeError(f"stop must be non-empty strings, got {self.stop!r}")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
+                or not 0 <= self.temperature <= 2:
+            raise PhiforgeError(f"temperature must be a number in [0, 2], got {self.temperature!r}")
+        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise PhiforgeError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise PhiforgeError(f"seed must be an integer or None, got {self.seed!r}")
+        object.__setattr__(self, "messages", tuple(messages))
+        object.__setattr__(self, "stop", stop)
+        # 0 and 0.0 must be one request: the cache key hashes the JSON text, where they differ.
+        object.__setattr__(self, "temperature", float(self.temperature))
+
+    @classmethod
+    def user(cls, content: str, system: str | None = None, **kwargs) -> ChatRequest:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
+        return cls(messages, **kwargs)
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether the same request should always get the same answer: greedy, or sampled with a seed."""
+        return self.temperature == 0 or self.seed is not None
+
+    def canonical(self, model: str) -> dict:
+        """Everything that decides the answer, as plain JSON: what the cache key hashes."""
+        return {"v": CACHE_FORMAT, "model": model, "messages": [dict(m) for m in self.messages],
+                "temperature": self.temperature, "max_tokens": self.max_tokens, "seed": self.seed,
+                "stop": list(self.stop)}
+
+
+def request_key(canonical: dict) -> str:
+    """SHA-256 of the canonical request's JSON (sorted keys, no spaces, UTF-8)."""
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str  # "stop" (a stop token or string), "length" (max_tokens), or whatever the server said
+    prompt_tokens: int
+    completion_tokens: int
+    # Where the answer came from, not what it is: a cached answer equals the fresh one it was saved from.
+    cached: bool = field(default=False, compare=False)
+
+
+@runtime_checkable
+class Teacher(Protocol):
+    name: str
+
+    def complete(self, requests: Sequence[ChatRequest]) -> list[Completion]: ...
+
+
+class DiskCache:
+    """Completions on disk, one JSON file per request key: root/ab/abcdef....json.
+
+    A file is written under a temporary name in the same folder and renamed into place, so a reader sees a whole
+    entry or none, a crash mid-write leaves only a dot-named temp file that lookups never read, and several processes
+    (shards of one run) can share a folder. No fsync: a process crash cannot lose a renamed file, and an entry damaged
+    by a power cut fails to parse and is treated as a miss, so the request is simply sent again.
+    """
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str, canonical: dict) -> Completion | None:
+        path = self.path(key)
+        try:
+            entry = json.loads(path.read_bytes())
+            if entry["request"] != canonical:  # a hash collision, or a file copied in by hand
+                return None
+            c = entry["completion"]
+            return Completion(str(c["text"]), str(c["finish_reason"]), int(c["prompt_tokens"]),
+                              int(c["completion_tokens"]), cached=True)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("ignoring unreadable cache entry %s (%s)", path, type(e).__name__)
+            return None
+
+    def put(self, key: str, canonical: dict, completion: Completion) -> None:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = {"text": completion.text, "finish_reason": completion.finish_reason,
+                "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens}
+        data = json.dumps({"key": key, "request": canonical, "completion": body}, ensure_ascii=False).encode("utf-8")
+        # Unique per process and write; cheaper than mkstemp's random names, which cost more than the write.
+        tmp = path.parent / f".{path.name}.{os.getpid()}-{next(_TMP_COUNTER)}.tmp"
+        try:
+            with open(tmp, "xb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+
+class LocalTeacher:
+    """A phiforge checkpoint (model folder or run folder) answering chats on this machine, through `generate`.
+
+    The prompt is the tokenizer's chat format with the assistant's header appended, replies end at <|im_end|> or
+    <|endoftext|> or a stop string, exactly as `phiforge serve` does it, so the same checkpoint gives the same greedy
+    replies here and over HTTP. Greedy requests share batches (greedy decoding does not depend on the batch); a seeded
+    request decodes alone with its own generator, so its sample depends on nothing but the request.
+    """
+
+    def __init__(self, model_dir: Path | str, *, batch_size: int = 32, device: str | None = None,
+                 name: str | None = None):
+        from phiforge.chat import default_name, load_chat_model
+
+        self.model, self.tok, self.model_dir = load_chat_model(model_dir)
+        if device is not None:
+            self.model.to(device)
+        self.batch_size = batch_size
+        self.name = name or f"local:{default_name(self.model_dir)}"
+        self.stats = {"requests": 0, "batches": 0, "prompt_tokens": 0, "completion_tokens": 0}
+
+    def complete(self, requests: Sequence[ChatRequest]) -> list[Completion]:
+        from phiforge.chat import TextStream
+        from phiforge.generate import generate
+
+        tok, max_len = self.tok, self.model.cfg.max_seq_len
+        prompts = []
+        for i, r in enumerate(requests):
+            prompt = tok.encode_chat(list(r.messages), add_generation_prompt=True)[0]
+            if len(prompt) + r.max_tokens > max_len:
+                raise TeacherError(f"request {i}: the prompt ({len(prompt)} tokens) plus max_tokens ({r.max_tokens}) "
+                                   f"exceeds the context of {self.model_dir} ({max_len} tokens)")
+            prompts.append(prompt)
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            key = () if r.temperature == 0 else ("seed", i) if r.seed is not None else ("t", r.temperature)
+            groups.setdefault(key, []).append(i)
+        results: list[Completion | None] = [None] * len(requests)
+        for idx in groups.values():
+            first = requests[idx[0]]
+            outs = generate(self.model, [prompts[i] for i in idx],
+                            max_new_tokens=max(requests[i].max_tokens for i in idx), pad_id=tok.pad_id,
+                            stop_ids=[tok.im_end_id, tok.endoftext_id], temperature=first.temperature,
+                            seed=first.seed, batch_size=self.batch_size)
+            self.stats["batches"] += -(-len(idx) // self.batch_size)
+            for i, out in zip(idx, outs):
+                limit = requests[i].max_tokens
+                text = TextStream(tok, requests[i].stop)  # the group decodes to its longest budget; keep our own
+                n = text.extend(out[:limit])
+                reason = "stop" if text.stopped or len(out) < limit else "length"
+                results[i] = Completion(text.text, reason, len(prompts[i]), n)
+                self.stats["prompt_tokens"] += len(prompts[i])
+                self.stats["completion_tokens"] += n
+        self.stats["requests"] += len(requests)
+        return results
+
+
+class ProgrammaticTeacher:
+    """The exact problem generators, under the teacher name recorded in every sample they make.
+
+    Not a `Teacher`: see the module docstring. Problem `index` is the same pure function of (synth.seed, index) that
+    the synth stage writes, so a workflow that starts from these problems can name its seeds by index.
+    """
+
+    name = "programmatic"
+
+    def __init__(self, cfg: SynthConfig):
+        self.cfg = cfg
+
+    def problem(self, index: int) -> tuple[Problem, str]:
+        """Problem `index` and its pretraining style, as the synth stage draws them."""
+        from phiforge.synth import sample_problem
+
+        return sample_problem(self.cfg, index)
+
+    def problems(self, start: int, stop: int) -> Iterator[tuple[Problem, str]]:
+        return (self.problem(i) for i in range(start, stop))
