@@ -1,7 +1,8 @@
 """`phiforge chat`: a terminal conversation with a trained model, streamed token by token.
 
-Also holds what the HTTP server (`phiforge.serve`) shares with it: finding the model in a run folder, a step-wise
-version of `generate`'s decoding loop that yields tokens as they are sampled, and incremental detokenisation.
+Also holds what the HTTP server (`phiforge.serve`) shares with it: finding the model in a run folder (or loading a
+transformers folder through `hf_model.HFChatModel`), a step-wise version of `generate`'s decoding loop that yields
+tokens as they are sampled, and incremental detokenisation.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import torch
 from torch import nn
 
 from phiforge.errors import PhiforgeError
-from phiforge.generate import sample_next
+from phiforge.generate import generate, sample_next
+from phiforge.hf_model import HFChatModel
 from phiforge.model import KVCache
 from phiforge.rundir import MARKER, RunDir
 from phiforge.tokenizer import ChatTokenizer
@@ -45,9 +47,14 @@ def resolve_model_dir(path: Path | str) -> Path:
 
 
 def load_chat_model(path: Path | str) -> tuple[nn.Module, ChatTokenizer, Path]:
+    """A phiforge checkpoint on phiforge's model, any other transformers causal-LM folder through `HFChatModel`."""
     from phiforge.checkpoint import load_model
+    from phiforge.hf_model import is_hf_folder
 
     model_dir = resolve_model_dir(path)
+    if is_hf_folder(model_dir):
+        hf = HFChatModel(model_dir)
+        return hf, hf.tok, model_dir
     model, _, tok = load_model(model_dir)
     return model.eval(), tok, model_dir
 
@@ -97,6 +104,10 @@ def stream_generate(
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if isinstance(model, HFChatModel):
+        yield from model.stream_generate(prompts, max_new_tokens=max_new_tokens, pad_id=pad_id, stop_ids=stop_ids,
+                                         temperature=temperature, top_p=top_p, seed=seed, alive=alive)
+        return
     if any(len(p) == 0 for p in prompts):
         raise ValueError("a prompt is empty; generation needs at least one token to start from")
     if max_new_tokens <= 0 or not prompts:
@@ -143,6 +154,13 @@ def stream_generate(
         logits = forward(tok[:, None], position_ids=next_pos[:, None], kv_cache=cache,
                          attention_mask=key_valid[:, :L + step + 1])[:, -1]
         next_pos = next_pos + 1
+
+
+def generate_batch(model, prompts: Sequence[Sequence[int]], **kwargs) -> list[list[int]]:
+    """`generate.generate` for phiforge checkpoints, the same call on a transformers folder's `HFChatModel`."""
+    if isinstance(model, HFChatModel):
+        return model.generate(prompts, **kwargs)
+    return generate(model, prompts, **kwargs)
 
 
 def stream_tokens(model: nn.Module, prompt: Sequence[int], **kwargs) -> Iterator[int]:
@@ -244,7 +262,7 @@ def chat_loop(model: nn.Module, tok: ChatTokenizer, *, temperature: float = 0.7,
     """Read lines from stdin, stream replies to stdout; returns the exit status."""
     history: list[dict] = []
     max_len = model.cfg.max_seq_len
-    stop_ids = [tok.im_end_id, tok.endoftext_id]
+    stop_ids = tok.stop_ids
     print(f"{HELP}\n", flush=True)
     while True:
         try:

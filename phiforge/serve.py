@@ -25,9 +25,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from phiforge.chat import TextStream, load_named_models, openai_messages, stream_generate
+from phiforge.chat import TextStream, generate_batch, load_named_models, openai_messages, stream_generate
 from phiforge.errors import PhiforgeError
-from phiforge.generate import generate
 
 log = logging.getLogger("phiforge.serve")
 STATIC = Path(__file__).parent / "static"
@@ -143,10 +142,10 @@ class Server:
     def _engine_args(self, group: list[Job]) -> dict:
         j, tok = group[0], group[0].served.tok
         return dict(max_new_tokens=max(x.max_tokens for x in group), pad_id=tok.pad_id,
-                    stop_ids=[tok.im_end_id, tok.endoftext_id], temperature=j.temperature, top_p=j.top_p, seed=j.seed)
+                    stop_ids=tok.stop_ids, temperature=j.temperature, top_p=j.top_p, seed=j.seed)
 
     def _run_plain(self, group: list[Job]) -> None:
-        outs = generate(group[0].served.model, [j.prompt for j in group], batch_size=len(group),
+        outs = generate_batch(group[0].served.model, [j.prompt for j in group], batch_size=len(group),
                         **self._engine_args(group))
         for job, out in zip(group, outs):
             # The batch decodes to its longest request's budget; each request keeps only its own.

@@ -66,6 +66,11 @@ class ChatTokenizer:
         self.special_ids = frozenset(ids.values())
 
     @property
+    def stop_ids(self) -> list[int]:
+        """What ends a reply: <|im_end|> closes an assistant turn, <|endoftext|> a whole document."""
+        return [self.im_end_id, self.endoftext_id]
+
+    @property
     def vocab_size(self) -> int:
         return self.tok.get_vocab_size()
 
