@@ -156,6 +156,51 @@ class EvalConfig:
 
 
 @dataclass
+class LocalTextConfig:
+    """A folder of the user's own text (`.txt`/`.md` files, `.jsonl` lines, `.parquet` rows) filed under a source."""
+
+    path: str = ""
+    source: Literal["web", "code", "acquired"] = "acquired"
+    text_field: str = "text"  # the JSON key / Parquet column holding the text
+    max_bytes: int = 0  # 0 = all of it
+
+
+@dataclass
+class OrganicConfig:
+    """Stage `organic` (Phi-4 §2.3): real text ingested, cleaned, deduplicated, filtered for educational value, and
+    its best web pages rewritten into textbook passages."""
+
+    seed: int = 0
+    # feed -> the most UTF-8 bytes it contributes (0 = all): stdlib_code, stdlib_docs, package_pages, pydoc_topics
+    feeds: dict[str, int] = field(default_factory=lambda: {"stdlib_code": 2_000_000, "stdlib_docs": 500_000,
+                                                           "package_pages": 0, "pydoc_topics": 0})
+    local: list[LocalTextConfig] = field(default_factory=list)
+    compression_z: float = 4.0  # a page whose log zlib ratio is this many robust SDs from its feed's median is corrupt
+    dedup_threshold: float = 0.8  # estimated Jaccard of word 5-gram sets at which two pages are near-duplicates
+    num_perm: int = 128
+    edu_threshold: int = 3  # a labeller score (0-5) at or above this is educational
+    max_labels: int = 3000  # pages the labeller rates (Phi-4: ~10^6 LLM annotations)
+    held_out: float = 0.25  # share of labelled pages kept out of the classifier's training to measure it
+    web_keep: float = 0.5  # top share of web pages by classifier score that stays (Phi-4 keeps a small top fraction)
+    rewrite_share: float = 0.5  # top share of the kept web pages rewritten into textbook passages
+    teacher_url: str = ""  # an OpenAI-compatible server for labels and rewrites; "" = offline heuristic labeller
+    teacher_model: str = ""
+    shard_size: int = 2000
+
+
+@dataclass
+class MixtureConfig:
+    """Table 5: each source's share of the pretraining tokens; epochs = share x budget / unique tokens."""
+
+    seed: int = 0
+    shares: dict[str, float] = field(default_factory=lambda: {
+        "synthetic": 0.40, "web": 0.15, "web_rewrite": 0.15, "code": 0.20, "acquired": 0.10})
+    # repeats above these are warned about before training (Table 5: 13.8, 1.2, 5.2, 2.4, 1.7 epochs)
+    max_epochs: dict[str, float] = field(default_factory=lambda: {
+        "synthetic": 15.0, "web": 2.0, "web_rewrite": 6.0, "code": 3.0, "acquired": 2.0})
+
+
+@dataclass
 class Recipe:
     name: str = "tiny"
     synth: SynthConfig = field(default_factory=SynthConfig)
@@ -168,6 +213,8 @@ class Recipe:
     pts: PTSStageConfig = field(default_factory=PTSStageConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    organic: OrganicConfig = field(default_factory=OrganicConfig)
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)
 
     def section_hash(self, *sections: str) -> str:
         """A stable digest of the named sections: what a stage's skip decision depends on."""
@@ -406,6 +453,7 @@ def validate(r: Recipe, source: str = "recipe") -> None:
     need(e.temperature > 0, "eval.temperature", "must be positive (maj@k samples)")
     need(0 < e.top_p <= 1, "eval.top_p", "must be in (0, 1]")
     need(e.max_new_tokens > 0 and e.batch_size > 0, "eval.max_new_tokens/batch_size", "must be positive")
+    _validate_organic(r.organic, r.mixture, need)
 
 
 def _check_mixture(weights: dict[str, float], key: str, need) -> None:
@@ -413,3 +461,34 @@ def _check_mixture(weights: dict[str, float], key: str, need) -> None:
     for k, w in weights.items():
         need(w >= 0, f"{key}.{k}", "must be >= 0")
     need(sum(weights.values()) > 0, key, "must have a positive total weight")
+
+MIXTURE_SOURCES = ("synthetic", "web", "web_rewrite", "code", "acquired")
+
+
+def _validate_organic(o: OrganicConfig, mx: MixtureConfig, need) -> None:
+    from phiforge.ingest import FEEDS
+
+    for name, cap in o.feeds.items():
+        need(name in FEEDS, f"organic.feeds.{name}", f"is not a feed ({', '.join(FEEDS)}; folders go in organic.local)")
+        need(cap >= 0, f"organic.feeds.{name}", "must be >= 0 bytes (0 = all)")
+    for i, loc in enumerate(o.local):
+        need(bool(loc.path), f"organic.local[{i}].path", "must name a folder")
+        need(loc.max_bytes >= 0, f"organic.local[{i}].max_bytes", "must be >= 0 (0 = all)")
+    need(o.compression_z > 0, "organic.compression_z", "must be positive")
+    need(0 < o.dedup_threshold < 1, "organic.dedup_threshold", "must be in (0, 1)")
+    need(o.num_perm >= 16, "organic.num_perm", "must be >= 16")
+    need(1 <= o.edu_threshold <= 5, "organic.edu_threshold", "must be in [1, 5] (labeller scores are 0-5)")
+    need(o.max_labels >= 20, "organic.max_labels", "must be >= 20")
+    need(0 < o.held_out < 1, "organic.held_out", "must be in (0, 1)")
+    need(0 < o.web_keep <= 1, "organic.web_keep", "must be in (0, 1]")
+    need(0 <= o.rewrite_share <= 1, "organic.rewrite_share", "must be in [0, 1]")
+    need(bool(o.teacher_model) or not o.teacher_url, "organic.teacher_model", "must be set when organic.teacher_url is")
+    need(o.shard_size > 0, "organic.shard_size", "must be positive")
+    for k in mx.shares:
+        need(k in MIXTURE_SOURCES, f"mixture.shares.{k}", f"is not a source ({', '.join(MIXTURE_SOURCES)})")
+    for k in mx.max_epochs:
+        need(k in MIXTURE_SOURCES, f"mixture.max_epochs.{k}", f"is not a source ({', '.join(MIXTURE_SOURCES)})")
+        need(mx.max_epochs[k] > 0, f"mixture.max_epochs.{k}", "must be positive")
+    _check_mixture(mx.shares, "mixture.shares", need)
+    need(mx.shares.get("synthetic", 0) > 0, "mixture.shares.synthetic", "must be positive: the synthetic data is the "
+         "point of the recipe, and its held-out documents are what midtraining and validation read")
