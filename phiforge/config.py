@@ -26,6 +26,38 @@ DEFAULT_RECIPE = "tiny"
 
 
 @dataclass
+class SynthTeacherConfig:
+    """Where the LLM workflows get their text. `programmatic` has no chat model: it runs no LLM workflow."""
+
+    kind: Literal["programmatic", "http", "local"] = "programmatic"
+    url: str = ""  # http: the server's OpenAI-compatible base URL, ending in /v1
+    model: str = ""  # http: the model name the server knows; local: a phiforge model/run folder or a transformers one
+    api_key_env: str = ""  # http: the environment variable that holds the API key (a recipe never holds the key)
+    concurrency: int = 8  # http: requests in flight
+    batch_size: int = 8  # local: prompts decoded together
+    timeout_s: float = 120.0  # http: per request, before a retry
+    # local: a Jinja chat template for a transformers folder without one (a base model), and the special tokens
+    # that end a turn in it (a base model's end-of-sequence token alone would not)
+    chat_template: str = ""
+    stop_tokens: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SynthWorkflowsConfig:
+    """Phi-4's LLM workflows (phiforge/workflows.py) on top of the programmatic data; all off by default."""
+
+    seeds: dict[str, int] = field(default_factory=dict)  # workflow -> seeds it starts from, e.g. {rewrite: 20}
+    into: Literal["pretrain", "sft"] = "pretrain"  # which corpus the kept samples join
+    temperature: float = 0.7
+    max_tokens: int = 512
+    exercises: int = 3  # rewrite: exercises asked for per passage
+    rounds: int = 1  # revise: critique-and-revise rounds before the final critique
+    min_score: int = 3  # revise: lowest final rubric score (1-5) a kept exercise may have
+    k: int = 5  # plurality: answers sampled per question
+    grounding: float = 0.6  # qa: share of an answer's words that must occur in its passage
+
+
+@dataclass
 class SynthConfig:
     seed: int = 0
     difficulty: int = 1
@@ -37,6 +69,8 @@ class SynthConfig:
         default_factory=lambda: {"arithmetic": 1.0, "fractions": 1.0, "linear_equations": 1.0, "number_theory": 1.0}
     )
     styles: dict[str, float] = field(default_factory=lambda: {"textbook": 0.3, "exercise": 0.7})
+    teacher: SynthTeacherConfig = field(default_factory=SynthTeacherConfig)
+    workflows: SynthWorkflowsConfig = field(default_factory=SynthWorkflowsConfig)
 
 
 @dataclass
@@ -385,6 +419,7 @@ def validate(r: Recipe, source: str = "recipe") -> None:
         need(d in DOMAINS, f"synth.domains.{d}", f"is not a known domain ({', '.join(DOMAINS)})")
     for st in s.styles:
         need(st in STYLES, f"synth.styles.{st}", f"is not a known style ({', '.join(STYLES)})")
+    _check_workflows(s, need)
 
     for name in ("pretrain", "sft"):
         p = getattr(r, name)
@@ -454,6 +489,32 @@ def validate(r: Recipe, source: str = "recipe") -> None:
     need(0 < e.top_p <= 1, "eval.top_p", "must be in (0, 1]")
     need(e.max_new_tokens > 0 and e.batch_size > 0, "eval.max_new_tokens/batch_size", "must be positive")
     _validate_organic(r.organic, r.mixture, need)
+
+
+def _check_workflows(s: SynthConfig, need) -> None:
+    from phiforge.workflows import WORKFLOWS
+
+    w, t = s.workflows, s.teacher
+    for name, n in w.seeds.items():
+        need(name in WORKFLOWS, f"synth.workflows.seeds.{name}", f"is not a workflow ({', '.join(WORKFLOWS)})")
+        need(n >= 0, f"synth.workflows.seeds.{name}", "must be >= 0")
+    if any(w.seeds.values()):
+        need(t.kind != "programmatic", "synth.teacher.kind",
+             "is programmatic, which cannot run LLM workflows: set it to http or local, or empty synth.workflows.seeds")
+    if t.kind == "http":
+        need(t.url.startswith(("http://", "https://")), "synth.teacher.url", f"must be an http(s) URL, got {t.url!r}")
+        need(bool(t.model), "synth.teacher.model", "must name the served model")
+    if t.kind == "local":
+        need(bool(t.model), "synth.teacher.model", "must be a phiforge or transformers model folder")
+    need(t.concurrency >= 1 and t.batch_size >= 1, "synth.teacher.concurrency/batch_size", "must be >= 1")
+    need(t.timeout_s > 0, "synth.teacher.timeout_s", "must be positive")
+    need(0 <= w.temperature <= 2, "synth.workflows.temperature", "must be in [0, 2]")
+    need(w.max_tokens >= 1, "synth.workflows.max_tokens", "must be >= 1")
+    need(w.exercises >= 1, "synth.workflows.exercises", "must be >= 1")
+    need(w.rounds >= 0, "synth.workflows.rounds", "must be >= 0")
+    need(1 <= w.min_score <= 5, "synth.workflows.min_score", "must be in 1..5")
+    need(w.k >= 3, "synth.workflows.k", "must be >= 3 (two answers cannot both agree and disagree)")
+    need(0 < w.grounding <= 1, "synth.workflows.grounding", "must be in (0, 1]")
 
 
 def _check_mixture(weights: dict[str, float], key: str, need) -> None:

@@ -215,6 +215,19 @@ def build_blocks(recipe: Recipe, run: RunDir) -> list[tuple]:
         rows = [[d, syn["pretrain_by_domain"].get(d, 0), syn["sft_by_domain"].get(d, 0)] for d in domains]
         blocks.append(("table", ["domain", "pretraining docs", "SFT conversations"], rows))
         blocks.append(("table", ["style", "samples"], [[s, n] for s, n in syn["by_style"].items()]))
+        card = syn.get("data_card", [])
+        if card:
+            # Tokens of the kept text in the run's own tokenizer, estimated from its characters per token.
+            cpt = tok.get("chars_per_token")
+            blocks.append(("p", "Data card: every workflow and teacher that made samples. Teacher tokens are those "
+                                "read and written by fresh requests (cache hits cost none)."))
+            rows = [[c["workflow"], c["teacher"], c["seeds"], c["candidates"], c["kept"],
+                     f"{100 * c['accept_rate']:.1f}%", f"{c['chars']:,}",
+                     f"{round(c['chars'] / cpt):,}" if cpt else "-",
+                     f"{c['teacher_prompt_tokens']:,} / {c['teacher_completion_tokens']:,}",
+                     "; ".join(f"{r} ({n})" for r, n in list(c["reasons"].items())[:2]) or "-"] for c in card]
+            blocks.append(("table", ["workflow", "teacher", "seeds", "candidates", "kept", "accept rate",
+                                     "characters", "≈ tokens", "teacher tokens in / out", "main reject reasons"], rows))
         if pre:
             blocks.append(("p", f"Pretraining corpus: {pre['train_tokens']:,} train tokens, {pre['val_tokens']:,} "
                                 f"validation tokens from {pre['docs']:,} documents."))

@@ -120,9 +120,19 @@ def run(recipe: Recipe, run: RunDir) -> dict:
                     counts["styles"][r["style"]] += 1
                     chars[kind] += len(r["text"]) if kind == "pretrain" else sum(len(m["content"]) for m in r["messages"])
                 bar.update(stop - start)
-    atomic_write_text(out / "rejects.jsonl", "".join(json.dumps(r) + "\n" for r in all_rejects))
     kept = sum(sum(c.values()) for k, c in counts.items() if k != "styles")
+    card = [{"workflow": "programmatic", "teacher": TEACHER, "seeds": total, "candidates": total, "kept": kept,
+             "rejected": len(all_rejects), "accept_rate": kept / total, "chars": chars["pretrain"] + chars["sft"],
+             "teacher_prompt_tokens": 0, "teacher_completion_tokens": 0, "reasons": {}}]
+    if any(cfg.workflows.seeds.values()):
+        from phiforge.synth_llm import run_workflows
+
+        llm_rejects, llm_card = run_workflows(cfg, out)
+        all_rejects += llm_rejects
+        card += llm_card
+    atomic_write_text(out / "rejects.jsonl", "".join(json.dumps(r) + "\n" for r in all_rejects))
     return {
+        "data_card": card,
         "samples": total,
         "kept": kept,
         "rejected": len(all_rejects),
@@ -134,6 +144,12 @@ def run(recipe: Recipe, run: RunDir) -> dict:
         "pretrain_chars": chars["pretrain"],
         "sft_chars": chars["sft"],
     }
+
+
+def outputs(run: RunDir) -> list[Path]:
+    """What the stage's manifest hashes: the shards and the reject file, not the teacher's reply cache beside them."""
+    out = run.stage_dir("synth")
+    return sorted(out.glob("*.parquet")) + [out / "rejects.jsonl"]
 
 
 def shards(run: RunDir, kind: str) -> list[Path]:

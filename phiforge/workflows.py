@@ -99,16 +99,18 @@ def request_seed(base: int, *parts: object) -> int:
 
 
 def ask(teacher: Teacher, records: Sequence[Record], step: str, prompt: Callable[[Record], str], knobs: Knobs,
-        *, draw: int = 0, temperature: float | None = None) -> list[Completion | None]:
-    """One batched call: a prompt per record; each reply is logged in its record's provenance.
+        *, draws: Sequence[int] | None = None, temperature: float | None = None) -> list[Completion | None]:
+    """One batched call: a prompt per record (a record may come several times, with its draw number in `draws`, to
+    be sampled several times); each reply is logged in its record's provenance.
 
     A request the teacher refuses on its own account (a prompt longer than the model's context: HTTP 400, or the
     local teacher's check) rejects its record with the teacher's message and gets None; the rest of the batch
     stands. A failure that looks like an outage (5xx, 429, timeouts after the teacher's own retries) raises."""
     t = knobs.temperature if temperature is None else temperature
+    draws = [0] * len(records) if draws is None else list(draws)
     requests = [ChatRequest.user(prompt(r), temperature=t, max_tokens=knobs.max_tokens,
-                                 seed=request_seed(knobs.seed, r.workflow, r.seed.id, step, draw))
-                for r in records]
+                                 seed=request_seed(knobs.seed, r.workflow, r.seed.id, step, d))
+                for r, d in zip(records, draws)]
     try:
         replies: list = teacher.complete(requests) if requests else []
     except TeacherError as batch_error:
@@ -124,7 +126,7 @@ def ask(teacher: Teacher, records: Sequence[Record], step: str, prompt: Callable
     if len(replies) != len(requests):  # the protocol promises one each; a broken teacher must not misalign samples
         raise RuntimeError(f"teacher {teacher.name} returned {len(replies)} completions for {len(requests)} requests")
     out: list[Completion | None] = []
-    for r, q, c in zip(records, requests, replies):
+    for r, q, c, draw in zip(records, requests, replies, draws):
         if isinstance(c, TeacherError):
             why = re.sub(r"^\d+ of \d+ requests failed \(the others are cached\); first: ", "", str(c))[:300]
             r.steps.append({"step": step, "draw": draw, "seed": q.seed, "error": why})
@@ -399,16 +401,16 @@ def plurality(teacher: Teacher, seeds: Sequence[Seed], knobs: Knobs = Knobs()) -
     live = _fresh("plurality", seeds)
     for r in live:
         r.question = r.seed.text
+    # All k draws of every question in one batch: k times fewer round trips, and a local model fills its batches.
+    asked = [r for r in live for _ in range(knobs.k)]
+    replies = ask(teacher, asked, "answer", lambda r: (
+        f"{r.question}\n\nSolve the problem step by step, then give the final answer as \\boxed{{answer}}."),
+        knobs, draws=[d for _ in live for d in range(knobs.k)])
     answers: dict[int, list[str | None]] = {id(r): [] for r in live}
-    for d in range(knobs.k):
-        asked = [r for r in live if not r.reason]  # a refused request ends its question
-        replies = ask(teacher, asked, "answer", lambda r: (
-            f"{r.question}\n\nSolve the problem step by step, then give the final answer as \\boxed{{answer}}."),
-            knobs, draw=d)
-        for r, c in zip(asked, replies):
-            answers[id(r)].append(None if c is None or truncated(c) else extract_answer(c.text))
+    for r, c in zip(asked, replies):
+        answers[id(r)].append(None if c is None or truncated(c) else extract_answer(c.text))
     for r in live:
-        if r.reason:
+        if r.reason:  # a refused request leaves its question without k answers
             continue
         a = answers[id(r)]
         groups = vote(a)

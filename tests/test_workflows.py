@@ -315,3 +315,56 @@ def test_a_refused_request_rejects_its_sample_only_and_an_outage_raises():
     assert [r.kept for r in records] == [True, False] and records[1].reason.startswith("answer: the teacher refused")
     with pytest.raises(TeacherError, match="503"):
         rewrite(Refusing(lambda r, m: EXERCISES, "TOO-LONG", 503), [PASSAGE, long])
+
+
+def test_synth_stage_adds_llm_samples_and_a_data_card_without_touching_the_programmatic_shards(tmp_path):
+    """The synth stage with a local teacher (a micro phiforge checkpoint): LLM samples in their own shards with the
+    common schema and provenance, every candidate kept or in rejects.jsonl, and the programmatic shards byte for byte
+    those of the same recipe without workflows."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from conftest import MICRO
+    from phiforge import synth
+    from phiforge.config import recipe_from_dict
+    from phiforge.rundir import RunDir
+    from test_chat import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "tiny", max_seq_len=2048)
+    small = {**MICRO["synth"], "n_pretrain": 30, "n_sft": 10}
+    plain = recipe_from_dict({**MICRO, "synth": small})
+    llm = recipe_from_dict({**MICRO, "synth": {
+        **small, "teacher": {"kind": "local", "model": str(ckpt), "batch_size": 4},
+        "workflows": {"seeds": {"rewrite": 1, "plurality": 1, "reverse_code": 1}, "max_tokens": 8, "k": 3}}})
+    a, b = RunDir.create(tmp_path / "a"), RunDir.create(tmp_path / "b")
+    synth.run(plain, a)
+    metrics = synth.run(llm, b)
+    for kind in ("pretrain", "sft", "pts"):
+        mine = [p for p in synth.shards(b, kind) if "-llm-" not in p.name]
+        assert [p.read_bytes() for p in mine] == [p.read_bytes() for p in synth.shards(a, kind)]
+    llm_shards = sorted(p.name for p in b.stage_dir("synth").glob("*-llm-*.parquet"))
+    assert llm_shards == ["pretrain-llm-plurality.parquet", "pretrain-llm-reverse_code.parquet",
+                          "pretrain-llm-rewrite.parquet"]
+    assert pq.read_schema(b.stage_dir("synth") / llm_shards[0]) == synth.PRETRAIN_SCHEMA
+    card = {row["workflow"]: row for row in metrics["data_card"]}
+    assert card["programmatic"]["kept"] == metrics["kept"] and card["rewrite"]["teacher"] == "local:tiny"
+    rejects = [json.loads(line) for line in (b.stage_dir("synth") / "rejects.jsonl").read_text().splitlines()]
+    llm_rejects = [r for r in rejects if "-llm-" in r["id"]]
+    kept = [r for kind in ("pretrain",) for r in pq.read_table(b.stage_dir("synth") / llm_shards[2]).to_pylist()]
+    for name in ("rewrite", "plurality", "reverse_code"):
+        assert card[name]["kept"] + card[name]["rejected"] == card[name]["candidates"] >= card[name]["seeds"]
+        assert card[name]["teacher_completion_tokens"] > 0
+        assert sum(card[name]["reasons"].values()) == card[name]["rejected"]
+    assert len(llm_rejects) == sum(card[n]["rejected"] for n in ("rewrite", "plurality", "reverse_code"))
+    assert all(r["reason"] and json.loads(r["provenance"])["steps"] for r in llm_rejects)
+    assert len({r["id"] for r in llm_rejects + kept}) == len(llm_rejects) + len(kept)
+    assert synth.outputs(b)[-1].name == "rejects.jsonl" and not any("cache" in str(p) for p in synth.outputs(b))
+
+    from phiforge.report import build_blocks, to_markdown
+
+    b.write_manifest("synth", {"stage": "synth", "metrics": metrics, "seconds": 1.0}, synth.outputs(b))
+    report = to_markdown(build_blocks(llm, b))
+    c = card["plurality"]
+    assert f"| plurality | local:tiny | 1 | 1 | {c['kept']} | {100 * c['accept_rate']:.1f}% |" in report
+    assert "| programmatic | programmatic |" in report
