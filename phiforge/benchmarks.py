@@ -37,12 +37,13 @@ class Item:
     answers: tuple[str, ...] = ()  # maths: every accepted form of the final answer
     solution: str = ""  # the reference solution (maths: worked text ending in the answer; code: the body)
     tests: str = ""  # code: the program that checks the completed function
+    options: tuple[str, ...] = ()  # multiple choice: the options, in order A, B, ...; answers holds the right letter
 
 
 @dataclass(frozen=True)
 class Benchmark:
     name: str
-    kind: str  # "math" | "code"
+    kind: str  # "math" | "code" | "choice"
     package: str
     install: str
     load: Callable[[], list[Item]]
@@ -203,6 +204,44 @@ class PhiforgeEngine:
                         seed=seed if temperature > 0 else None, batch_size=batch_size, progress=True)
         return [cut_at(self.tok.decode(o), stops) for o in outs]
 
+    def encode_continuation(self, text: str) -> list[int]:
+        return self.tok.encode(text)
+
+    def logprobs(self, prompts: list[list[int]], continuations: list[list[int]], *,
+                 batch_size: int) -> list[tuple[float, int]]:
+        """(summed log-probability, token count) of each continuation after its prompt, in batches of similar
+        lengths; one forward pass per batch, right-padded so causal attention keeps padding out."""
+        import torch
+
+        from phiforge.dpo import token_logps
+
+        out: list[tuple[float, int]] = [(0.0, 0)] * len(prompts)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for idx in _length_batches(prompts, continuations, batch_size, "logprobs"):
+                    logps, _ = token_logps(self.model, [prompts[i] for i in idx], [continuations[i] for i in idx],
+                                           self.tok.pad_id)
+                    for i, row in zip(idx, logps.sum(-1).tolist()):
+                        out[i] = (row, len(continuations[i]))
+        finally:
+            self.model.train(was_training)
+        return out
+
+
+def _length_batches(prompts: Sequence[list[int]], continuations: Sequence[list[int]], batch_size: int,
+                    desc: str) -> list[list[int]]:
+    """Row indices in batches of similar total length (longest first), behind a progress bar."""
+    from tqdm import tqdm
+
+    for i, (p, c) in enumerate(zip(prompts, continuations)):
+        if not p or not c:
+            raise PhiforgeError(f"row {i}: scoring a continuation needs a non-empty prompt and continuation")
+    order = sorted(range(len(prompts)), key=lambda i: -(len(prompts[i]) + len(continuations[i])))
+    batches = [order[s : s + batch_size] for s in range(0, len(order), max(1, batch_size))]
+    return list(tqdm(batches, desc=desc, unit="batch", disable=len(batches) < 2))
+
 
 class HFEngine:
     """Any transformers causal-LM directory (e.g. Gemma 3 270M converted from its registry GGUF), on
@@ -251,6 +290,33 @@ class HFEngine:
                 texts[i] = cut_at(self.tok.decode(row, skip_special_tokens=True), stops)
         return texts
 
+    def encode_continuation(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def logprobs(self, prompts: list[list[int]], continuations: list[list[int]], *,
+                 batch_size: int) -> list[tuple[float, int]]:
+        """As PhiforgeEngine.logprobs, on the transformers model with right padding and an attention mask."""
+        import torch
+
+        out: list[tuple[float, int]] = [(0.0, 0)] * len(prompts)
+        pad = self.tok.pad_token_id
+        for idx in _length_batches(prompts, continuations, batch_size, "logprobs"):
+            rows = [prompts[i] + continuations[i] for i in idx]
+            width = max(map(len, rows))
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, row in enumerate(rows):
+                ids[r, : len(row)] = torch.tensor(row)
+                mask[r, : len(row)] = 1
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids, attention_mask=mask).logits
+            for r, i in enumerate(idx):
+                p, c = len(prompts[i]), continuations[i]
+                # Only the positions that predict continuation tokens go through the fp32 log-softmax.
+                lp = logits[r, p - 1 : p - 1 + len(c)].float().log_softmax(-1)
+                out[i] = (lp.gather(-1, torch.tensor(c)[:, None]).sum().item(), len(c))
+        return out
+
 
 def load_engine(path: Path | str):
     """A phiforge run or model folder on phiforge's engine; any other transformers model folder on HFEngine."""
@@ -276,12 +342,22 @@ def prompts(bench: Benchmark, items: Sequence[Item], engine, style: str) -> list
 
 def evaluate(engine, bench: Benchmark, *, style: str = "chat", limit: int | None = None, samples: int = 1,
              temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int = 512, seed: int = 0,
-             batch_size: int = 32, ks: Sequence[int] = (1,)) -> tuple[dict, list[dict]]:
+             batch_size: int = 32, ks: Sequence[int] = (1,), mode: str = "loglik", normalize: str = "sum",
+             blank_below: float | None = None) -> tuple[dict, list[dict]]:
     """Score a model on a benchmark: per-item records (prompt, every sample, its verdict) and a summary with
-    pass@k for each k <= samples (pass@1 with samples=1 and temperature 0 is greedy accuracy)."""
+    pass@k for each k <= samples (pass@1 with samples=1 and temperature 0 is greedy accuracy). Multiple choice
+    (`kind="choice"`) is scored by `mode` (loglik or generate, see phiforge.choice) with AMC points instead."""
     if samples < 1 or (samples > 1 and temperature <= 0):
         raise PhiforgeError(f"samples={samples} needs samples >= 1, and temperature > 0 when above 1")
     items = bench.load()[:limit]
+    if bench.kind == "choice":
+        from phiforge import choice
+
+        summary, records = choice.run(
+            engine, items, style=style, mode=mode, normalize=normalize, max_new_tokens=max_new_tokens,
+            blank_below=choice.BLANK_BREAK_EVEN if blank_below is None else blank_below, batch_size=batch_size,
+            stops=MATH_STOPS)
+        return {"benchmark": bench.name, "n_items": len(items)} | summary, records
     ids = prompts(bench, items, engine, style)
     texts = engine.complete([p for p in ids for _ in range(samples)], stops=CODE_STOPS if bench.kind == "code"
                             else MATH_STOPS, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
