@@ -187,6 +187,13 @@ class EvalConfig:
     temperature: float = 0.7
     top_p: float = 1.0
     batch_size: int = 64
+    # The AMC-style contest (phiforge/amc.py): its own seed, apart from synth.seed and the open contest's seed;
+    # 0 questions turns it off. A log-likelihood answer is left blank when its option's probability is below
+    # amc_blank_below (0.25 = 1.5 / 6 is where answering stops paying on average).
+    amc_seed: int = 2_000_003
+    amc_n_problems: int = 100
+    amc_blank_below: float = 0.25
+    amc_normalize: Literal["sum", "mean"] = "sum"
 
 
 @dataclass
@@ -488,6 +495,10 @@ def validate(r: Recipe, source: str = "recipe") -> None:
     need(e.temperature > 0, "eval.temperature", "must be positive (maj@k samples)")
     need(0 < e.top_p <= 1, "eval.top_p", "must be in (0, 1]")
     need(e.max_new_tokens > 0 and e.batch_size > 0, "eval.max_new_tokens/batch_size", "must be positive")
+    need(e.amc_seed not in (s.seed, e.seed), "eval.amc_seed",
+         f"must differ from synth.seed ({s.seed}) and eval.seed ({e.seed}): the AMC contest must be fresh")
+    need(e.amc_n_problems >= 0, "eval.amc_n_problems", "must be >= 0 (0 turns the AMC contest off)")
+    need(0 <= e.amc_blank_below <= 1, "eval.amc_blank_below", "must be in [0, 1]")
     _validate_organic(r.organic, r.mixture, need)
 
 

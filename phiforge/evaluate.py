@@ -1,4 +1,5 @@
-"""Stage `eval`: a fresh contest, drawn after training from a seed range training never used.
+"""Stage `eval`: a fresh contest, drawn after training from a seed range training never used, and a fresh
+AMC-style multiple-choice contest from a third seed (phiforge/amc.py; scored with AMC points in phiforge/choice.py).
 
 Any contest question whose text appears anywhere in the run's training data is dropped before scoring (the count is
 reported), so the score measures solving, not recall. Each model is scored greedy and by maj@k, and every sample's
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import torch
 
+from phiforge import amc, choice
 from phiforge.answers import answers_equal, extract_answer
+from phiforge.benchmarks import MATH_STOPS, PhiforgeEngine
 from phiforge.checkpoint import load_model
 from phiforge.config import Recipe
 from phiforge.errors import PhiforgeError
@@ -160,6 +163,11 @@ def run(recipe: Recipe, run: RunDir) -> dict:
                            "maj_k": recipe.eval.maj_k, "temperature": recipe.eval.temperature},
                "models": {}}
     all_records = {}
+    amc_items, amc_info = amc.contest(recipe, seen) if recipe.eval.amc_n_problems else ([], {})
+    if amc_items:
+        summary["amc"] = {"seed": recipe.eval.amc_seed, "n_problems": len(amc_items),
+                          "dropped": amc_info["dropped"], "blank_below": recipe.eval.amc_blank_below,
+                          "normalize": recipe.eval.amc_normalize, "models": {}}
     for name, build, style in candidates:
         model = build().to(device())
         result, records = score_model(model, tok, problems, style, recipe)
@@ -168,11 +176,42 @@ def run(recipe: Recipe, run: RunDir) -> dict:
         all_records[name] = records
         atomic_write_text(out / f"{name}.jsonl", "".join(_jsonl(r) for r in records))
         print(f"eval {name:>9}: greedy {result['greedy']['acc']:.1%}  maj@{recipe.eval.maj_k} {result['maj']['acc']:.1%}")
+        if amc_items:
+            summary["amc"]["models"][name] = score_amc(model, tok, amc_items, amc_info, style, recipe,
+                                                       out / f"amc-{name}.jsonl")
     summary["paired"] = {f"{a}_vs_{b}": paired(all_records[a], all_records[b])
                          for a, b in (("dpo", "sft"), ("sft", "base"), ("base", "pretrain"), ("base", "untrained"))}
     atomic_write_json(out / "summary.json", summary)
+    amc_metrics = {"amc_per_150": {name: {mode: r[mode]["per_150"] for mode in r}
+                                   for name, r in summary["amc"]["models"].items()}} if amc_items else {}
     return {name: {"greedy": m["greedy"]["acc"], "maj": m["maj"]["acc"]} for name, m in summary["models"].items()} | {
-        "n_problems": len(problems), "dropped_seen_in_training": dropped}
+        "n_problems": len(problems), "dropped_seen_in_training": dropped} | amc_metrics
+
+
+def score_amc(model: Phi3, tok: ChatTokenizer, items: list, info: dict, style: str, recipe: Recipe,
+              path: Path) -> dict:
+    """The AMC contest in every mode of phiforge.choice, the two that need a solution sharing one greedy pass on
+    the bare question (these models never saw an option list). Each wrong pick is named by its option's slip."""
+    cfg = recipe.eval
+    engine = PhiforgeEngine(model, tok)
+    texts = choice.solve(engine, items, style=style, show_options=False, max_new_tokens=cfg.max_new_tokens,
+                         batch_size=cfg.batch_size, stops=MATH_STOPS)
+    result, lines = {}, []
+    for mode in choice.MODES:
+        summary, records = choice.run(engine, items, style=style, mode=mode, normalize=cfg.amc_normalize,
+                                      blank_below=cfg.amc_blank_below, batch_size=cfg.batch_size, texts=texts)
+        slips = Counter()
+        for r in records:
+            r["domain"] = info["domains"][r["id"]]
+            r["slip"] = info["mistakes"][r["id"]][r["chosen_index"]] if r["chosen_index"] is not None else None
+            slips.update([r["slip"]] if r["slip"] else [])
+        summary["slips"] = dict(slips.most_common())
+        result[mode] = summary
+        lines += [_jsonl(r) for r in records]
+    atomic_write_text(path, "".join(lines))
+    print(f"amc  {path.stem[4:]:>9}: " + "  ".join(f"{m} {r['per_150']:.1f}/150 ({r['correct']} right, {r['blank']} "
+                                                   f"blank)" for m, r in result.items()))
+    return result
 
 
 def _jsonl(record: dict) -> str:

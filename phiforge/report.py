@@ -125,6 +125,51 @@ def plot_eval(summary: dict, plots: Path, k: int) -> tuple[str, str]:
     return ("plots/eval.png", "contest accuracy")
 
 
+AMC_MODES = {"loglik": "log-likelihood, answer first", "solved_loglik": "log-likelihood after own solution",
+             "generate": "generated answer"}
+
+
+def plot_amc(amc: dict, plots: Path) -> tuple[str, str]:
+    """Points per 25 questions for each model and mode, against what leaving all blank and guessing would score."""
+    names, modes = list(amc["models"]), [m for m in AMC_MODES if m in next(iter(amc["models"].values()))]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    width = 0.8 / len(modes)
+    for j, mode in enumerate(modes):
+        xs = [i + (j - (len(modes) - 1) / 2) * width for i in range(len(names))]
+        rows = [amc["models"][n][mode] for n in names]
+        ax.bar(xs, [r["per_150"] for r in rows], width, yerr=[r["per_150_stderr"] for r in rows],
+               label=AMC_MODES[mode])
+    ax.axhline(37.5, color="grey", ls="--", lw=1, label="all blank (37.5)")
+    ax.axhline(30.0, color="grey", ls=":", lw=1, label="random guessing (30)")
+    ax.set_xticks(range(len(names)), names)
+    ax.set(ylabel="points per 25 questions (max 150)", ylim=(0, 150),
+           title=f"Fresh AMC-style contest, {amc['n_problems']} questions")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, plots / "amc.png")
+    return ("plots/amc.png", "AMC-style contest points")
+
+
+def amc_blocks(amc: dict, plots: Path) -> list[tuple]:
+    d = amc["dropped"]
+    blocks: list[tuple] = [("h2", "Fresh AMC-style contest"), (
+        "p", f"{amc['n_problems']} five-option questions drawn after training from seed {amc['seed']} "
+             f"({d['seen_in_training']} drawn questions dropped because training had seen them); the wrong options "
+             f"are the answers of typical slips. AMC scoring: 6 points per right answer, 1.5 per blank, 0 per wrong "
+             f"one, shown per 25 questions (max 150; all blank scores 37.5, random guessing 30). Log-likelihood "
+             f"modes leave a question blank when the top option's probability is below {amc['blank_below']} "
+             f"({amc['normalize']} of token log-probs); the generated answer is blank when it names no option.")]
+    rows = []
+    for name, modes in amc["models"].items():
+        for mode, r in modes.items():
+            slip = next(iter(r["slips"].items()), None)
+            rows.append([name, AMC_MODES.get(mode, mode), f"{r['per_150']:.1f} ± {r['per_150_stderr']:.1f}",
+                         r["correct"], r["blank"], r["wrong"], f"{slip[0]} ({slip[1]})" if slip else "-"])
+    blocks.append(("table", ["model", "mode", "points / 150", "right", "blank", "wrong", "commonest slip"], rows))
+    blocks.append(("img",) + plot_amc(amc, plots))
+    return blocks
+
+
 def pct(a: dict) -> str:
     return f"{100 * a['acc']:.1f} ± {100 * a['stderr']:.1f}"
 
@@ -158,6 +203,8 @@ def build_blocks(recipe: Recipe, run: RunDir) -> list[tuple]:
         counts = next(iter(summary["models"].values()))["by_domain"]
         blocks.append(("table", ["model (greedy)"] + [f"{d} (n={counts[d]['n']})" for d in domains], rows))
         blocks.append(("img",) + plot_eval(summary, plots, k))
+        if summary.get("amc"):
+            blocks += amc_blocks(summary["amc"], plots)
 
     blocks.append(("h2", "Training"))
     pre, sft = m["pretrain"].get("metrics", {}), m["sft"].get("metrics", {})
