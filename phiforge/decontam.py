@@ -487,20 +487,25 @@ def build_harness_index(cfg) -> tuple[BenchmarkIndex, dict]:
 
 
 def run(recipe, run) -> dict:
-    """Stage `decontam`: every synth training sample against the harness's benchmarks; the flagged ones are listed in
-    `dropped.json`, which every training stage's reader leaves out, and shown with their verdicts in `flagged.jsonl`."""
+    """Stage `decontam`: every synth training sample and every organic document (each source before it enters the
+    mixture) against the harness's benchmarks; the flagged ones are listed in `dropped.json`, which every training
+    stage's reader leaves out, and shown with their verdicts in `flagged.jsonl`."""
     import pyarrow.parquet as pq
 
+    from phiforge import organic
     from phiforge.rundir import atomic_write_json, atomic_write_text
     from phiforge.synth import shards
 
     cfg, out = recipe.decontam, run.stage_dir("decontam")
     index, bench_status = build_harness_index(cfg)
     dropped, lines, per_source = [], [], {}
-    for kind in ("pretrain", "sft", "pts"):
-        columns = {"pretrain": ["id", "text"], "sft": ["id", "messages"], "pts": ["id", "question"]}[kind]
-        rows = [r for shard in shards(run, kind) for r in pq.read_table(shard, columns=columns).to_pylist()]
-        docs = [{"id": r["id"], "text": training_text(kind, r)} for r in rows]
+    for kind in ["pretrain", "sft", "pts", *(f"organic/{s}" for s in organic.SOURCES)]:
+        columns = {"sft": ["id", "messages"], "pts": ["id", "question"]}.get(kind, ["id", "text"])
+        files = organic.shards(run, kind.split("/")[1]) if kind.startswith("organic/") else shards(run, kind)
+        if not files and kind.startswith("organic/"):
+            continue  # a run without the organic stage
+        rows = [r for shard in files for r in pq.read_table(shard, columns=columns).to_pylist()]
+        docs = [{"id": r["id"], "text": r["text"] if "text" in r else training_text(kind, r)} for r in rows]
         _, flagged, stats = decontaminate(docs, index, drop_partial=cfg.drop_partial)
         per_source[kind] = {k: stats[k] for k in ("docs", "kept", "flagged", "status", "benchmark")}
         for doc, v in flagged:

@@ -31,11 +31,14 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("synth", "synth", ("synth",), (), "generate verified synthetic problems and render them"),
-    Stage("decontam", "decontam", ("decontam",), ("synth",),
+    Stage("organic", "organic", ("organic",), (),
+          "real text (stdlib code, reference pages, package pages, books, local folders): cleaned, deduplicated, "
+          "filtered by an educational-value classifier, best web pages rewritten"),
+    Stage("decontam", "decontam", ("decontam",), ("synth", "organic"),
           "drop training samples that overlap a benchmark (Phi-4's hybrid 13/7-gram test)"),
     Stage("tokenizer", "tokenizer", ("tokenizer",), ("synth", "decontam"), "train the byte-level BPE tokenizer"),
-    Stage("pretrain", "pretrain", ("model", "pretrain"), ("synth", "decontam", "tokenizer"),
-          "pretrain the model on packed text", distributed=True),
+    Stage("pretrain", "pretrain", ("model", "pretrain", "mixture"), ("synth", "organic", "decontam", "tokenizer"),
+          "pretrain the model on the Table-5 mixture of synthetic and organic text", distributed=True),
     Stage("midtrain", "midtrain", ("model", "pretrain", "midtrain"), ("synth", "decontam", "tokenizer", "pretrain"),
           "extend the context: raise the RoPE base, train on long documents mixed with replayed pretraining text",
           distributed=True),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,80 @@ def tokenize_corpus(run: RunDir, tok: ChatTokenizer, val_fraction: float) -> tup
     cat = lambda xs: np.concatenate(xs).astype(dtype) if xs else np.zeros(0, dtype)  # noqa: E731
     t, v = cat(train), cat(val)
     return t, v, {"docs": n_docs, "val_docs": n_val, "train_tokens": int(len(t)), "val_tokens": int(len(v))}
+
+
+@dataclass
+class Corpus:
+    """The pretraining stream of the mixture: tokens, which source each token came from, and the plan behind it."""
+
+    train: np.ndarray
+    train_sources: np.ndarray  # index into `plans` per token
+    val: np.ndarray
+    plans: list
+    stats: dict
+
+
+def source_documents(run: RunDir, tok: ChatTokenizer, val_fraction: float) -> dict[str, tuple[list, list]]:
+    """Every mixture source's documents that decontamination kept, tokenised and ended by `<|endoftext|>`, as
+    (train, validation) lists; a hash of the id splits them, the same way in every stage that splits."""
+    from phiforge import organic
+    from phiforge.synth import dropped_ids, shards as synth_shards
+
+    drop, eot = dropped_ids(run), tok.endoftext_id
+    files = {"synthetic": synth_shards(run, "pretrain")}
+    files.update({s: organic.shards(run, s) for s in organic.SOURCES})
+    out: dict[str, tuple[list, list]] = {}
+    for source, shards in files.items():
+        train, val = [], []
+        for shard in tqdm(shards, desc=f"tokenize {source}", unit="shard", leave=False):
+            table = pq.read_table(shard, columns=["id", "text"])
+            rows = [(i, t) for i, t in zip(table.column("id").to_pylist(), table.column("text").to_pylist())
+                    if i not in drop]
+            for (doc_id, _), enc in zip(rows, tok.encode_batch([t for _, t in rows])):
+                (val if stable_fraction(doc_id) < val_fraction else train).append(np.asarray(enc + [eot], np.int32))
+        out[source] = (train, val)
+    return out
+
+
+def mixed_corpus(recipe: Recipe, run: RunDir, tok: ChatTokenizer, budget: int) -> Corpus:
+    """Exactly `budget` training tokens in the shares of `mixture.shares` (phiforge/mixture.py), and a validation
+    stream in the same shares, cut from each source's held-out documents without repeating any."""
+    from phiforge import mixture
+
+    mx = recipe.mixture
+    docs = source_documents(run, tok, recipe.pretrain.val_fraction)
+    unique = {s: int(sum(map(len, tr))) for s, (tr, _) in docs.items()}
+    plans = mixture.plan(mx.shares, unique, budget, mx.max_epochs)
+    if distributed.world().main:
+        print("[phiforge] " + mixture.plan_table(plans, budget).replace("\n", "\n[phiforge] "), file=sys.stderr,
+              flush=True)
+    train, sources = mixture.build_stream({p.source: docs[p.source][0] for p in plans}, plans, mx.seed)
+    # one token more than the budget, so the packed windows (seq_len + 1 tokens each) cover it exactly
+    train = np.concatenate([train, [tok.endoftext_id]])
+    sources = np.concatenate([sources, sources[-1:]])
+    val_tokens = {p.source: int(sum(map(len, docs[p.source][1]))) for p in plans}
+    held = [p for p in plans if val_tokens[p.source]]
+    scale = min(val_tokens[p.source] / p.share for p in held) if held else 0
+    val = [np.concatenate(docs[p.source][1])[: int(p.share * scale)] for p in held]
+    dtype = np.uint16 if tok.vocab_size < 2**16 else np.int32
+    val = np.concatenate(val).astype(dtype) if val else np.zeros(0, dtype)
+    stats = {"docs": sum(len(tr) + len(va) for tr, va in docs.values()),
+             "val_docs": sum(len(va) for _, va in docs.values()),
+             "train_tokens": int(len(train)), "val_tokens": int(len(val)),
+             "unique_train_tokens": unique, "val_tokens_by_source": {p.source: int(p.share * scale) for p in held}}
+    return Corpus(train.astype(dtype), sources, val, plans, stats)
+
+
+def consumed_windows(n: int, samples: int, seed: int) -> np.ndarray:
+    """The window index of each of the first `samples` global sample positions of `PackedTokens.sample`."""
+    out, p = [], 0
+    for epoch in range(samples // n + 1):
+        take = min(n, samples - p)
+        if take <= 0:
+            break
+        out.append(np.random.default_rng([seed, epoch]).permutation(n)[:take])
+        p += take
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
 def stable_fraction(key: str) -> float:
@@ -236,27 +311,39 @@ def run(recipe: Recipe, run: RunDir) -> dict:
     stage = run.stage_dir("pretrain")
     # Checkpoints only resume a run with the same recipe slice and the same inputs.
     fingerprint = "-".join(
-        [recipe.section_hash("model", "pretrain"), run.output_digest("tokenizer"), run.output_digest("synth"),
-         run.output_digest("decontam")]
+        [recipe.section_hash("model", "pretrain", "mixture"), run.output_digest("tokenizer"),
+         run.output_digest("synth"), run.output_digest("organic"), run.output_digest("decontam")]
     )
     tok = ChatTokenizer.load(run.stage_dir("tokenizer"))
-    train_tokens, val_tokens, data_stats = tokenize_corpus(run, tok, cfg.val_fraction)
+    w = distributed.world()
+    # the tokens the training loop will read: the mixture is planned for exactly this budget
+    samples = cfg.steps * cfg.grad_accum * w.size * cfg.batch_size
+    corpus = mixed_corpus(recipe, run, tok, samples * cfg.seq_len)
+    train_tokens, data_stats = corpus.train, corpus.stats
     train = PackedTokens(train_tokens, cfg.seq_len, cfg.seed)
-    val = PackedTokens(val_tokens, cfg.seq_len, cfg.seed)
-    dev = distributed.world().device
+    val = PackedTokens(corpus.val, cfg.seq_len, cfg.seed)
+    dev = w.device
 
     def validate(model: torch.nn.Module) -> dict:
         return {"loss": evaluate_loss(model, val, cfg.val_batches, cfg.batch_size, cfg.dtype, dev)}
 
     t = train_loop("pretrain", cfg, cfg.optim, mcfg, tok, lambda: Phi3(mcfg), train, validate,
                    stage / "checkpoints", fingerprint)
-    w = distributed.world()
     if w.main:
         export_model(None, mcfg, tok, stage / "model", state_dict=t.model_sd)
         atomic_write_json(stage / "history.json", t.history)
     distributed.barrier()
+    from phiforge import mixture
+
+    # what training read, counted from the windows the loop drew, against what the plan asked for
+    got = mixture.realised(corpus.train_sources, consumed_windows(train.n, samples, cfg.seed), cfg.seq_len,
+                           len(corpus.plans))
+    read = max(1, int(got.sum()))
+    mix = [{**p, "realised_tokens": int(g), "realised_share": round(int(g) / read, 5)}
+           for p, g in zip(mixture.plan_json(corpus.plans), got)]
     return {
         **data_stats,
+        "mixture": mix,
         "params": t.params,
         "world_size": w.size,
         "parallel": cfg.parallel if w.size > 1 else "none",

@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from phiforge.config import Recipe, save_recipe  # noqa: E402
 from phiforge.rundir import RunDir, atomic_path, atomic_write_text  # noqa: E402
 
-STAGES_SHOWN = ("synth", "decontam", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "eval")
+STAGES_SHOWN = ("synth", "organic", "decontam", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "eval")
 # How the per-position table and plot name the three models midtraining compares.
 POSITION_MODELS = {"pretrain": "pretrained", "pretrain_rope": "pretrained, raised RoPE base, untrained",
                    "midtrain": "midtrained"}
@@ -174,6 +174,47 @@ def pct(a: dict) -> str:
     return f"{100 * a['acc']:.1f} ± {100 * a['stderr']:.1f}"
 
 
+def organic_blocks(run: RunDir, pre: dict) -> list[tuple]:
+    """The organic stage's funnel per feed, dedup and classifier figures, and the mixture plan against the tokens
+    pretraining read per source."""
+    blocks: list[tuple] = []
+    org = (run.manifest("organic") or {}).get("metrics", {})
+    if org:
+        blocks.append(("h2", "Organic data and the mixture"))
+        reasons = sorted({r for f in org["feeds"].values() for r in f["removed"]})
+        rows = [[f, x["pages"], f"{x['bytes'] / 1e6:.2f}"] + [x["removed"].get(r, 0) for r in reasons] + [x["kept"]]
+                for f, x in org["feeds"].items()]
+        blocks.append(("table", ["feed", "pages", "MB"] + [r.replace("_", " ") for r in reasons] + ["kept"], rows))
+        d, c, w = org["dedup"], org["classifier"], org["web"]
+        blocks.append(("p", f"Deduplication across sources: {d['exact']} exact and {d['near']} near duplicates "
+                            f"(MinHash, {d['num_perm']} permutations, estimated Jaccard ≥ {d['threshold']}) among "
+                            f"{d['pages']} pages that passed the corrupt-text filters. Educational value: "
+                            f"{c['labelled']} pages rated 0-5 by the `{c['teacher']}` teacher "
+                            f"({100 * c['positive_rate']:.0f}% educational), a hashed n-gram logistic regression "
+                            f"trained on {c['train']}; on {c['held_out']} held-out pages:"))
+        if "classifier" in c:
+            rows = [[name, x["accuracy"], x["precision"], x["recall"], x["f1"]] for name, x in
+                    (("classifier", c["classifier"]), ("majority class", c["majority_class"]),
+                     ("keep everything", c["keep_all"]))]
+            blocks.append(("table", ["held-out", "accuracy", "precision", "recall", "F1"], rows))
+        blocks.append(("p", f"Web: {w['kept']} of {w['pages']} pages kept by classifier score, the best "
+                            f"{w['rewritten']} rewritten into {w['rewrites']} textbook passages with exercises. "
+                            "Documents per source: " + ", ".join(f"{s} {x['docs']:,} ({x['chars'] / 1e6:.2f} M chars)"
+                                                                 for s, x in org["sources"].items()) + "."))
+    mix = pre.get("mixture")
+    if mix:
+        budget = sum(x["planned_tokens"] for x in mix)
+        rows = [[x["source"], f"{100 * x['share']:.1f}%", f"{x['unique_tokens']:,}", f"{x['epochs']:.2f}",
+                 f"{x['planned_tokens']:,}", f"{x['realised_tokens']:,}",
+                 f"{100 * (x['realised_tokens'] / max(1, x['planned_tokens']) - 1):+.2f}%"] for x in mix]
+        blocks.append(("p", f"Pretraining mixture (Phi-4 Table 5), planned for the {budget:,} tokens pretraining "
+                            "reads; realised = tokens of each source in the windows the training loop drew:"))
+        blocks.append(("table", ["source", "share", "unique tokens", "epochs", "planned tokens", "realised tokens",
+                                 "realised vs plan"], rows))
+        blocks += [("p", f"Warning: {x['warning']}.") for x in mix if x["warning"]]
+    return blocks
+
+
 def build_blocks(recipe: Recipe, run: RunDir) -> list[tuple]:
     plots = run.root / "plots"
     m = {s: run.manifest(s) or {} for s in STAGES_SHOWN}
@@ -278,6 +319,7 @@ def build_blocks(recipe: Recipe, run: RunDir) -> list[tuple]:
         if pre:
             blocks.append(("p", f"Pretraining corpus: {pre['train_tokens']:,} train tokens, {pre['val_tokens']:,} "
                                 f"validation tokens from {pre['docs']:,} documents."))
+    blocks += organic_blocks(run, m["pretrain"].get("metrics", {}))
     dc = m["decontam"].get("metrics", {})
     if dc:
         used = {b: x["items"] for b, x in dc["benchmarks"].items() if x["items"]}

@@ -13,6 +13,9 @@ import yaml
 MICRO = {
     "name": "micro",
     "synth": {"seed": 0, "n_pretrain": 400, "n_sft": 120, "n_pts": 6, "shard_size": 150},
+    # a slice of each organic feed: every filter, the classifier and the rewrites run, in a few seconds
+    "organic": {"feeds": {"stdlib_code": 150000, "stdlib_docs": 60000, "package_pages": 200000,
+                          "pydoc_topics": 100000}, "max_labels": 400},
     "tokenizer": {"vocab_size": 300},
     "model": {"vocab_size": 320, "d_model": 32, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "d_ffn": 64,
               "max_seq_len": 320},

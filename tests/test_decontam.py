@@ -233,6 +233,7 @@ def synth_run(tmp_path_factory):
     recipe = recipe_from_dict(MICRO)
     run = prepare(recipe, tmp_path_factory.mktemp("dc") / "run")
     run_stage(recipe, run, BY_NAME["synth"])
+    run_stage(recipe, run, BY_NAME["organic"])
     return recipe, run
 
 

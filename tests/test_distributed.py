@@ -58,7 +58,7 @@ def prepared(tmp_path_factory):
     single = write_recipe(tmp / "single.yaml", {**common, "pretrain.grad_accum": 2})
     dist = write_recipe(tmp / "dist.yaml", common)
     base = tmp / "base"
-    for stage in ("synth", "decontam", "tokenizer"):
+    for stage in ("synth", "organic", "decontam", "tokenizer"):
         assert phiforge(stage, single, "--out", base).returncode == 0
     ref = tmp / "ref"
     shutil.copytree(base, ref)

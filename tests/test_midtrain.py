@@ -38,7 +38,7 @@ def done(tmp_path_factory):
     """A micro run through midtraining, in process."""
     recipe = recipe_from_dict(micro())
     run = prepare(recipe, tmp_path_factory.mktemp("mid") / "run")
-    for name in ("synth", "decontam", "tokenizer", "pretrain", "midtrain"):
+    for name in ("synth", "organic", "decontam", "tokenizer", "pretrain", "midtrain"):
         run_stage(recipe, run, BY_NAME[name])
     return recipe, run
 

@@ -52,6 +52,12 @@ def test_run_writes_every_stage_and_a_report(done_run):
     assert {"config.json", "model.safetensors", "tokenizer.json", "optimizer.pt", "rng.pt", "state.json"} <= {
         p.name for p in ckpt.iterdir()}
     assert not list(out.rglob(".*.tmp*")), "no temporary file may survive a run"
+    # the organic sources reach pretraining in the planned shares, and the report shows plan and realised tokens
+    mix = json.loads((out / "pretrain" / "manifest.json").read_text())["metrics"]["mixture"]
+    assert {x["source"] for x in mix} == {"synthetic", "web", "web_rewrite", "code", "acquired"}
+    assert all(abs(x["realised_tokens"] - x["planned_tokens"]) <= 0.01 * x["planned_tokens"] for x in mix)
+    head = "| source | share | unique tokens | epochs | planned tokens | realised tokens |"
+    assert head in (out / "report.md").read_text()
 
 
 def test_rerun_skips_unchanged_stages_and_force_redoes_downstream(done_run):
@@ -80,7 +86,7 @@ def test_resume_after_kill_9_in_pretraining_matches_an_uninterrupted_run(done_ru
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "phiforge.cli", "pretrain", str(slow), "--out", str(out)]
     # the first three stages, then a pretraining run killed once its first checkpoint is on disk
-    for stage in ("synth", "decontam", "tokenizer"):
+    for stage in ("synth", "organic", "decontam", "tokenizer"):
         assert phiforge(stage, slow, "--out", out).returncode == 0
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
