@@ -69,6 +69,7 @@ class SynthConfig:
         default_factory=lambda: {"arithmetic": 1.0, "fractions": 1.0, "linear_equations": 1.0, "number_theory": 1.0}
     )
     styles: dict[str, float] = field(default_factory=lambda: {"textbook": 0.3, "exercise": 0.7})
+    workers: int = 1  # processes making programmatic shards at once (the shards do not depend on it)
     teacher: SynthTeacherConfig = field(default_factory=SynthTeacherConfig)
     workflows: SynthWorkflowsConfig = field(default_factory=SynthWorkflowsConfig)
 
@@ -417,6 +418,7 @@ def validate(r: Recipe, source: str = "recipe") -> None:
     need(s.n_pretrain > 0 and s.n_sft > 0, "synth.n_pretrain/n_sft", "must be positive")
     need(s.n_pts >= 0, "synth.n_pts", "must be >= 0")
     need(s.shard_size > 0, "synth.shard_size", "must be positive")
+    need(s.workers >= 1, "synth.workers", "must be >= 1")
     _check_mixture(s.domains, "synth.domains", need)
     _check_mixture(s.styles, "synth.styles", need)
     from phiforge.problems import DOMAINS

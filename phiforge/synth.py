@@ -4,14 +4,23 @@ Sample i of a run is a pure function of (synth.seed, i): its domain and style ar
 both, so shards can be rebuilt independently and a rerun writes identical bytes. Pretraining uses indices
 [0, n_pretrain); SFT uses the next n_sft and Pivotal Token Search the n_pts after those, so no post-training
 question was ever a pretraining document.
+
+The programmatic shards are independent units, datatrove-style: each is written atomically and then a marker
+(.done/<shard>.json: its counts and rejects, and a key of the config that decides its bytes), so a crashed or
+killed run resumes where it stopped, `synth.workers` processes can make them at once, and a cluster can run
+`python -m phiforge.synth RECIPE --out RUN --rank R --world-size W` as separate jobs before `phiforge run` finds
+every shard done and merges. Which worker made a shard changes nothing in it. The LLM workflows
+(phiforge/synth_llm.py) run after the shards, in this process.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import random
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -22,7 +31,8 @@ from phiforge.answers import verify
 from phiforge.config import Recipe, SynthConfig
 from phiforge.problems import Problem, make_problem
 from phiforge.render import STYLES, chat
-from phiforge.rundir import RunDir, atomic_path, atomic_write_text
+from phiforge.errors import PhiforgeError
+from phiforge.rundir import RunDir, atomic_path, atomic_write_json, atomic_write_text
 
 TEACHER = "programmatic"
 VERIFIER = "math-equivalence"
@@ -97,32 +107,109 @@ def write_shard(path: Path, rows: list[dict], schema: pa.Schema) -> None:
         pq.write_table(table, tmp, compression="zstd")
 
 
+def shard_tasks(cfg: SynthConfig) -> list[tuple[str, int, int, int]]:
+    """(kind, shard, first index, stop index) of every programmatic shard, in corpus order."""
+    post = cfg.n_pretrain + cfg.n_sft
+    spans = {"pretrain": (0, cfg.n_pretrain), "sft": (cfg.n_pretrain, post), "pts": (post, post + cfg.n_pts)}
+    return [(kind, shard, start, min(hi, start + cfg.shard_size))
+            for kind, (lo, hi) in spans.items() for shard, start in enumerate(range(lo, hi, cfg.shard_size))]
+
+
+def shard_key(cfg: SynthConfig) -> str:
+    """What decides a programmatic shard's bytes: a finished shard made under another key is made again."""
+    fields = {k: getattr(cfg, k) for k in ("seed", "difficulty", "n_pretrain", "n_sft", "n_pts", "shard_size",
+                                           "domains", "styles")}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _name(task: tuple[str, int, int, int]) -> str:
+    return f"{task[0]}-{task[1]:05d}.parquet"
+
+
+def _marker(out: Path, task: tuple) -> Path:
+    return out / ".done" / f"{_name(task)}.json"
+
+
+def finished(cfg: SynthConfig, out: Path, task: tuple) -> dict | None:
+    """The summary of a shard already made under this config (its marker is written after the shard), else None."""
+    try:
+        summary = json.loads(_marker(out, task).read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if summary.get("key") == shard_key(cfg) and (out / _name(task)).is_file() else None
+
+
+def make_shard(cfg: SynthConfig, out: Path, task: tuple) -> dict:
+    """Write one programmatic shard unless it is already there, then its marker; returns the marker's summary."""
+    if (done := finished(cfg, out, task)) is not None:
+        return done
+    kind, _, start, stop = task
+    rows, rejects = build_rows(cfg, start, stop, kind)
+    write_shard(out / _name(task), rows, PRETRAIN_SCHEMA if kind == "pretrain" else SFT_SCHEMA)
+    summary = {"key": shard_key(cfg), "kind": kind, "samples": stop - start, "kept": len(rows),
+               "domains": dict(Counter(r["domain"] for r in rows)), "styles": dict(Counter(r["style"] for r in rows)),
+               "chars": sum(len(r["text"]) if kind == "pretrain" else sum(len(m["content"]) for m in r["messages"])
+                            for r in rows),
+               "rejects": rejects}
+    _marker(out, task).parent.mkdir(exist_ok=True)
+    atomic_write_json(_marker(out, task), summary)
+    return summary
+
+
+def run_rank(recipe: Recipe, run: RunDir, rank: int, world_size: int) -> int:
+    """The programmatic shards of one worker out of world_size (every world_size-th, from rank), skipping those
+    already finished: a cluster job's unit. Returns how many it made. `run` later finds them done and merges."""
+    if not 0 <= rank < world_size:
+        raise PhiforgeError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
+    out = run.stage_dir("synth")
+    out.mkdir(parents=True, exist_ok=True)
+    made = 0
+    for task in shard_tasks(recipe.synth)[rank::world_size]:
+        made += finished(recipe.synth, out, task) is None
+        make_shard(recipe.synth, out, task)
+    return made
+
+
+def _remove_stale(cfg: SynthConfig, out: Path, tasks: list[tuple]) -> None:
+    """Shards of an earlier config that this one does not make (fewer samples, workflows dropped) must not be read
+    as part of it; LLM shards are always rewritten."""
+    keep = {_name(t) for t in tasks}
+    for p in out.glob("*.parquet"):
+        if p.name not in keep:
+            p.unlink()
+
+
 def run(recipe: Recipe, run: RunDir) -> dict:
     cfg = recipe.synth
     out = run.stage_dir("synth")
     out.mkdir(parents=True, exist_ok=True)
-    post = cfg.n_pretrain + cfg.n_sft
-    spans = {"pretrain": (0, cfg.n_pretrain), "sft": (cfg.n_pretrain, post), "pts": (post, post + cfg.n_pts)}
-    counts: dict[str, Counter] = {kind: Counter() for kind in (*spans, "styles")}
+    tasks = shard_tasks(cfg)
+    _remove_stale(cfg, out, tasks)
+    total = sum(t[3] - t[2] for t in tasks)
+    with tqdm(total=total, desc="synth", unit="sample", dynamic_ncols=True) as bar:
+        workers = min(cfg.workers, len(tasks))
+        if workers > 1:
+            # spawn, not fork: the parent may hold torch and its threads. Shards are independent and deterministic,
+            # so the pool's order of work changes nothing in what is written.
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                for s in pool.map(make_shard, [cfg] * len(tasks), [out] * len(tasks), tasks):
+                    bar.update(s["samples"])
+        else:
+            for task in tasks:
+                bar.update(make_shard(cfg, out, task)["samples"])
+    counts: dict[str, Counter] = {kind: Counter() for kind in ("pretrain", "sft", "pts", "styles")}
     chars = Counter()
     all_rejects: list[dict] = []
-    total = post + cfg.n_pts
-    with tqdm(total=total, desc="synth", unit="sample", dynamic_ncols=True) as bar:
-        for kind, (lo, hi) in spans.items():
-            schema = PRETRAIN_SCHEMA if kind == "pretrain" else SFT_SCHEMA
-            for shard, start in enumerate(range(lo, hi, cfg.shard_size)):
-                stop = min(hi, start + cfg.shard_size)
-                rows, rejects = build_rows(cfg, start, stop, kind)
-                write_shard(out / f"{kind}-{shard:05d}.parquet", rows, schema)
-                all_rejects += rejects
-                for r in rows:
-                    counts[kind][r["domain"]] += 1
-                    counts["styles"][r["style"]] += 1
-                    chars[kind] += len(r["text"]) if kind == "pretrain" else sum(len(m["content"]) for m in r["messages"])
-                bar.update(stop - start)
+    for task in tasks:  # in corpus order, whoever made each shard
+        s = finished(cfg, out, task)
+        counts[s["kind"]].update(s["domains"])
+        counts["styles"].update(s["styles"])
+        chars[s["kind"]] += s["chars"]
+        all_rejects += s["rejects"]
     kept = sum(sum(c.values()) for k, c in counts.items() if k != "styles")
+    rejected = len(all_rejects)
     card = [{"workflow": "programmatic", "teacher": TEACHER, "seeds": total, "candidates": total, "kept": kept,
-             "rejected": len(all_rejects), "accept_rate": kept / total, "chars": chars["pretrain"] + chars["sft"],
+             "rejected": rejected, "accept_rate": kept / total, "chars": chars["pretrain"] + chars["sft"],
              "teacher_prompt_tokens": 0, "teacher_completion_tokens": 0, "reasons": {}}]
     if any(cfg.workflows.seeds.values()):
         from phiforge.synth_llm import run_workflows
@@ -135,7 +222,7 @@ def run(recipe: Recipe, run: RunDir) -> dict:
         "data_card": card,
         "samples": total,
         "kept": kept,
-        "rejected": len(all_rejects),
+        "rejected": rejected,
         "accept_rate": kept / total,
         "pretrain_by_domain": dict(sorted(counts["pretrain"].items())),
         "sft_by_domain": dict(sorted(counts["sft"].items())),
@@ -175,3 +262,25 @@ def read_column(run: RunDir, kind: str, column: str, *, include_dropped: bool = 
             col = [v for v, i in zip(col, table.column("id").to_pylist()) if i not in drop]
         values += col
     return values
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    from phiforge.config import load_recipe
+
+    ap = argparse.ArgumentParser(prog="python -m phiforge.synth",
+                                 description="Make one worker's share of the synth stage's programmatic shards (a "
+                                             "cluster job); `phiforge run` then finds them done and merges.")
+    ap.add_argument("recipe")
+    ap.add_argument("--out", required=True, help="the run folder")
+    ap.add_argument("--rank", type=int, required=True)
+    ap.add_argument("--world-size", type=int, required=True)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
+    args = ap.parse_args(argv)
+    made = run_rank(load_recipe(args.recipe, args.set), RunDir.create(args.out), args.rank, args.world_size)
+    print(f"synth rank {args.rank}/{args.world_size}: {made} shards made")
+
+
+if __name__ == "__main__":
+    main()

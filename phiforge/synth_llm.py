@@ -84,7 +84,7 @@ def run_workflows(cfg: SynthConfig, out: Path) -> tuple[list[dict], list[dict]]:
             if r.kept:
                 rows.append(sample)
             else:
-                rejects.append({"id": sample["id"], "reason": r.reason, **sample})
+                rejects.append({"id": sample["id"], "reason": r.reason, "reply": r.reply[:4000], **sample})
         write_shard(out / f"{w.into}-llm-{name}.parquet", rows, schema)
         stats = getattr(teacher, "stats", {})
         spent = {k: stats.get(k, 0) - before.get(k, 0) for k in ("prompt_tokens", "completion_tokens")}

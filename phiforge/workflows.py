@@ -66,6 +66,7 @@ class Record:
     steps: list[dict] = field(default_factory=list)  # provenance: every teacher call and check, in order
     verifier: dict = field(default_factory=dict)
     scores: list[dict] = field(default_factory=list)  # revise: rubric scores per critique round
+    reply: str = ""  # the teacher's last reply, for auditing a rejection
 
     def reject(self, reason: str) -> Record:
         self.kept, self.reason = False, reason
@@ -136,6 +137,7 @@ def ask(teacher: Teacher, records: Sequence[Record], step: str, prompt: Callable
         r.steps.append({"step": step, "draw": draw, "seed": q.seed, "temperature": t, "finish_reason": c.finish_reason,
                         "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
                         "cached": c.cached})
+        r.reply = c.text
         out.append(c)
     return out
 
@@ -161,6 +163,15 @@ def _clean(text: str) -> str:
     return text.strip().strip("*").strip()
 
 
+_PLACEHOLDER = re.compile(r"^<[^<>\n]{1,60}>$")
+
+
+def placeholder(text: str) -> bool:
+    """Whether a part of a reply is one of the layout's `<...>` blanks copied back instead of filled in (small models
+    do this)."""
+    return bool(_PLACEHOLDER.match(text.strip()))
+
+
 def parse_exercises(text: str) -> tuple[list[tuple[str, str, str]], list[str]]:
     """(exercise, solution, answer) triples from `Exercise: / Solution: / Answer:` blocks, and a reason for each
     block that lacks a part. The answer is the `Answer:` line, else a \\boxed{} in the solution."""
@@ -178,9 +189,14 @@ def parse_exercises(text: str) -> tuple[list[tuple[str, str, str]], list[str]]:
         answer = _clean(rest[ans.end():].split("\n", 1)[0]) if ans else ""
         if not answer and "\\boxed" in solution:
             answer = extract_answer(solution) or ""
-        missing = [n for n, v in (("question", question), ("solution", solution), ("final answer", answer)) if not v]
+        parts = (("question", question), ("solution", solution), ("final answer", answer))
+        missing = [n for n, v in parts if not v]
         if missing:
             problems.append(f"exercise {i + 1} has no {' or '.join(missing)}")
+            continue
+        copied = [n for n, v in parts if placeholder(v)]
+        if copied:
+            problems.append(f"exercise {i + 1} repeats the layout's placeholder for its {' and '.join(copied)}")
             continue
         found.append((question, solution, answer))
     if not starts:
@@ -212,8 +228,9 @@ def parse_qa(text: str) -> list[tuple[str, str]]:
     for i, m in enumerate(qs):
         block = text[m.end(): qs[i + 1].start() if i + 1 < len(qs) else len(text)]
         a = _QA_ANSWER.search(block)
-        if a and _clean(block[: a.start()]) and _clean(block[a.end():]):
-            pairs.append((_clean(block[: a.start()]), _clean(block[a.end():])))
+        q, ans = (_clean(block[: a.start()]), _clean(block[a.end():])) if a else ("", "")
+        if q and ans and not placeholder(q) and not placeholder(ans):
+            pairs.append((q, ans))
     return pairs
 
 
@@ -258,7 +275,8 @@ def rewrite(teacher: Teacher, seeds: Sequence[Seed], knobs: Knobs = Knobs()) -> 
             out.append(r.reject("; ".join(problems) or "no complete exercise in the reply"))
             continue
         for j, (q, sol, ans) in enumerate(found):
-            x = Record("rewrite", r.seed, question=q, solution=sol, answer=ans, steps=[*r.steps, {"exercise": j}])
+            x = Record("rewrite", r.seed, question=q, solution=sol, answer=ans, steps=[*r.steps, {"exercise": j}],
+                       reply=r.reply)
             out.append(x.keep({"name": "format", "verdict": "pass", "checks": ["exercise", "solution", "answer"]}))
     return out
 
@@ -379,6 +397,15 @@ def reverse_code(teacher: Teacher, seeds: Sequence[Seed], knobs: Knobs = Knobs()
     return live
 
 
+_STATED = re.compile(r"\\boxed\s*\{|####|answer is", re.IGNORECASE)
+
+
+def stated_answer(text: str) -> str | None:
+    """The reply's final answer if it states one (\\boxed{}, ####, "the answer is"), else None: extract_answer's
+    last-number fallback would read a reply that only repeats the question as answering with its last number."""
+    return extract_answer(text) if _STATED.search(text) else None
+
+
 def vote(answers: Sequence[str | None]) -> list[list[int]]:
     """Indices of the answers grouped by equivalence (answers_equal against each group's first member), largest
     first; unreadable answers (None) form no group."""
@@ -404,11 +431,13 @@ def plurality(teacher: Teacher, seeds: Sequence[Seed], knobs: Knobs = Knobs()) -
     # All k draws of every question in one batch: k times fewer round trips, and a local model fills its batches.
     asked = [r for r in live for _ in range(knobs.k)]
     replies = ask(teacher, asked, "answer", lambda r: (
-        f"{r.question}\n\nSolve the problem step by step, then give the final answer as \\boxed{{answer}}."),
+        f"{r.question}\n\nSolve the problem step by step, then write the final answer inside \\boxed{{}}."),
         knobs, draws=[d for _ in live for d in range(knobs.k)])
     answers: dict[int, list[str | None]] = {id(r): [] for r in live}
     for r, c in zip(asked, replies):
-        answers[id(r)].append(None if c is None or truncated(c) else extract_answer(c.text))
+        # A reply cut off at max_tokens still counts when it boxed an answer before rambling on (small models do).
+        readable = c is not None and (not truncated(c) or "\\boxed" in c.text)
+        answers[id(r)].append(stated_answer(c.text) if readable else None)
     for r in live:
         if r.reason:  # a refused request leaves its question without k answers
             continue
@@ -453,7 +482,7 @@ def qa(teacher: Teacher, seeds: Sequence[Seed], knobs: Knobs = Knobs()) -> list[
             out.append(r.reject("no complete 'Question:/Answer:' pair in the reply"))
             continue
         for j, (q, a) in enumerate(pairs):
-            x = Record("qa", r.seed, question=q, solution=a, answer=a, steps=[*r.steps, {"pair": j}])
+            x = Record("qa", r.seed, question=q, solution=a, answer=a, steps=[*r.steps, {"pair": j}], reply=r.reply)
             g = grounding(a, r.seed.text)
             if g >= knobs.grounding:
                 out.append(x.keep({"name": "grounding", "verdict": "pass", "share": round(g, 3)}))

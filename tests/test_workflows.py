@@ -368,3 +368,28 @@ def test_synth_stage_adds_llm_samples_and_a_data_card_without_touching_the_progr
     c = card["plurality"]
     assert f"| plurality | local:tiny | 1 | 1 | {c['kept']} | {100 * c['accept_rate']:.1f}% |" in report
     assert "| programmatic | programmatic |" in report
+
+
+def test_a_cut_off_answer_counts_only_when_it_was_boxed():
+    replies = iter([("So \\boxed{6} and then on and on 7", "length"), ("6 is what I get, so", "length"),
+                    ("The answer is \\boxed{6}.", "stop"), ("\\boxed{5}", "stop")])
+    rec, = plurality(Scripted(lambda r, m: next(replies)), [Seed("q", "t", "d", "What is 2 * 3?")], Knobs(k=4))
+    assert rec.steps[-1]["answers"] == ["6", None, "6", "5"] and rec.kept and rec.answer == "6"
+
+
+def test_layout_placeholders_copied_back_are_rejected():
+    echo = "Exercise: <the exercise>\nSolution: <the worked solution>\nAnswer: <the final answer>"
+    assert parse_exercises(echo) == ([], ["exercise 1 repeats the layout's placeholder for its question and "
+                                          "solution and final answer"])
+    rec, = rewrite(Scripted(lambda r, m: echo), [PASSAGE])
+    assert not rec.kept and "placeholder" in rec.reason
+    assert parse_qa("Question: <the question>\nAnswer: <the answer, with its reason>") == []
+
+
+def test_a_reply_that_only_repeats_the_question_states_no_answer():
+    replies = iter(["Solve for x: 2*x + 3 = -29.", "Solve for x: 2*x + 3 = -29.", "So x = -16, \\boxed{-16}",
+                    "the answer is -16.", "\\boxed{}"])
+    rec, = plurality(Scripted(lambda r, m: next(replies)), [Seed("q", "t", "d", "Solve for x: 2*x + 3 = -29.")],
+                     Knobs(k=5))
+    assert rec.steps[-1]["answers"] == [None, None, "-16", "-16", None]
+    assert rec.kept and rec.answer == "-16"
