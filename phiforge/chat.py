@@ -21,14 +21,15 @@ from phiforge.model import KVCache
 from phiforge.rundir import MARKER, RunDir
 from phiforge.tokenizer import ChatTokenizer
 
-# The most-trained model first: DPO refines SFT, which refines the base (midtrained, then pretrained).
-STAGE_PREFERENCE = ("dpo", "sft", "midtrain", "pretrain")
+# The most-trained model first: judge-guided DPO refines PTS-DPO, which refines SFT, which refines the base
+# (midtrained, then pretrained).
+STAGE_PREFERENCE = ("dpo2", "dpo", "sft", "midtrain", "pretrain")
 
 HELP = "commands: /reset (forget the conversation), /temp X, /system TEXT (empty to clear), /help, /quit"
 
 
 def resolve_model_dir(path: Path | str) -> Path:
-    """A model folder as given, or a run folder's best completed model (dpo > sft > midtrain > pretrain)."""
+    """A model folder as given, or a run folder's best completed model (dpo2 > dpo > sft > midtrain > pretrain)."""
     path = Path(path)
     if not path.exists():
         raise PhiforgeError(f"{path} does not exist (expected a run folder or a model folder with config.json)")

@@ -18,7 +18,7 @@ EPILOG = """examples:
   phiforge run tiny --set pretrain.steps=200 --out runs/quick
   phiforge run --force sft                      # redo SFT and everything after it
   phiforge eval --out runs/tiny --force eval    # rescore an existing run
-  phiforge chat runs/tiny                       # talk to the run's best model (dpo > sft > midtrain > pretrain)
+  phiforge chat runs/tiny                       # talk to the run's best model (dpo2 > dpo > sft > midtrain > pretrain)
   phiforge serve runs/tiny --port 8000          # OpenAI-compatible API and a chat page on 127.0.0.1:8000
   phiforge benchmark runs/tiny --tasks gsm8k100,humaneval --limit 20
 """
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Chat with a model in the ChatML format. Commands: /reset, /temp X, "
                                    "/system TEXT, /quit.")
     p.add_argument("path", metavar="RUN_OR_CHECKPOINT",
-                   help="a run folder (its best model: dpo > sft > midtrain > pretrain) or a model folder")
+                   help="a run folder (its best model: dpo2 > dpo > sft > midtrain > pretrain) or a model folder")
     p.add_argument("--temperature", type=float, default=0.7, help="0 is greedy (default: 0.7)")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: 0.95)")
     p.add_argument("--max-tokens", type=int, default=256, help="longest reply in tokens (default: 256)")
@@ -100,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Score a model on benchmarks read from installed registry packages: greedy or "
                                    "sampled, pass@k, per-sample JSONL.")
     p.add_argument("path", metavar="RUN_OR_CHECKPOINT",
-                   help="a run folder (its best model: dpo > sft > midtrain > pretrain), a phiforge model folder, "
-                        "or any transformers causal-LM folder")
+                   help="a run folder (its best model: dpo2 > dpo > sft > midtrain > pretrain), a phiforge model "
+                        "folder, or any transformers causal-LM folder")
     p.add_argument("--tasks", default="gsm8k100,champ,humaneval", help="comma-separated benchmark names")
     p.add_argument("--style", choices=["chat", "completion"], default="chat",
                    help="maths prompts as a chat turn or as 'Exercise: ...\\nSolution:' (default: chat)")

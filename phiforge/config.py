@@ -180,6 +180,27 @@ class DPOConfig:
 
 
 @dataclass
+class DPO2Config:
+    """Judge-guided DPO (Phi-4 §4.2) of the PTS-DPO model on pairs of full responses from several policies."""
+
+    n_queries: int = 64  # synth `pts` questions after the ones PTS searched
+    policies: list[str] = field(default_factory=lambda: ["teacher", "sft", "dpo"])
+    samples_per_policy: int = 2  # sampled responses per model policy and question (the teacher gives one)
+    temperature: float = 0.8
+    max_response_tokens: int = 192
+    judge: Literal["programmatic", "http", "local"] = "programmatic"
+    judge_url: str = ""  # http: the OpenAI-compatible server's base URL
+    judge_model: str = ""  # http: the served model's name; local: a checkpoint folder
+    beta: float = 0.1
+    epochs: float = 1.0
+    batch_size: int = 16
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_steps=0, weight_decay=0.0))
+    dtype: Literal["bf16", "fp32"] = "bf16"
+    seed: int = 0
+    log_every: int = 5
+
+
+@dataclass
 class EvalConfig:
     seed: int = 1_000_003  # the contest's seed: must differ from synth.seed so training never saw its problems
     n_problems: int = 200
@@ -254,6 +275,7 @@ class Recipe:
     sft: SFTConfig = field(default_factory=SFTConfig)
     pts: PTSStageConfig = field(default_factory=PTSStageConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    dpo2: DPO2Config = field(default_factory=DPO2Config)
     eval: EvalConfig = field(default_factory=EvalConfig)
     organic: OrganicConfig = field(default_factory=OrganicConfig)
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
@@ -489,6 +511,22 @@ def validate(r: Recipe, source: str = "recipe") -> None:
     need(d.beta > 0, "dpo.beta", "must be positive")
     need(d.epochs > 0 and d.batch_size > 0, "dpo.epochs/batch_size", "must be positive")
     need(d.optim.lr > 0, "dpo.optim.lr", "must be positive")
+    d2 = r.dpo2
+    from phiforge.dpo2 import POLICIES
+
+    need(len(set(d2.policies)) >= 2 and set(d2.policies) <= set(POLICIES), "dpo2.policies",
+         f"must name at least two of {', '.join(POLICIES)}, got {d2.policies}")
+    need(d2.n_queries >= 1, "dpo2.n_queries", "must be >= 1")
+    need(t.n_queries + d2.n_queries <= s.n_pts, "dpo2.n_queries",
+         f"({d2.n_queries}) plus pts.n_queries ({t.n_queries}) must be <= synth.n_pts ({s.n_pts}): its questions "
+         "are the ones PTS did not use")
+    need(d2.samples_per_policy >= 1 and d2.max_response_tokens >= 1, "dpo2.samples_per_policy/max_response_tokens",
+         "must be >= 1")
+    need(d2.temperature > 0, "dpo2.temperature", "must be positive (responses are sampled)")
+    need(d2.judge != "http" or (d2.judge_url and d2.judge_model), "dpo2.judge_url",
+         "and dpo2.judge_model are needed for an http judge")
+    need(d2.judge != "local" or bool(d2.judge_model), "dpo2.judge_model", "must name a checkpoint for a local judge")
+    need(d2.beta > 0 and d2.epochs > 0 and d2.batch_size > 0, "dpo2.beta/epochs/batch_size", "must be positive")
 
     e = r.eval
     need(e.seed != s.seed, "eval.seed", f"must differ from synth.seed ({s.seed}): the contest must be fresh")
@@ -497,11 +535,11 @@ def validate(r: Recipe, source: str = "recipe") -> None:
     need(e.temperature > 0, "eval.temperature", "must be positive (maj@k samples)")
     need(0 < e.top_p <= 1, "eval.top_p", "must be in (0, 1]")
     need(e.max_new_tokens > 0 and e.batch_size > 0, "eval.max_new_tokens/batch_size", "must be positive")
+    _validate_organic(r.organic, r.mixture, need)
     need(e.amc_seed not in (s.seed, e.seed), "eval.amc_seed",
          f"must differ from synth.seed ({s.seed}) and eval.seed ({e.seed}): the AMC contest must be fresh")
     need(e.amc_n_problems >= 0, "eval.amc_n_problems", "must be >= 0 (0 turns the AMC contest off)")
     need(0 <= e.amc_blank_below <= 1, "eval.amc_blank_below", "must be in [0, 1]")
-    _validate_organic(r.organic, r.mixture, need)
 
 
 def _check_workflows(s: SynthConfig, need) -> None:
@@ -535,6 +573,7 @@ def _check_mixture(weights: dict[str, float], key: str, need) -> None:
     for k, w in weights.items():
         need(w >= 0, f"{key}.{k}", "must be >= 0")
     need(sum(weights.values()) > 0, key, "must have a positive total weight")
+
 
 MIXTURE_SOURCES = ("synthetic", "web", "web_rewrite", "code", "acquired")
 

@@ -158,7 +158,8 @@ def run(recipe: Recipe, run: RunDir) -> dict:
                   ("pretrain", lambda: load_model(run.stage_dir("pretrain") / "model")[0], "completion"),
                   ("base", lambda: load_model(run.stage_dir("midtrain") / "model")[0], "completion"),
                   ("sft", lambda: load_model(run.stage_dir("sft") / "model")[0], "chat"),
-                  ("dpo", lambda: load_model(run.stage_dir("dpo") / "model")[0], "chat")]
+                  ("dpo", lambda: load_model(run.stage_dir("dpo") / "model")[0], "chat"),
+                  ("dpo2", lambda: load_model(run.stage_dir("dpo2") / "model")[0], "chat")]
     summary = {"contest": {"seed": recipe.eval.seed, "n_problems": len(problems), "dropped_seen_in_training": dropped,
                            "maj_k": recipe.eval.maj_k, "temperature": recipe.eval.temperature},
                "models": {}}
@@ -180,7 +181,8 @@ def run(recipe: Recipe, run: RunDir) -> dict:
             summary["amc"]["models"][name] = score_amc(model, tok, amc_items, amc_info, style, recipe,
                                                        out / f"amc-{name}.jsonl")
     summary["paired"] = {f"{a}_vs_{b}": paired(all_records[a], all_records[b])
-                         for a, b in (("dpo", "sft"), ("sft", "base"), ("base", "pretrain"), ("base", "untrained"))}
+                         for a, b in (("dpo2", "dpo"), ("dpo", "sft"), ("sft", "base"), ("base", "pretrain"),
+                                      ("base", "untrained"))}
     atomic_write_json(out / "summary.json", summary)
     amc_metrics = {"amc_per_150": {name: {mode: r[mode]["per_150"] for mode in r}
                                    for name, r in summary["amc"]["models"].items()}} if amc_items else {}

@@ -46,11 +46,13 @@ STAGES: tuple[Stage, ...] = (
           "fine-tune on chat conversations (assistant-only loss)"),
     Stage("pts", "pts", ("pts",), ("synth", "decontam", "sft"), "mine pivotal-token DPO pairs from the SFT policy"),
     Stage("dpo", "dpo", ("dpo",), ("sft", "pts"), "DPO of the SFT model on the pivotal-token pairs"),
+    Stage("dpo2", "dpo2", ("dpo2", "pts"), ("synth", "decontam", "sft", "dpo"),
+          "judge-guided DPO: responses of teacher, SFT and DPO judged 1-5, the PTS-DPO model trained on the pairs"),
     Stage("eval", "evaluate", ("eval", "synth", "model", "pretrain"),
-          ("synth", "decontam", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo"),
-          "score untrained, pretrained, base (midtrained), SFT and DPO models on a fresh contest"),
+          ("synth", "decontam", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "dpo2"),
+          "score untrained, pretrained, base (midtrained), SFT, DPO and judge-DPO models on a fresh contest"),
     Stage("report", "report", (),
-          ("synth", "decontam", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "eval"),
+          ("synth", "decontam", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "dpo2", "eval"),
           "write report.md/.html and plots"),
 )
 BY_NAME = {s.name: s for s in STAGES}

@@ -20,7 +20,8 @@ import torch  # noqa: E402
 from phiforge.config import Recipe, save_recipe  # noqa: E402
 from phiforge.rundir import RunDir, atomic_path, atomic_write_text  # noqa: E402
 
-STAGES_SHOWN = ("synth", "organic", "decontam", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "eval")
+STAGES_SHOWN = ("synth", "organic", "decontam", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "dpo2",
+                "eval")
 # How the per-position table and plot name the three models midtraining compares.
 POSITION_MODELS = {"pretrain": "pretrained", "pretrain_rope": "pretrained, raised RoPE base, untrained",
                    "midtrain": "midtrained"}
@@ -291,6 +292,17 @@ def build_blocks(recipe: Recipe, run: RunDir) -> list[tuple]:
         tail = (f"; final loss {dpo['final_loss']:.3f}, reward margin {dpo['final_reward_margin']:.3f}"
                 if dpo["final_loss"] is not None else "; no pairs, so the DPO model is the SFT model")
         blocks.append(("p", f"DPO on the PTS pairs: {dpo['pairs']} pairs, {dpo['steps']} steps{tail}."))
+    dpo2 = m["dpo2"].get("metrics", {})
+    if dpo2:
+        tail = (f"; loss {dpo2['first_loss']:.3f} → {dpo2['final_loss']:.3f}, reward margin "
+                f"{dpo2['final_reward_margin']:.3f}" if dpo2["final_loss"] is not None else "; no pairs, so the model "
+                "is the PTS-DPO model")
+        blocks.append(("p", f"Judge-guided DPO ({dpo2['judge']} judge): {dpo2['questions']} held-out questions, "
+                            f"{dpo2['responses']} responses judged ({dpo2['unscored']} unscored), {dpo2['pairs']} "
+                            f"full-response pairs, {dpo2['steps']} steps{tail}. Chosen side by policy: "
+                            + ", ".join(f"{p} {n}" for p, n in sorted(dpo2["chosen_by_policy"].items())) + "."))
+        rows = [[p, x["accuracy"], x["style"], x["detail"]] for p, x in dpo2["mean_scores"].items()]
+        blocks.append(("table", ["policy", "mean accuracy", "mean style", "mean detail"], rows))
     for path, alt in plot_losses(run, plots):
         blocks.append(("img", path, alt))
 

@@ -116,10 +116,12 @@ def test_run_folder_resolves_to_best_completed_model(tmp_path):
     (run / MARKER).write_text(json.dumps({"format": 1}))
     with pytest.raises(PhiforgeError, match="no finished model"):
         resolve_model_dir(run)
-    for stage in ("pretrain", "midtrain", "sft", "dpo"):
+    for stage in ("pretrain", "midtrain", "sft", "dpo", "dpo2"):
         (run / stage / "model").mkdir(parents=True)
         (run / stage / "model" / "config.json").write_text("{}")
         (run / stage / "manifest.json").write_text(json.dumps({"status": "complete"}))
+    assert resolve_model_dir(run) == run / "dpo2" / "model"
+    (run / "dpo2" / "manifest.json").unlink()
     assert resolve_model_dir(run) == run / "dpo" / "model"
     (run / "dpo" / "manifest.json").unlink()  # invalidated: its model is stale
     assert resolve_model_dir(run) == run / "sft" / "model"

@@ -40,7 +40,7 @@ def test_run_writes_every_stage_and_a_report(done_run):
         assert (out / "plots" / f"{plot}.png").stat().st_size > 1000
     assert "Midtraining (context extension)" in (out / "report.md").read_text()
     summary = json.loads((out / "eval" / "summary.json").read_text())
-    assert set(summary["models"]) == {"untrained", "pretrain", "base", "sft", "dpo"}
+    assert set(summary["models"]) == {"untrained", "pretrain", "base", "sft", "dpo", "dpo2"}
     assert "base_vs_pretrain" in summary["paired"]
     # SFT starts from the context-extended model, whose RoPE base it keeps
     sft_cfg = json.loads((out / "sft" / "model" / "config.json").read_text())
@@ -77,7 +77,7 @@ def test_rerun_skips_unchanged_stages_and_force_redoes_downstream(done_run):
     r = phiforge("run", recipe, "--out", out, "--set", "eval.max_new_tokens=20", "--force", "sft")
     assert r.returncode == 0
     forced = finished_times(out)
-    assert {s for s in STAGE_NAMES if forced[s] != after[s]} == {"sft", "pts", "dpo", "eval", "report"}
+    assert {s for s in STAGE_NAMES if forced[s] != after[s]} == {"sft", "pts", "dpo", "dpo2", "eval", "report"}
 
 
 def test_resume_after_kill_9_in_pretraining_matches_an_uninterrupted_run(done_run, tmp_path):
