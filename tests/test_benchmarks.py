@@ -3,6 +3,7 @@ pass@k bookkeeping."""
 
 import importlib.util
 import math
+import re
 
 import pytest
 
@@ -148,3 +149,38 @@ def test_transformers_engine_matches_phiforge_engine_on_the_same_checkpoint(tmp_
         outputs = [r["samples"][0]["output"] for r in a]
         assert outputs == [r["samples"][0]["output"] for r in b]
         assert len(set(outputs)) > 1 and all(len(o) > 5 for o in outputs), outputs
+
+
+@installed("gsm-symbolic")
+def test_gsm_symbolic_variants_are_new_seeded_and_their_gold_scores_all():
+    pytest.importorskip("pydantic")
+    from phiforge import gsm_symbolic as G
+
+    items, skipped = G.variants()
+    # Template 43's #answer: expression repeats a string instead of computing, so it disagrees with its own
+    # worked answer on every draw and yields no variant; every other template gives one.
+    assert len(items) == 99 and skipped["answers_disagree"] >= 1
+    originals = {i.question for i in B.get("gsm8k100").load()}
+    assert not {i.question for i in items} & originals
+    assert all(B.math_correct(i, i.solution) for i in items)  # the worked answer rendered from the template
+    assert sum(B.math_correct(i, "The answer is \\boxed{0}.") for i in items) == 0
+    assert sum(B.math_correct(i, "The answer is \\boxed{10}.") for i in items) <= 3
+    again, _ = G.variants(limit=10)
+    assert [i.question for i in again] == [i.question for i in items[:10]]
+    other, _ = G.variants(seed=1, limit=10)
+    assert sum(a.question != b.question for a, b in zip(other, again)) >= 8
+    assert B.get("gsm-symbolic").kind == "math"
+    with pytest.raises(PhiforgeError, match="per_template"):
+        G.variants(per_template=0)
+
+
+@installed("gsm-symbolic")
+def test_gsm_symbolic_answer_is_recomputed_from_the_template():
+    pytest.importorskip("pydantic")
+    from phiforge import gsm_symbolic as G
+
+    items, _ = G.variants(limit=1, per_template=3)  # the shark template: percent = 100 * k * y / (12 * x)
+    assert len(items) == 3 and len({i.question for i in items}) == 3
+    for it in items:
+        x, k, y = map(int, re.match(r"\D*(\d+)-foot \w+ with (\d+) (\d+)-inch", it.question).groups())
+        assert it.answers == (str(100 * k * y // (12 * x)),)
