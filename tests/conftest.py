@@ -28,6 +28,7 @@ MICRO = {
     "sft": {"batch_size": 8, "steps": 10, "max_len": 128, "log_every": 2, "optim": {"lr": 1e-3, "warmup_steps": 2}},
     "pts": {"n_queries": 3, "solutions_per_query": 1, "batch": 4, "max_rollouts": 8, "max_response_tokens": 24},
     "dpo": {"batch_size": 4},
+    "dpo2": {"n_queries": 3, "samples_per_policy": 1, "max_response_tokens": 24, "batch_size": 4},
     "eval": {"n_problems": 8, "maj_k": 2, "max_new_tokens": 24, "batch_size": 16, "amc_n_problems": 8},
 }
 
