@@ -184,3 +184,28 @@ def test_gsm_symbolic_answer_is_recomputed_from_the_template():
     for it in items:
         x, k, y = map(int, re.match(r"\D*(\d+)-foot \w+ with (\d+) (\d+)-inch", it.question).groups())
         assert it.answers == (str(100 * k * y // (12 * x)),)
+
+
+def test_deepmind_mathematics_gold_scores_all_and_a_constant_little():
+    from phiforge import mathds
+
+    if not mathds.available():
+        pytest.skip(f"no pre-generated sets: {mathds.SETUP_HINT}")
+    items = B.get("deepmind-math").load()
+    assert len(items) >= 100 and len({i.id for i in items}) == len(items)
+    assert all(B.math_correct(i, f"So the answer is \\boxed{{{i.answers[0]}}}.") for i in items)
+    assert sum(B.math_correct(i, "\\boxed{0}") for i in items) / len(items) < 0.05
+    assert sum(B.math_correct(i, "\\boxed{True}") for i in items) / len(items) < 0.05
+
+
+def test_deepmind_mathematics_loader_names_the_fix_and_the_bad_line(tmp_path, monkeypatch):
+    from phiforge import mathds
+
+    monkeypatch.setattr(mathds, "SETS", tmp_path)
+    with pytest.raises(PhiforgeError, match="phiforge.mathds setup"):
+        mathds.load()
+    (tmp_path / "interpolate").mkdir()
+    (tmp_path / "interpolate" / "numbers__gcd.jsonl").write_text(
+        '{"question": "What is the gcd of 4 and 6?", "answer": "2"}\n{"question": "no answer"}\n')
+    with pytest.raises(PhiforgeError, match="numbers__gcd.jsonl:2"):
+        mathds.load()

@@ -1,0 +1,101 @@
+"""DeepMind mathematics modules (Saxton et al. 2019): sets pre-generated in an isolated environment, then loaded.
+
+The generator (`mathematics-dataset` 1.0.1) only runs on old libraries (sympy 1.4, numpy 1.23.5: newer sympy fails
+at import, newer numpy at run time), which clash with the project's own numpy. So `phiforge mathds setup` (or
+`setup()`) makes a separate virtual environment under `data/mathds-venv`, installs the generator there with exact
+pins, and runs it as a child process that writes one JSONL file of (question, answer) per module under
+`data/mathematics_dataset/<split>/`. The benchmark reads only those files; nothing of the old stack is imported
+into phiforge's process. The files are build outputs (git-ignored `data/`), made once per machine.
+
+Generation is seeded (Python's and numpy's generators, from the seed and the module's name), so a set is
+reproducible from its seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from phiforge.benchmarks import Item
+from phiforge.errors import PhiforgeError
+from phiforge.rundir import atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[1] / "data"
+VENV = ROOT / "mathds-venv"
+SETS = ROOT / "mathematics_dataset"
+PINS = ("mathematics-dataset==1.0.1", "sympy==1.4", "numpy==1.23.5", "absl-py", "six")
+SETUP_HINT = "run `python -m phiforge.mathds setup` (makes data/mathds-venv and pre-generates the sets)"
+# A spread of the interpolate modules: arithmetic, algebra, numbers, comparison, calculus, polynomials, probability.
+DEFAULT_MODULES = ("arithmetic__add_or_sub", "arithmetic__mul", "arithmetic__div", "arithmetic__mixed",
+                   "algebra__linear_1d", "algebra__linear_2d", "numbers__gcd", "numbers__lcm", "numbers__div_remainder",
+                   "numbers__is_prime", "comparison__pair", "comparison__closest", "calculus__differentiate",
+                   "polynomials__evaluate", "probability__swr_p_sequence", "measurement__conversion")
+
+# Runs inside the old-library venv: writes {"question", "answer"} lines for one module to stdout.
+_GENERATOR = r"""
+import json, random, sys
+import numpy as np
+from absl import flags
+flags.FLAGS(["mathds"])
+from mathematics_dataset import generate
+split, module, n, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+generate.init_modules()
+modules = generate.filtered_modules[split]
+if module not in modules:
+    sys.exit(f"unknown module {module!r} for split {split!r}")
+random.seed(seed); np.random.seed(seed % 2**32)
+for _ in range(n):
+    problem, _ = generate.sample_from_module(modules[module])
+    print(json.dumps({"question": str(problem.question), "answer": str(problem.answer)}))
+"""
+
+
+def python() -> Path:
+    return VENV / "bin" / "python"
+
+
+def setup(modules=DEFAULT_MODULES, per_module: int = 50, seed: int = 0, split: str = "interpolate") -> Path:
+    """Make the isolated environment if missing, then write `per_module` problems of each module."""
+    if not python().is_file():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        subprocess.run([str(python()), "-m", "pip", "install", "-q", *PINS], check=True)
+    out = SETS / split
+    for module in modules:
+        if (out / f"{module}.jsonl").is_file():  # made by an earlier set-up: generation is seeded, so it would match
+            continue
+        module_seed = int.from_bytes(hashlib.sha256(f"{seed}:{split}:{module}".encode()).digest()[:4], "big")
+        done = subprocess.run([str(python()), "-c", _GENERATOR, split, module, str(per_module), str(module_seed)],
+                              capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise PhiforgeError(f"mathematics_dataset module {module}: generator failed: {done.stderr[-500:]}")
+        atomic_write_text(out / f"{module}.jsonl", done.stdout)
+        print(f"{module}: {len(done.stdout.splitlines())} problems", file=sys.stderr)
+    return out
+
+
+def available(split: str = "interpolate") -> list[Path]:
+    return sorted((SETS / split).glob("*.jsonl"))
+
+
+def load(split: str = "interpolate") -> list[Item]:
+    files = available(split)
+    if not files:
+        raise PhiforgeError(f"no pre-generated DeepMind mathematics sets in {SETS / split}; {SETUP_HINT}")
+    items = []
+    for f in files:
+        for n, line in enumerate(f.read_text(encoding="utf-8").splitlines()):
+            try:
+                row = json.loads(line)
+                items.append(Item(f"mathds-{f.stem}-{n}", row["question"], (row["answer"],), row["answer"]))
+            except (json.JSONDecodeError, KeyError) as e:
+                raise PhiforgeError(f"{f}:{n + 1}: not a question/answer line ({e})") from e
+    return items
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["setup"]:
+        sys.exit(f"usage: python -m phiforge.mathds setup [per_module]\n{__doc__}")
+    print(setup(per_module=int(sys.argv[2]) if len(sys.argv) > 2 else 50))
