@@ -278,7 +278,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--world-size", type=int, required=True)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
     args = ap.parse_args(argv)
-    made = run_rank(load_recipe(args.recipe, args.set), RunDir.create(args.out), args.rank, args.world_size)
+    try:
+        made = run_rank(load_recipe(args.recipe, args.set), RunDir.create(args.out), args.rank, args.world_size)
+    except PhiforgeError as e:
+        raise SystemExit(f"error: {e}") from None
     print(f"synth rank {args.rank}/{args.world_size}: {made} shards made")
 
 

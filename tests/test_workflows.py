@@ -393,3 +393,57 @@ def test_a_reply_that_only_repeats_the_question_states_no_answer():
                      Knobs(k=5))
     assert rec.steps[-1]["answers"] == [None, None, "-16", "-16", None]
     assert rec.kept and rec.answer == "-16"
+
+
+def make_hf_folder(directory):
+    """A tiny random Llama with a character-level tokenizer and no chat template, saved as a transformers folder:
+    the shape of a base model such as Gemma 3 270M, built in-process."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ["<pad>", "<eos>", "<bos>", "<unk>", "<end_of_turn>"] + [chr(c) for c in range(32, 127)] + ["\n"]
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>",
+                                               pad_token="<pad>", unk_token="<unk>",
+                                               additional_special_tokens=["<end_of_turn>"])
+    cfg = transformers.LlamaConfig(vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
+                                   bos_token_id=2, eos_token_id=1, pad_token_id=0)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.slow  # importing transformers alone takes several seconds on the 2-core machine
+def test_a_local_teacher_on_a_transformers_base_model_takes_a_recipe_chat_template(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    from phiforge.config import SynthTeacherConfig
+    from phiforge.teacher import make_teacher
+    from test_chat import make_checkpoint
+
+    folder = make_hf_folder(tmp_path / "base")
+    plain = "{{ bos_token }}{% for m in messages %}{{ m['content'] | trim }}\n\n{% endfor %}"
+    cfg = SynthTeacherConfig(kind="local", model=str(folder), batch_size=4, chat_template=plain,
+                             stop_tokens=["<end_of_turn>"])
+    teacher = make_teacher(cfg)
+    assert teacher.name == "local:base" and 4 in teacher.tok.stop_ids and 1 in teacher.tok.stop_ids
+    questions = [Seed(f"q{i}", "t", "d", f"What is {i} + 1?") for i in range(2)]
+    records = plurality(teacher, questions, Knobs(k=3, max_tokens=4))
+    assert [r.seed.id for r in records] == ["q0", "q1"] and all(r.reason for r in records)
+    assert teacher.stats["requests"] == 6 and teacher.stats["batches"] == 2  # sampled draws share batches
+    again = plurality(make_teacher(cfg), questions, Knobs(k=3, max_tokens=4))
+    assert [r.steps[-1]["answers"] for r in again] == [r.steps[-1]["answers"] for r in records]
+    assert [r.reply for r in again] == [r.reply for r in records]  # the same batches sample the same replies
+
+    with pytest.raises(TeacherError, match="'<nope>' is not one token"):
+        make_teacher(SynthTeacherConfig(kind="local", model=str(folder), chat_template=plain, stop_tokens=["<nope>"]))
+    ckpt = make_checkpoint(tmp_path / "phi", max_seq_len=256)
+    with pytest.raises(TeacherError, match="only be given to a transformers model folder"):
+        make_teacher(SynthTeacherConfig(kind="local", model=str(ckpt), chat_template=plain))
+    monkeypatch.delenv("PHIFORGE_TEST_KEY", raising=False)
+    with pytest.raises(TeacherError, match="'PHIFORGE_TEST_KEY', which is not set"):
+        make_teacher(SynthTeacherConfig(kind="http", url="http://127.0.0.1:9/v1", model="m",
+                                        api_key_env="PHIFORGE_TEST_KEY"))
