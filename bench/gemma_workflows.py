@@ -45,13 +45,18 @@ def main() -> None:
     ap.add_argument("--template", choices=list(TEMPLATES), default="turns")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--min-share", type=float, default=0.5, help="plurality: winning share of the k answers")
+    ap.add_argument("--bare-questions", action="store_true",
+                    help="plurality: send the question alone, without the step-by-step instruction")
     ap.add_argument("--json", type=Path, help="write every record here")
     args = ap.parse_args()
 
     teacher = LocalTeacher(args.model, batch_size=args.batch_size, batch_sampled=True)
-    if getattr(teacher.tok, "tok", None) is not None and not teacher.tok.tok.chat_template:
+    hf = getattr(teacher.tok, "tok", None)  # a transformers tokenizer; phiforge's own has its chat format built in
+    if hasattr(hf, "apply_chat_template") and not hf.chat_template:
         teacher.use_chat_template(TEMPLATES[args.template], ["<end_of_turn>"] if args.template == "turns" else [])
-    knobs = Knobs(seed=args.seed, temperature=args.temperature, max_tokens=args.max_tokens, k=args.k, exercises=2)
+    knobs = Knobs(seed=args.seed, temperature=args.temperature, max_tokens=args.max_tokens, k=args.k, exercises=2,
+                  min_share=args.min_share, **({"answer_instruction": ""} if args.bare_questions else {}))
     dump = []
     for name in args.workflows:
         kind = SEED_KIND[name]

@@ -54,6 +54,8 @@ class SynthWorkflowsConfig:
     rounds: int = 1  # revise: critique-and-revise rounds before the final critique
     min_score: int = 3  # revise: lowest final rubric score (1-5) a kept exercise may have
     k: int = 5  # plurality: answers sampled per question
+    min_share: float = 0.5  # plurality: the winning answer needs more than this share of the k answers
+    answer_instruction: str = "Solve the problem step by step, then write the final answer inside \\boxed{}."
     grounding: float = 0.6  # qa: share of an answer's words that must occur in its passage
 
 
@@ -565,6 +567,7 @@ def _check_workflows(s: SynthConfig, need) -> None:
     need(w.rounds >= 0, "synth.workflows.rounds", "must be >= 0")
     need(1 <= w.min_score <= 5, "synth.workflows.min_score", "must be in 1..5")
     need(w.k >= 3, "synth.workflows.k", "must be >= 3 (two answers cannot both agree and disagree)")
+    need(0 <= w.min_share < 1, "synth.workflows.min_share", "must be in [0, 1)")
     need(0 < w.grounding <= 1, "synth.workflows.grounding", "must be in (0, 1]")
 
 

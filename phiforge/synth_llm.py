@@ -64,7 +64,8 @@ def run_workflows(cfg: SynthConfig, out: Path) -> tuple[list[dict], list[dict]]:
     w = cfg.workflows
     teacher = make_teacher(cfg.teacher, cache_dir=out / "teacher-cache")
     knobs = Knobs(seed=cfg.seed, temperature=w.temperature, max_tokens=w.max_tokens, exercises=w.exercises,
-                  rounds=w.rounds, min_score=w.min_score, k=w.k, grounding=w.grounding)
+                  rounds=w.rounds, min_score=w.min_score, k=w.k, min_share=w.min_share,
+                  answer_instruction=w.answer_instruction, grounding=w.grounding)
     schema = SFT_SCHEMA if w.into == "sft" else PRETRAIN_SCHEMA
     rejects, card = [], []
     for name in WORKFLOWS:  # a fixed order, so a rerun sends the same batches

@@ -51,6 +51,9 @@ class Knobs:
     rounds: int = 1  # revise: critique-and-revise rounds
     min_score: int = 3  # revise: the lowest final rubric score a kept exercise may have
     k: int = 5  # plurality: answers sampled per question
+    min_share: float = 0.5  # plurality: the winning answer needs more than this share of the k answers
+    # plurality: what follows the question; "" sends the question alone (a small model trained on bare questions)
+    answer_instruction: str = "Solve the problem step by step, then write the final answer inside \\boxed{}."
     grounding: float = 0.6  # qa: share of the answer's words that must occur in the passage
 
 
@@ -431,7 +434,7 @@ def plurality(teacher: Teacher, seeds: Sequence[Seed], knobs: Knobs = Knobs()) -
     # All k draws of every question in one batch: k times fewer round trips, and a local model fills its batches.
     asked = [r for r in live for _ in range(knobs.k)]
     replies = ask(teacher, asked, "answer", lambda r: (
-        f"{r.question}\n\nSolve the problem step by step, then write the final answer inside \\boxed{{}}."),
+        f"{r.question}\n\n{knobs.answer_instruction}" if knobs.answer_instruction else r.question),
         knobs, draws=[d for _ in live for d in range(knobs.k)])
     answers: dict[int, list[str | None]] = {id(r): [] for r in live}
     for r, c in zip(asked, replies):
@@ -454,6 +457,9 @@ def plurality(teacher: Teacher, seeds: Sequence[Seed], knobs: Knobs = Knobs()) -
             r.reject(f"all {readable} readable answers differ")
         elif len(sizes) > 1 and sizes[1] == sizes[0]:
             r.reject(f"the two largest groups tie at {sizes[0]} of {knobs.k}")
+        elif sizes[0] <= knobs.min_share * knobs.k:
+            # Measured with a weak teacher: 2-of-5 pluralities were right 1 time in 51 (bench/README.md).
+            r.reject(f"the largest group has {sizes[0]} of {knobs.k} answers, not more than {knobs.min_share:.0%}")
         else:
             r.answer = a[groups[0][0]]
             verdict = {"name": "plurality", "verdict": "pass", "votes": sizes[0], "k": knobs.k}

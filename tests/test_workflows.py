@@ -372,9 +372,9 @@ def test_synth_stage_adds_llm_samples_and_a_data_card_without_touching_the_progr
 
 def test_a_cut_off_answer_counts_only_when_it_was_boxed():
     replies = iter([("So \\boxed{6} and then on and on 7", "length"), ("6 is what I get, so", "length"),
-                    ("The answer is \\boxed{6}.", "stop"), ("\\boxed{5}", "stop")])
-    rec, = plurality(Scripted(lambda r, m: next(replies)), [Seed("q", "t", "d", "What is 2 * 3?")], Knobs(k=4))
-    assert rec.steps[-1]["answers"] == ["6", None, "6", "5"] and rec.kept and rec.answer == "6"
+                    ("The answer is \\boxed{6}.", "stop"), ("\\boxed{6}", "stop"), ("\\boxed{5}", "stop")])
+    rec, = plurality(Scripted(lambda r, m: next(replies)), [Seed("q", "t", "d", "What is 2 * 3?")], Knobs(k=5))
+    assert rec.steps[-1]["answers"] == ["6", None, "6", "6", "5"] and rec.kept and rec.answer == "6"
 
 
 def test_layout_placeholders_copied_back_are_rejected():
@@ -392,7 +392,7 @@ def test_a_reply_that_only_repeats_the_question_states_no_answer():
     rec, = plurality(Scripted(lambda r, m: next(replies)), [Seed("q", "t", "d", "Solve for x: 2*x + 3 = -29.")],
                      Knobs(k=5))
     assert rec.steps[-1]["answers"] == [None, None, "-16", "-16", None]
-    assert rec.kept and rec.answer == "-16"
+    assert not rec.kept and rec.reason == "the largest group has 2 of 5 answers, not more than 50%"
 
 
 def make_hf_folder(directory):
@@ -447,3 +447,11 @@ def test_a_local_teacher_on_a_transformers_base_model_takes_a_recipe_chat_templa
     with pytest.raises(TeacherError, match="'PHIFORGE_TEST_KEY', which is not set"):
         make_teacher(SynthTeacherConfig(kind="http", url="http://127.0.0.1:9/v1", model="m",
                                         api_key_env="PHIFORGE_TEST_KEY"))
+
+
+def test_plurality_sends_the_configured_instruction_or_the_bare_question():
+    teacher = Scripted(lambda r, m: "\\boxed{2}")
+    plurality(teacher, [Seed("q", "t", "d", "What is 1 + 1?")], Knobs(k=3, answer_instruction=""))
+    assert {r.messages[-1]["content"] for r in teacher.seen} == {"What is 1 + 1?"}
+    plurality(teacher, [Seed("q", "t", "d", "What is 1 + 1?")], Knobs(k=3, answer_instruction="Box it."))
+    assert teacher.seen[-1].messages[-1]["content"] == "What is 1 + 1?\n\nBox it."
