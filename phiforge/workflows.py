@@ -21,8 +21,9 @@ The workflows:
 - reverse_code: reference code -> an instruction -> code regenerated from the instruction alone, kept only when the
   regenerated code passes the reference's tests in phiforge.sandbox;
 - plurality: a question -> k sampled answers grouped by answers.answers_equal; dropped when they all agree (too
-  easy) or all differ (too hard or ambiguous), or when the largest groups tie; else the majority answer is the
-  ground truth;
+  easy) or all differ (too hard or ambiguous), when the largest groups tie, or when the largest holds no more than
+  knobs.min_share of the k answers; else its answer is the ground truth. Only stated answers count (\\boxed{},
+  "####", "the answer is"), never a reply's last number;
 - qa: a passage -> question/answer pairs, kept when the answer is grounded in the passage (most of its words occur
   there).
 """

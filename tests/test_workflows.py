@@ -261,8 +261,10 @@ def test_every_request_yields_one_record_through_the_http_stack(tmp_path):
     are gibberish, so nearly all are rejected, each with a reason; what matters is that none is lost."""
     pytest.importorskip("uvicorn")
     from phiforge.chat import load_chat_model
+    from phiforge.config import SynthTeacherConfig
     from phiforge.http_teacher import HTTPTeacher
     from phiforge.serve import Limits, Served, Server, build_app
+    from phiforge.teacher import make_teacher
     from test_chat import make_checkpoint
     from test_teacher import serving
 
@@ -273,7 +275,9 @@ def test_every_request_yields_one_record_through_the_http_stack(tmp_path):
     questions = [Seed(f"q{i}", "t", "d", f"What is {i} + {i}?") for i in range(3)]
     knobs = Knobs(max_tokens=8, k=3, rounds=1)
     with serving(build_app(server)) as url:
-        teacher = HTTPTeacher(url + "/v1", "tiny", cache_dir=tmp_path / "cache", concurrency=4)
+        teacher = make_teacher(SynthTeacherConfig(kind="http", url=url + "/v1", model="tiny", concurrency=4),
+                               cache_dir=tmp_path / "cache")
+        assert isinstance(teacher, HTTPTeacher) and teacher.name == "http:tiny"
         results = {"rewrite": rewrite(teacher, passages, knobs), "revise": revise(teacher, passages, knobs),
                    "qa": qa(teacher, passages, knobs), "plurality": plurality(teacher, questions, knobs),
                    "reverse_code": reverse_code(teacher, seed_sources.code_seeds(2, 0), knobs)}
