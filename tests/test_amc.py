@@ -72,3 +72,13 @@ def test_report_shows_the_amc_table_and_plot(tmp_path):
     text = report.to_markdown(report.amc_blocks(amc_summary, tmp_path))
     assert "| sft | log-likelihood after own solution | 90.0 ± 5.0 | 12 | 3 | 5 | sign error (4) |" in text
     assert (tmp_path / "amc.png").stat().st_size > 1000
+
+
+def test_amc_contest_is_a_benchmark_any_model_can_take():
+    from phiforge import benchmarks as B
+
+    bench = B.get("amc-synthetic")
+    items = bench.load()
+    assert bench.kind == "choice" and len(items) == 100
+    assert [i.id for i in items] == [i.id for i in amc.contest(recipe_from_dict({}), set())[0]]
+    assert all(len(i.options) == 5 and i.answers[0] in "ABCDE" for i in items)
