@@ -14,6 +14,9 @@ measured against is taken in this same process (best of n = 1024/2048/4096, befo
     python bench/train_throughput.py --gqa           # 2 KV heads instead of 8
     python bench/train_throughput.py --compile       # torch.compile phiforge's model (falls back to eager on error)
     python bench/train_throughput.py --quick         # tiny config, seconds: a smoke test
+    python bench/train_throughput.py --device cuda --size gpu --compile   # ~1B params, seq 2048, on a GPU
+
+On a GPU, MFU is against the vendor's dense bf16 spec (flops.GPU_PEAKS) and every step ends in a synchronize.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ BOS, EOS, PAD = 1, 2, 0
 
 
 def build_config(args) -> ModelConfig:
+    if args.size == "gpu":  # Phi-3-mini's vocabulary, GQA, ~1.1B parameters: big enough to keep an H100 busy
+        return ModelConfig(vocab_size=32064, d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8, d_ffn=5632,
+                           max_seq_len=args.seq)
     if args.quick:
         return ModelConfig(vocab_size=1024, d_model=128, n_layers=2, n_heads=4, n_kv_heads=2 if args.gqa else 4,
                            d_ffn=384, max_seq_len=args.seq)
@@ -95,6 +101,7 @@ class Runner:
 
     def __init__(self, name: str, model: torch.nn.Module, hf: bool, x: torch.Tensor, y: torch.Tensor,
                  lr: float = 1e-5, hf_loss: bool = False):
+        self.device = x.device
         self.name, self.model, self.hf, self.x, self.y, self.hf_loss = name, model, hf, x, y, hf_loss
         # A small, fixed lr: the weights barely move, so both models keep doing the same arithmetic throughout.
         self.opt = build_optimizer(model, OptimConfig(lr=lr, warmup_steps=0))
@@ -103,7 +110,7 @@ class Runner:
 
     def step(self) -> float:
         t = time.perf_counter()
-        with autocast("bf16", torch.device("cpu")):
+        with autocast("bf16", self.device):
             if self.hf_loss:  # y as already-shifted labels: the same targets as ours, mean over tokens
                 mean = self.model(input_ids=self.x, labels=self.y, shift_labels=self.y).loss
             else:
@@ -113,6 +120,8 @@ class Runner:
             mean = loss / count
         mean.backward()
         clip_and_step(self.model, self.opt, 1.0)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
         dt = time.perf_counter() - t
         self.last_loss = float(mean.detach())
         return dt
@@ -143,19 +152,22 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny model, few steps: a smoke test")
     ap.add_argument("--no-hf", action="store_true", help="time phiforge only")
     ap.add_argument("--no-split", action="store_true", help="skip the row of transformers' model + phiforge's loss")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--size", choices=("cpu", "gpu"), default="cpu", help="the model: d512 L8 (cpu) or ~1.1B (gpu)")
     args = ap.parse_args()
     if args.quick:
         args.steps, args.repeats, args.warmup, args.batch, args.seq = 2, 2, 1, 2, 64
 
     cfg = build_config(args)
+    dev = torch.device(args.device)
     torch.manual_seed(0)
-    pf = Phi3(cfg).train()
+    pf = Phi3(cfg).train().to(dev)
     gen = torch.Generator().manual_seed(1)
     data = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), generator=gen)
-    x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
+    x, y = data[:, :-1].contiguous().to(dev), data[:, 1:].contiguous().to(dev)
     runners = []
-    hf = None if args.no_hf else build_hf(cfg, pf.state_dict())
-    with torch.no_grad(), autocast("bf16", torch.device("cpu")):
+    hf = None if args.no_hf else build_hf(cfg, pf.state_dict()).to(dev)
+    with torch.no_grad(), autocast("bf16", dev):
         if hf is not None:
             diff = (pf(x[:1]).float() - hf(input_ids=x[:1]).logits.float()).abs().max().item()
             print(f"same weights: max |logit difference| under bf16 autocast = {diff:.3g}")
@@ -170,7 +182,8 @@ def main() -> None:
     if hf is not None:
         runners.append(Runner("transformers (sdpa)", hf, True, x, y, hf_loss=True))
         if not args.no_split:
-            runners.append(Runner("transformers (sdpa) + phiforge loss", build_hf(cfg, pf.state_dict()), True, x, y))
+            runners.append(Runner("transformers (sdpa) + phiforge loss", build_hf(cfg, pf.state_dict()).to(dev), True,
+                                  x, y))
 
     fpt = flops.train_flops_per_token(cfg, args.seq)
     tokens = args.batch * args.seq
@@ -179,7 +192,10 @@ def main() -> None:
           f"{cfg.vocab_size}; batch {args.batch} x seq {args.seq} = {tokens} tokens/step; "
           f"{flops.param_count(cfg) / 1e6:.1f}M params, {fpt / 1e6:.1f} MFLOP/token")
 
-    peaks_before = peak_flops()
+    on_gpu = dev.type == "cuda"
+    if on_gpu:
+        print(f"device: {torch.cuda.get_device_name(dev)}")
+    peaks_before = {} if on_gpu else peak_flops()
     for r in runners:
         for _ in range(args.warmup):
             r.step()
@@ -192,15 +208,20 @@ def main() -> None:
         print(f"  round {rnd + 1}/{args.repeats}: " + ", ".join(
             f"{r.name} {statistics.median(r.times[-args.steps:]):.3f} s/step" for r in runners)
             + f"  (other processes: {loads[-1]:.2f} cores)", flush=True)
-    peaks_after = peak_flops()
-    if max(loads) > 0.25:
+    peaks_after = {} if on_gpu else peak_flops()
+    if not on_gpu and max(loads) > 0.25:
         print(f"WARNING: other processes used up to {max(loads):.2f} of {os.cpu_count()} cores during the timing; "
               "absolute figures are pessimistic, the alternating rounds keep the ratio fair")
 
-    peaks = {n: max(peaks_before[n], peaks_after[n]) for n in peaks_before}
-    peak = max(peaks.values())
-    print("bf16 matmul peak (GFLOP/s, best of before/after): "
-          + ", ".join(f"n={n}: {p / 1e9:.0f}" for n, p in peaks.items()) + f"; using {peak / 1e9:.0f}")
+    if on_gpu:
+        peak = flops.peak_flops(dev)
+        print(f"bf16 dense spec peak: {peak / 1e12:.0f} TFLOP/s; peak memory "
+              f"{torch.cuda.max_memory_allocated(dev) / 2**30:.1f} GiB (all models together)")
+    else:
+        peaks = {n: max(peaks_before[n], peaks_after[n]) for n in peaks_before}
+        peak = max(peaks.values())
+        print("bf16 matmul peak (GFLOP/s, best of before/after): "
+              + ", ".join(f"n={n}: {p / 1e9:.0f}" for n, p in peaks.items()) + f"; using {peak / 1e9:.0f}")
     print()
     print(f"| implementation | s/step (median of {args.repeats}x{args.steps}) | tokens/s | MFU | final loss |")
     print("|---|---|---|---|---|")

@@ -61,7 +61,7 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Te
     """
     flat, tgt = logits.reshape(-1, logits.size(-1)), targets.reshape(-1)
     count = int((tgt != IGNORE).sum())
-    if flat.requires_grad and flat.device.type == "cpu":
+    if flat.requires_grad and flat.device.type == "cpu" and not torch.compiler.is_compiling():
         return _ChunkedCrossEntropy.apply(flat, tgt), count
     return F.cross_entropy(flat.float(), tgt, ignore_index=IGNORE, reduction="sum"), count
 
