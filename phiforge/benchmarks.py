@@ -372,7 +372,7 @@ def prompts(bench: Benchmark, items: Sequence[Item], engine, style: str) -> list
 def evaluate(engine, bench: Benchmark, *, style: str = "chat", limit: int | None = None, samples: int = 1,
              temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int = 512, seed: int = 0,
              batch_size: int = 32, ks: Sequence[int] = (1,), mode: str = "loglik", normalize: str = "sum",
-             blank_below: float | None = None) -> tuple[dict, list[dict]]:
+             blank_below: float | None = None, show_options: bool = True) -> tuple[dict, list[dict]]:
     """Score a model on a benchmark: per-item records (prompt, every sample, its verdict) and a summary with
     pass@k for each k <= samples (pass@1 with samples=1 and temperature 0 is greedy accuracy). Multiple choice
     (`kind="choice"`) is scored by `mode` (loglik or generate, see phiforge.choice) with AMC points instead."""
@@ -385,7 +385,7 @@ def evaluate(engine, bench: Benchmark, *, style: str = "chat", limit: int | None
         summary, records = choice.run(
             engine, items, style=style, mode=mode, normalize=normalize, max_new_tokens=max_new_tokens,
             blank_below=choice.BLANK_BREAK_EVEN if blank_below is None else blank_below, batch_size=batch_size,
-            stops=MATH_STOPS)
+            stops=MATH_STOPS, show_options=show_options)
         return {"benchmark": bench.name, "n_items": len(items)} | summary, records
     ids = prompts(bench, items, engine, style)
     texts = engine.complete([p for p in ids for _ in range(samples)], stops=CODE_STOPS if bench.kind == "code"

@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32, help="prompts decoded together (default: 32)")
+    p.add_argument("--mode", choices=["loglik", "solved_loglik", "generate"], default="loglik",
+                   help="multiple choice (amc-synthetic): options by log-likelihood, after the model's own "
+                        "solution, or its generated answer (default: loglik; see phiforge/choice.py)")
+    p.add_argument("--hide-options", action="store_true",
+                   help="multiple choice, generating modes: ask the bare question, for models never shown an "
+                        "option list (phiforge's own)")
     p.add_argument("--out", type=Path, default=None, help="folder for <task>.jsonl and summary.json")
     return parser
 
@@ -128,10 +134,15 @@ def run_benchmark(args) -> int:
     for bench in tasks:
         summary, records = benchmarks.evaluate(
             engine, bench, style=args.style, limit=args.limit, samples=args.samples, temperature=args.temperature,
-            top_p=args.top_p, max_new_tokens=args.max_tokens, seed=args.seed, batch_size=args.batch_size, ks=ks)
+            top_p=args.top_p, max_new_tokens=args.max_tokens, seed=args.seed, batch_size=args.batch_size, ks=ks,
+            mode=args.mode, show_options=not args.hide_options)
         summaries[bench.name] = summary
-        print(f"{bench.name}: " + ", ".join(f"{k} {summary[k]:.1%}" for k in summary if k.startswith("pass@"))
-              + f" on {summary['n_items']} items", flush=True)
+        if bench.kind == "choice":
+            print(f"{bench.name} ({args.mode}): {summary['per_150']:.1f}/150 AMC points per 25 questions, "
+                  f"{summary['correct']} right, {summary['blank']} blank on {summary['n_items']} items", flush=True)
+        else:
+            print(f"{bench.name}: " + ", ".join(f"{k} {summary[k]:.1%}" for k in summary if k.startswith("pass@"))
+                  + f" on {summary['n_items']} items", flush=True)
         if args.out:
             atomic_write_text(args.out / f"{bench.name}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     if args.out:

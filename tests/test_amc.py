@@ -17,7 +17,7 @@ def test_amc_contest_is_fresh_deterministic_and_drops_seen_questions():
     # Plant some contest questions in "training" to see them dropped.
     planted = {sample_problem(recipe.synth, i, seed=recipe.eval.amc_seed)[0].question for i in range(10)}
     items, info = amc.contest(recipe, train | planted)
-    assert len(items) == 40 and info["dropped"]["seen_in_training"] >= len(planted - set())
+    assert len(items) == 40 and info["dropped"]["seen_in_training"] >= len(planted)
     assert not {it.question for it in items} & (train | planted)
     assert [it.options for it in amc.contest(recipe, train | planted)[0]] == [it.options for it in items]
     assert all(f"-{recipe.eval.amc_seed}-" in it.id for it in items)
@@ -82,3 +82,29 @@ def test_amc_contest_is_a_benchmark_any_model_can_take():
     assert bench.kind == "choice" and len(items) == 100
     assert [i.id for i in items] == [i.id for i in amc.contest(recipe_from_dict({}), set())[0]]
     assert all(len(i.options) == 5 and i.answers[0] in "ABCDE" for i in items)
+
+
+def test_benchmark_cli_scores_the_amc_contest_with_amc_points(tmp_path):
+    import json
+
+    import torch
+
+    from conftest import phiforge
+    from phiforge.checkpoint import export_model
+    from phiforge.model import ModelConfig, Phi3
+    from phiforge.tokenizer import ChatTokenizer, train_bpe
+
+    tok = ChatTokenizer(train_bpe([f"What is {a} + {b}? \\boxed{{{a + b}}}" for a in range(30) for b in range(9)],
+                                  vocab_size=300, progress=False))
+    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_ffn=64,
+                      max_seq_len=256)
+    torch.manual_seed(0)
+    export_model(Phi3(cfg), cfg, tok, tmp_path / "m")
+    r = phiforge("benchmark", tmp_path / "m", "--tasks", "amc-synthetic", "--limit", "6", "--mode", "generate",
+                 "--hide-options", "--max-tokens", "8", "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "amc-synthetic (generate):" in r.stdout and "/150 AMC points per 25 questions" in r.stdout
+    records = [json.loads(line) for line in (tmp_path / "out" / "amc-synthetic.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and all(x["points"] in (0.0, 1.5, 6.0) for x in records)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["benchmarks"]["amc-synthetic"]
+    assert summary["points"] == sum(x["points"] for x in records)
