@@ -347,8 +347,54 @@ class HFEngine:
         return out
 
 
-def load_engine(path: Path | str):
-    """A phiforge run or model folder on phiforge's engine; any other transformers model folder on HFEngine."""
+class OpenAIEngine:
+    """A model behind an OpenAI-compatible server (`phiforge serve`, vLLM, llama.cpp, Ollama, a hosted API), asked
+    through `HTTPTeacher`: concurrent requests, retries, and a disk cache when given one. Only chat-style maths runs
+    this way: raw completions (HumanEval, `--style completion`) and option log-likelihoods need the model itself."""
+
+    def __init__(self, base_url: str, model: str | None = None, *, concurrency: int = 8, cache_dir=None):
+        from phiforge.http_teacher import HTTPTeacher
+
+        if model is None:  # a server with one model needs no name
+            import httpx
+
+            try:
+                served = [m["id"] for m in httpx.get(base_url.rstrip("/") + "/models", timeout=30).json()["data"]]
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
+                raise PhiforgeError(f"{base_url}/models: cannot list the served models ({e}); name one with "
+                                    "--served-model") from None
+            if len(served) != 1:
+                raise PhiforgeError(f"{base_url} serves {len(served)} models ({', '.join(served)}); pick one with "
+                                    "--served-model")
+            model = served[0]
+        self.teacher = HTTPTeacher(base_url, model, concurrency=concurrency, cache_dir=cache_dir)
+        self.directory = f"{base_url.rstrip('/')} ({model})"
+
+    def encode(self, text: str):
+        raise PhiforgeError(f"{self.directory}: over the OpenAI API phiforge benchmark runs chat-style maths only; "
+                            "for code, --style completion or multiple choice, give it the model folder")
+
+    def chat_prompt(self, user: str) -> str:
+        return user
+
+    def complete(self, prompts: list[str], *, stops: Sequence[str], max_new_tokens: int, temperature: float,
+                 top_p: float, seed: int, batch_size: int) -> list[str]:
+        from phiforge.teacher import ChatRequest
+
+        if top_p != 1.0:
+            raise PhiforgeError("--top-p is not sent over the OpenAI API here; leave it at 1")
+        # Every sample gets its own seed: distinct draws of one prompt, each reproducible and cacheable.
+        requests = [ChatRequest.user(p, temperature=temperature, max_tokens=max_new_tokens, stop=tuple(stops)[:4],
+                                     seed=seed + i if temperature > 0 else None) for i, p in enumerate(prompts)]
+        return [cut_at(c.text, stops) for c in self.teacher.complete(requests)]
+
+
+def load_engine(path: Path | str, served_model: str | None = None):
+    """An http(s) URL on OpenAIEngine; a phiforge run or model folder on phiforge's engine; any other transformers
+    model folder on HFEngine."""
+    if str(path).startswith(("http://", "https://")):
+        engine = OpenAIEngine(str(path), served_model)
+        return engine, engine.directory
     path = Path(path)
     config = path / "config.json"
     if config.is_file() and json.loads(config.read_text()).get("model_type") != "phi3":

@@ -101,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "sampled, pass@k, per-sample JSONL.")
     p.add_argument("path", metavar="RUN_OR_CHECKPOINT",
                    help="a run folder (its best model: dpo2 > dpo > sft > midtrain > pretrain), a phiforge model "
-                        "folder, or any transformers causal-LM folder")
+                        "folder, any transformers causal-LM folder, or an OpenAI-compatible server's URL "
+                        "(http://host:port/v1; chat-style maths only)")
+    p.add_argument("--served-model", default=None, help="with a URL: the served model's name (default: the only one)")
     p.add_argument("--tasks", default="gsm8k100,champ,humaneval", help="comma-separated benchmark names")
     p.add_argument("--style", choices=["chat", "completion"], default="chat",
                    help="maths prompts as a chat turn or as 'Exercise: ...\\nSolution:' (default: chat)")
@@ -126,7 +128,7 @@ def run_benchmark(args) -> int:
     from phiforge import benchmarks
     from phiforge.rundir import atomic_write_json, atomic_write_text
 
-    engine, model_dir = benchmarks.load_engine(args.path)
+    engine, model_dir = benchmarks.load_engine(args.path, args.served_model)
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     tasks = [benchmarks.get(n) for n in names]  # every name checked before any generation
     ks = sorted({1, *(k for k in (5, 10, 100) if k <= args.samples)})

@@ -118,14 +118,15 @@ def test_runner_scores_every_sample_and_aggregates_pass_at_k(monkeypatch):
         B.evaluate(engine, bench, samples=3, temperature=0.0)
 
 
-def test_transformers_engine_matches_phiforge_engine_on_the_same_checkpoint(tmp_path):
+def _toy_checkpoint(directory):
+    """A tiny random Phi3 with peaked logits (so greedy decoding has no near-ties for two engines to split) and a toy
+    addition benchmark."""
     import torch
 
     from phiforge.checkpoint import export_model
     from phiforge.model import ModelConfig, Phi3
     from phiforge.tokenizer import ChatTokenizer, train_bpe
 
-    pytest.importorskip("transformers")
     texts = [f"Exercise: What is {a} + {b}?\nSolution: The answer is \\boxed{{{a + b}}}." for a in range(30)
              for b in range(5)]
     tok = ChatTokenizer(train_bpe(texts, vocab_size=300, progress=False))
@@ -133,13 +134,18 @@ def test_transformers_engine_matches_phiforge_engine_on_the_same_checkpoint(tmp_
                       max_seq_len=128)
     torch.manual_seed(0)
     model = Phi3(cfg)
-    with torch.no_grad():  # peaked logits, so greedy decoding has no near-ties for the two engines to split
+    with torch.no_grad():
         for p in model.parameters():
             if p.dim() > 1:
                 p.mul_(4.0)
-    export_model(model, cfg, tok, tmp_path / "m")
+    export_model(model, cfg, tok, directory)
     items = [B.Item(str(i), f"What is {i} + 2?", (str(i + 2),)) for i in range(6)]
-    bench = B.Benchmark("toy", "math", "toy", "", lambda: items)
+    return directory, B.Benchmark("toy", "math", "toy", "", lambda: items)
+
+
+def test_transformers_engine_matches_phiforge_engine_on_the_same_checkpoint(tmp_path):
+    pytest.importorskip("transformers")
+    _, bench = _toy_checkpoint(tmp_path / "m")
     ours, _ = B.load_engine(tmp_path / "m")
     theirs = B.HFEngine(tmp_path / "m", dtype="fp32")
     assert isinstance(ours, B.PhiforgeEngine)
@@ -149,6 +155,29 @@ def test_transformers_engine_matches_phiforge_engine_on_the_same_checkpoint(tmp_
         outputs = [r["samples"][0]["output"] for r in a]
         assert outputs == [r["samples"][0]["output"] for r in b]
         assert len(set(outputs)) > 1 and all(len(o) > 5 for o in outputs), outputs
+
+
+def test_a_served_model_scores_as_the_checkpoint_does(tmp_path):
+    """`phiforge benchmark http://.../v1` through the HTTP teacher against `phiforge serve`: the same greedy outputs
+    as the checkpoint on phiforge's own engine."""
+    from test_serve import running
+
+    from phiforge.chat import load_chat_model
+    from phiforge.serve import Limits, Served, Server
+
+    path, bench = _toy_checkpoint(tmp_path / "m")
+    local, _ = B.load_engine(path)
+    server = Server([Served("toy", path, *load_chat_model(path)[:2])], Limits(max_tokens=64))
+    with running(server) as url:
+        remote, name = B.load_engine(url + "/v1")
+        assert isinstance(remote, B.OpenAIEngine) and name.endswith("(toy)")
+        want = [r["samples"][0]["output"] for r in B.evaluate(local, bench, max_new_tokens=12)[1]]
+        got = [r["samples"][0]["output"] for r in B.evaluate(remote, bench, max_new_tokens=12)[1]]
+        assert got == want and len(set(want)) > 1
+        with pytest.raises(PhiforgeError, match="chat-style maths only"):
+            B.evaluate(remote, bench, style="completion", max_new_tokens=12)
+        with pytest.raises(PhiforgeError, match="serves 1 models|cannot list"):
+            B.load_engine("http://127.0.0.1:9/v1")
 
 
 @installed("gsm-symbolic")
