@@ -221,8 +221,10 @@ class PhiforgeEngine:
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text)
 
-    def chat_prompt(self, user: str) -> list[int]:
-        return self.tok.chat_prompt(user)
+    def chat_prompt(self, user: str, history: Sequence[dict] = ()) -> list[int]:
+        if not history:
+            return self.tok.chat_prompt(user)
+        return self.tok.encode_chat([*history, {"role": "user", "content": user}], add_generation_prompt=True)[0]
 
     def complete(self, prompts: list[list[int]], *, stops: Sequence[str], max_new_tokens: int, temperature: float,
                  top_p: float, seed: int, batch_size: int) -> list[str]:
@@ -292,11 +294,11 @@ class HFEngine:
     def encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=True)["input_ids"]
 
-    def chat_prompt(self, user: str) -> list[int]:
+    def chat_prompt(self, user: str, history: Sequence[dict] = ()) -> list[int]:
         if not self.tok.chat_template:
             raise PhiforgeError(f"{self.directory}: the tokenizer has no chat template (a base model?); "
                                 "use --style completion")
-        return self.tok.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True,
+        return self.tok.apply_chat_template([*history, {"role": "user", "content": user}], add_generation_prompt=True,
                                             tokenize=True, return_dict=False)
 
     def complete(self, prompts: list[list[int]], *, stops: Sequence[str], max_new_tokens: int, temperature: float,
@@ -374,8 +376,8 @@ class OpenAIEngine:
         raise PhiforgeError(f"{self.directory}: over the OpenAI API phiforge benchmark runs chat-style maths only; "
                             "for code, --style completion or multiple choice, give it the model folder")
 
-    def chat_prompt(self, user: str) -> str:
-        return user
+    def chat_prompt(self, user: str, history: Sequence[dict] = ()) -> list[dict]:
+        return [*history, {"role": "user", "content": user}]
 
     def complete(self, prompts: list[str], *, stops: Sequence[str], max_new_tokens: int, temperature: float,
                  top_p: float, seed: int, batch_size: int) -> list[str]:
@@ -384,7 +386,7 @@ class OpenAIEngine:
         if top_p != 1.0:
             raise PhiforgeError("--top-p is not sent over the OpenAI API here; leave it at 1")
         # Every sample gets its own seed: distinct draws of one prompt, each reproducible and cacheable.
-        requests = [ChatRequest.user(p, temperature=temperature, max_tokens=max_new_tokens, stop=tuple(stops)[:4],
+        requests = [ChatRequest(p, temperature=temperature, max_tokens=max_new_tokens, stop=tuple(stops)[:4],
                                      seed=seed + i if temperature > 0 else None) for i, p in enumerate(prompts)]
         return [cut_at(c.text, stops) for c in self.teacher.complete(requests)]
 
@@ -405,23 +407,50 @@ def load_engine(path: Path | str, served_model: str | None = None):
     return PhiforgeEngine(model, tok), model_dir
 
 
-def prompts(bench: Benchmark, items: Sequence[Item], engine, style: str) -> list[list[int]]:
+# Worked examples for few-shot maths prompts: the programmatic teacher's problems on a seed of their own, one domain
+# after another. They are not benchmark items, and their solutions end the way answers are read: \boxed{...}.
+SHOT_SEED = 424_242
+SHOT_DOMAINS = ("arithmetic", "linear_equations", "fractions", "number_theory")
+
+
+def worked_examples(n: int) -> list[tuple[str, str]]:
+    """n (question, worked solution) pairs, the same on every call."""
+    from phiforge.problems import make_problem
+    from phiforge.render import chat
+
+    out = []
+    for i in range(n):
+        p = make_problem(SHOT_DOMAINS[i % len(SHOT_DOMAINS)], SHOT_SEED, i)
+        out.append((p.question, chat(p)[-1]["content"]))
+    return out
+
+
+def prompts(bench: Benchmark, items: Sequence[Item], engine, style: str, n_shots: int = 0) -> list[list[int]]:
     """Token ids per item. Code is always completed as raw text (HumanEval's protocol); maths is asked as a chat
-    turn (`chat`) or as the pretraining corpus's `Exercise: ...\\nSolution:` (`completion`, for base models)."""
+    turn (`chat`) or as the pretraining corpus's `Exercise: ...\\nSolution:` (`completion`, for base models), after
+    `n_shots` worked examples: earlier chat turns, or earlier exercises of the same document."""
     if bench.kind == "code":
         return [engine.encode(it.question) for it in items]
+    examples = worked_examples(n_shots)
     if style == "chat":
-        return [engine.chat_prompt(f"{it.question}\n{MATH_INSTRUCTION}") for it in items]
-    return [engine.encode(f"Exercise: {it.question}\nSolution:") for it in items]
+        history = [m for q, a in examples for m in ({"role": "user", "content": f"{q}\n{MATH_INSTRUCTION}"},
+                                                      {"role": "assistant", "content": a})]
+        return [engine.chat_prompt(f"{it.question}\n{MATH_INSTRUCTION}", history) for it in items]
+    head = "".join(f"Exercise: {q}\nSolution: {a}\n\n" for q, a in examples)
+    return [engine.encode(f"{head}Exercise: {it.question}\nSolution:") for it in items]
 
 
 def evaluate(engine, bench: Benchmark, *, style: str = "chat", limit: int | None = None, samples: int = 1,
              temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int = 512, seed: int = 0,
              batch_size: int = 32, ks: Sequence[int] = (1,), mode: str = "loglik", normalize: str = "sum",
-             blank_below: float | None = None, show_options: bool = True) -> tuple[dict, list[dict]]:
+             blank_below: float | None = None, show_options: bool = True,
+             shots: int = 0) -> tuple[dict, list[dict]]:
     """Score a model on a benchmark: per-item records (prompt, every sample, its verdict) and a summary with
     pass@k for each k <= samples (pass@1 with samples=1 and temperature 0 is greedy accuracy). Multiple choice
-    (`kind="choice"`) is scored by `mode` (loglik or generate, see phiforge.choice) with AMC points instead."""
+    (`kind="choice"`) is scored by `mode` (loglik or generate, see phiforge.choice) with AMC points instead.
+    `shots` worked examples precede each maths prompt (code and multiple choice take none)."""
+    if shots < 0:
+        raise PhiforgeError(f"shots must be >= 0, got {shots}")
     if samples < 1 or (samples > 1 and temperature <= 0):
         raise PhiforgeError(f"samples={samples} needs samples >= 1, and temperature > 0 when above 1")
     items = bench.load()[:limit]
@@ -433,7 +462,7 @@ def evaluate(engine, bench: Benchmark, *, style: str = "chat", limit: int | None
             blank_below=choice.BLANK_BREAK_EVEN if blank_below is None else blank_below, batch_size=batch_size,
             stops=MATH_STOPS, show_options=show_options)
         return {"benchmark": bench.name, "n_items": len(items)} | summary, records
-    ids = prompts(bench, items, engine, style)
+    ids = prompts(bench, items, engine, style, shots)
     texts = engine.complete([p for p in ids for _ in range(samples)], stops=CODE_STOPS if bench.kind == "code"
                             else MATH_STOPS, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                             seed=seed, batch_size=batch_size)
@@ -453,6 +482,7 @@ def evaluate(engine, bench: Benchmark, *, style: str = "chat", limit: int | None
                                     for j in mine],
                         "n_correct": c})
     summary = {"benchmark": bench.name, "n_items": len(items), "samples": samples, "temperature": temperature,
+               "shots": shots if bench.kind == "math" else 0,
                "style": style if bench.kind == "math" else "completion"}
     for k in ks:
         if k <= samples:

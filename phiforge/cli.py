@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--style", choices=["chat", "completion"], default="chat",
                    help="maths prompts as a chat turn or as 'Exercise: ...\\nSolution:' (default: chat)")
     p.add_argument("--limit", type=int, default=None, help="first N items of each benchmark")
+    p.add_argument("--shots", type=int, default=0,
+                   help="worked examples before each maths question (earlier chat turns or exercises; default 0)")
     p.add_argument("--samples", type=int, default=1, help="samples per item (pass@k up to this k)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -137,7 +139,7 @@ def run_benchmark(args) -> int:
         summary, records = benchmarks.evaluate(
             engine, bench, style=args.style, limit=args.limit, samples=args.samples, temperature=args.temperature,
             top_p=args.top_p, max_new_tokens=args.max_tokens, seed=args.seed, batch_size=args.batch_size, ks=ks,
-            mode=args.mode, show_options=not args.hide_options)
+            mode=args.mode, show_options=not args.hide_options, shots=args.shots)
         summaries[bench.name] = summary
         if bench.kind == "choice":
             print(f"{bench.name} ({args.mode}): {summary['per_150']:.1f}/150 AMC points per 25 questions, "

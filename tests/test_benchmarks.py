@@ -131,7 +131,7 @@ def _toy_checkpoint(directory):
              for b in range(5)]
     tok = ChatTokenizer(train_bpe(texts, vocab_size=300, progress=False))
     cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ffn=128,
-                      max_seq_len=128)
+                      max_seq_len=512)
     torch.manual_seed(0)
     model = Phi3(cfg)
     with torch.no_grad():
@@ -174,10 +174,32 @@ def test_a_served_model_scores_as_the_checkpoint_does(tmp_path):
         want = [r["samples"][0]["output"] for r in B.evaluate(local, bench, max_new_tokens=12)[1]]
         got = [r["samples"][0]["output"] for r in B.evaluate(remote, bench, max_new_tokens=12)[1]]
         assert got == want and len(set(want)) > 1
+        few = [r["samples"][0]["output"] for r in B.evaluate(local, bench, max_new_tokens=12, shots=2)[1]]
+        assert [r["samples"][0]["output"] for r in B.evaluate(remote, bench, max_new_tokens=12, shots=2)[1]] == few
         with pytest.raises(PhiforgeError, match="chat-style maths only"):
             B.evaluate(remote, bench, style="completion", max_new_tokens=12)
         with pytest.raises(PhiforgeError, match="serves 1 models|cannot list"):
             B.load_engine("http://127.0.0.1:9/v1")
+
+
+def test_few_shot_prompts_put_worked_examples_first(tmp_path):
+    path, bench = _toy_checkpoint(tmp_path / "m")
+    engine, _ = B.load_engine(path)
+    items = bench.load()
+    examples = B.worked_examples(3)
+    assert examples == B.worked_examples(3) and len({q for q, _ in examples}) == 3
+    assert all("\\boxed{" in a for _, a in examples)
+    text = engine.tok.decode(B.prompts(bench, items, engine, "completion", 2)[0], skip_special=False)
+    assert text.count("Exercise: ") == 3 and text.startswith(f"Exercise: {examples[0][0]}\nSolution: {examples[0][1]}")
+    assert text.endswith(f"Exercise: {items[0].question}\nSolution:")
+    chat = engine.tok.decode(B.prompts(bench, items, engine, "chat", 2)[0], skip_special=False)
+    assert chat.count("<|im_start|>user") == 3 and chat.count("<|im_start|>assistant") == 3
+    assert B.prompts(bench, items, engine, "chat", 0) == [engine.tok.chat_prompt(f"{it.question}\n{B.MATH_INSTRUCTION}")
+                                                          for it in items]
+    summary, _ = B.evaluate(engine, bench, style="completion", max_new_tokens=8, shots=2)
+    assert summary["shots"] == 2
+    with pytest.raises(PhiforgeError, match="shots must be >= 0"):
+        B.evaluate(engine, bench, shots=-1)
 
 
 @installed("gsm-symbolic")
