@@ -48,10 +48,10 @@ def reference(checkpoints):
 
 
 @contextlib.contextmanager
-def running(server: Server):
-    """Serve on a free loopback port in a background thread; yields the base URL."""
+def serving(app, graceful_s: float | None = None):
+    """An ASGI app on a free loopback port in a background thread; yields its base URL."""
     sock = listen("127.0.0.1", 0)
-    uv = uvicorn.Server(uvicorn.Config(build_app(server), log_level="warning"))
+    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=graceful_s))
     thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -64,6 +64,11 @@ def running(server: Server):
         uv.should_exit = True
         thread.join(timeout=20)
         sock.close()
+
+
+def running(server: Server):
+    """`phiforge serve`'s app for a Server, on a free loopback port; yields the base URL."""
+    return serving(build_app(server))
 
 
 @pytest.fixture(scope="module")

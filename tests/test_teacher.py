@@ -9,7 +9,6 @@ import json
 import random
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from email.utils import formatdate
@@ -24,7 +23,7 @@ from phiforge.teacher import ChatRequest, Completion, DiskCache, LocalTeacher, P
 from test_chat import make_checkpoint
 
 httpx = pytest.importorskip("httpx")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
 pytest.importorskip("starlette")
 
 from starlette.applications import Starlette  # noqa: E402
@@ -32,7 +31,8 @@ from starlette.responses import JSONResponse, Response  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
 from phiforge.http_teacher import HTTPTeacher, backoff_delay, retry_after_seconds  # noqa: E402
-from phiforge.serve import Limits, Served, Server, build_app, listen  # noqa: E402
+from phiforge.serve import Limits, Served, Server, build_app  # noqa: E402
+from test_serve import serving as serve_on_loopback  # noqa: E402
 
 N = 40
 # Arrival number at the proxy (0-based, retries included) -> fault. Each fault costs its request exactly one retry.
@@ -41,23 +41,9 @@ SCHEDULE = {1: "429", 4: "500", 6: "truncated", 9: "hang", 13: "503", 17: "trunc
 TIMEOUT_S = 2.0  # the client's; a "hang" outlasts it. Real replies of the tiny model take tens of milliseconds.
 
 
-@contextlib.contextmanager
 def serving(app):
-    """An ASGI app on a free loopback port in a background thread; yields its base URL."""
-    sock = listen("127.0.0.1", 0)
-    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not uv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=20)
-        sock.close()
+    """An ASGI app on a free loopback port; a short graceful shutdown, since a test may leave a request hanging."""
+    return serve_on_loopback(app, graceful_s=2)
 
 
 class FaultyProxy:
