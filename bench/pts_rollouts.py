@@ -13,6 +13,7 @@ same weights (the prefix repeated n times, `num_return_sequences`-style), and re
 
     python bench/pts_rollouts.py --run runs/tiny                 # a finished default run
     python bench/pts_rollouts.py --run runs/tiny --quick         # smoke test
+    python bench/pts_rollouts.py --run runs/tiny --verify 200    # also check every pivot found with fresh rollouts
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ import torch  # noqa: E402
 from phiforge.checkpoint import load_model  # noqa: E402
 from phiforge.config import load_recipe  # noqa: E402
 from phiforge.generate import generate, sample_from_prefix  # noqa: E402
-from phiforge.pts import MathOracle, search_query, summarize  # noqa: E402
+from phiforge.pts import MathOracle, SuccessEstimator, search_query, summarize  # noqa: E402
 from phiforge.rundir import RunDir  # noqa: E402
 from phiforge.synth import read_column  # noqa: E402
 
 
-def search_cost(run: RunDir, recipe, n_queries: int) -> dict:
+def search_cost(run: RunDir, recipe, n_queries: int, verify: int = 0) -> dict:
     cfg = recipe.pts
     model, _, tok = load_model(run.stage_dir("sft") / "model")
     model.eval()
@@ -60,6 +61,17 @@ def search_cost(run: RunDir, recipe, n_queries: int) -> dict:
                    for q, s, a in zip(queries, solutions, answers)]
         out[mode] = {**summarize(results), "seconds": time.perf_counter() - t0,
                      "found": {(i, pt.prefix, pt.token) for i, r in enumerate(results) for pt in r["pivotal"]}}
+    if verify:
+        # Each pivot found by either mode re-estimated with `verify` fresh rollouts on each side of its token
+        # (another seed): a true pivot changes p(success) by at least p_gap.
+        truth = {}
+        for i, prefix, token in sorted(out["adaptive"]["found"] | out["fixed"]["found"]):
+            est = SuccessEstimator(model, queries[i], MathOracle(answers[i]), decode=tok.decode,
+                                   stop_ids=tok.stop_ids, max_response_tokens=cfg.max_response_tokens, mode="fixed",
+                                   n_fixed=verify, batch=verify, max_rollouts=verify, seed=cfg.seed + 7919)
+            truth[(i, prefix, token)] = abs(est.p(prefix + (token,)) - est.p(prefix)) >= cfg.p_gap
+        for mode in out:
+            out[mode]["confirmed"] = sum(truth[k] for k in out[mode]["found"])
     return out
 
 
@@ -107,12 +119,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--skip-search", action="store_true")
+    ap.add_argument("--verify", type=int, default=0,
+                    help="re-estimate every pivot found with this many fresh rollouts per side (0: off)")
     args = ap.parse_args()
     run = RunDir.open(Path(args.run))
     recipe = load_recipe(str(run.root / "recipe.yaml"))
     n_queries = 4 if args.quick else args.queries or recipe.pts.n_queries
     if not args.skip_search:
-        cost = search_cost(run, recipe, n_queries)
+        cost = search_cost(run, recipe, n_queries, args.verify)
         a, f = cost["adaptive"], cost["fixed"]
         print(f"\nPTS on {run.stage_dir('sft') / 'model'}, {n_queries} questions, p_gap {recipe.pts.p_gap}\n")
         print("| mode | searched | pivotal tokens | pairs | rollouts | rollouts / pivotal token | seconds |")
@@ -125,6 +139,11 @@ def main() -> None:
                  if a["rollouts_per_pivotal_token"] and f["rollouts_per_pivotal_token"] else float("nan"))
         print(f"\nadaptive / fixed-20 rollouts per pivotal token: {ratio:.2f}x (target <= 0.5x); total rollouts "
               f"{a['rollouts'] / max(f['rollouts'], 1):.2f}x; pivotal tokens found by both: {both}")
+        if args.verify:
+            for name, r in (("adaptive", a), ("fixed-20", f)):
+                print(f"{name}: {r['confirmed']} of {r['pivotal_tokens']} pivots confirmed by {args.verify} fresh "
+                      f"rollouts per side (|change in p| >= p_gap); rollouts per confirmed pivot "
+                      f"{r['rollouts'] / max(r['confirmed'], 1):.1f}")
     if args.quick:
         args.rollouts, args.max_new_tokens, args.prefixes, args.repeats = 4, 16, 2, 1
     speed = rollout_speed(run, recipe, args.rollouts, args.max_new_tokens, args.prefixes, args.repeats)
