@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from phiforge.errors import PhiforgeError
-from phiforge.generate import generate, sample_next
+from phiforge.generate import generate, stream_rows
 from phiforge.hf_model import HFChatModel
 from phiforge.model import KVCache
 from phiforge.rundir import MARKER, RunDir
@@ -119,7 +119,6 @@ def stream_generate(
     if seed is not None and temperature > 0:
         generator = torch.Generator(device=device)
         generator.manual_seed(seed)
-    stop = set(stop_ids)
 
     # Per call, not around the loop: an inference_mode block held open across `yield` would leak into the caller.
     @torch.inference_mode()
@@ -137,24 +136,21 @@ def stream_generate(
     positions = (key_valid[:, :L].long().cumsum(-1) - 1).clamp_min(0)
     cache = KVCache(model.cfg.n_layers, total)
     logits = forward(ids, position_ids=positions, kv_cache=cache, attention_mask=key_valid[:, :L], last_only=True)
-    logits, next_pos = logits[:, -1], positions[:, -1] + 1
-    rows = list(range(B))  # prompt index of each row still in the batch
-    for step in range(max_new_tokens):
-        tok = sample_next(logits, temperature, top_p, generator)
-        toks = tok.tolist()
-        yield [(rows[i], t) for i, t in enumerate(toks) if t not in stop]
-        keep = [i for i, t in enumerate(toks) if t not in stop and (alive is None or alive(rows[i]))]
-        if not keep or step == max_new_tokens - 1:
-            return
-        if len(keep) < len(rows):
-            idx = torch.tensor(keep, dtype=torch.long, device=device)
-            rows = [rows[i] for i in keep]
-            tok, next_pos, key_valid = tok[idx], next_pos[idx], key_valid[idx]
-            cache.select(idx)
-        key_valid[:, L + step] = True
-        logits = forward(tok[:, None], position_ids=next_pos[:, None], kv_cache=cache,
-                         attention_mask=key_valid[:, :L + step + 1])[:, -1]
-        next_pos = next_pos + 1
+    state = {"pos": positions[:, -1] + 1, "valid": key_valid}
+
+    def select(idx):
+        state["pos"], state["valid"] = state["pos"][idx], state["valid"][idx]
+        cache.select(idx)
+
+    def advance(tok, step):
+        state["valid"][:, L + step] = True
+        out = forward(tok[:, None], position_ids=state["pos"][:, None], kv_cache=cache,
+                      attention_mask=state["valid"][:, :L + step + 1])[:, -1]
+        state["pos"] = state["pos"] + 1
+        return out
+
+    yield from stream_rows(logits[:, -1], advance, select, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
+                           temperature=temperature, top_p=top_p, generator=generator, alive=alive)
 
 
 def generate_batch(model, prompts: Sequence[Sequence[int]], **kwargs) -> list[list[int]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -37,6 +37,38 @@ def _draw(weights: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
     u = torch.rand((weights.shape[0], 1), generator=generator, dtype=torch.float64, device=weights.device)
     u = (1.0 - u) * cdf[:, -1:]
     return torch.searchsorted(cdf, u).squeeze(-1)
+
+
+def stream_rows(
+    logits: torch.Tensor,
+    advance: Callable[[torch.Tensor, int], torch.Tensor],
+    select: Callable[[torch.Tensor], None],
+    *,
+    max_new_tokens: int,
+    stop_ids: Sequence[int],
+    temperature: float,
+    top_p: float,
+    generator: torch.Generator | None,
+    alive: Callable[[int], bool] | None = None,
+) -> Iterator[list[tuple[int, int]]]:
+    """The step-wise decode loop shared by phiforge's and transformers' models: sample from `logits` [B, V], yield
+    [(row, token)] for the rows that did not stop, drop the rows that stopped (or whose `alive` turned False) through
+    `select(kept row indices)`, and get the next logits from `advance(tokens of the kept rows, step)`."""
+    stop = set(stop_ids)
+    rows = list(range(logits.shape[0]))  # prompt index of each row still in the batch
+    for step in range(max_new_tokens):
+        tok = sample_next(logits, temperature, top_p, generator)
+        toks = tok.tolist()
+        yield [(rows[i], t) for i, t in enumerate(toks) if t not in stop]
+        keep = [i for i, t in enumerate(toks) if t not in stop and (alive is None or alive(rows[i]))]
+        if not keep or step == max_new_tokens - 1:
+            return
+        if len(keep) < len(rows):
+            idx = torch.tensor(keep, dtype=torch.long, device=tok.device)
+            rows = [rows[i] for i in keep]
+            tok = tok[idx]
+            select(idx)
+        logits = advance(tok, step)
 
 
 def generate(

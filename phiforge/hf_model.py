@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import torch
 
 from phiforge.errors import PhiforgeError
-from phiforge.generate import sample_next
+from phiforge.generate import stream_rows
 
 
 def is_hf_folder(path: Path) -> bool:
@@ -113,7 +113,6 @@ class HFChatModel:
         if seed is not None and temperature > 0:
             generator = torch.Generator(device=device)
             generator.manual_seed(seed)
-        stop = set(stop_ids)
         B, L = len(prompts), max(len(p) for p in prompts)
         ids = torch.full((B, L), pad_id, dtype=torch.long)
         mask = torch.zeros((B, L), dtype=torch.long)
@@ -126,25 +125,22 @@ class HFChatModel:
         with torch.inference_mode():
             logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                            logits_to_keep=1, **{self._cache_kw: cache}).logits[:, -1].float()
-        next_pos = positions[:, -1] + 1
-        rows = list(range(B))
-        for step in range(max_new_tokens):
-            tok = sample_next(logits, temperature, top_p, generator)
-            toks = tok.tolist()
-            yield [(rows[i], t) for i, t in enumerate(toks) if t not in stop]
-            keep = [i for i, t in enumerate(toks) if t not in stop and (alive is None or alive(rows[i]))]
-            if not keep or step == max_new_tokens - 1:
-                return
-            if len(keep) < len(rows):
-                idx = torch.tensor(keep, dtype=torch.long, device=device)
-                rows = [rows[i] for i in keep]
-                tok, next_pos, mask = tok[idx], next_pos[idx], mask[idx]
-                cache.batch_select_indices(idx)
-            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+        state = {"pos": positions[:, -1] + 1, "mask": mask}
+
+        def select(idx):
+            state["pos"], state["mask"] = state["pos"][idx], state["mask"][idx]
+            cache.batch_select_indices(idx)
+
+        def advance(tok, step):
+            m = state["mask"] = torch.cat([state["mask"], state["mask"].new_ones((len(tok), 1))], dim=1)
             with torch.inference_mode():
-                logits = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                               use_cache=True, **{self._cache_kw: cache}).logits[:, -1].float()
-            next_pos = next_pos + 1
+                out = model(input_ids=tok[:, None], attention_mask=m, position_ids=state["pos"][:, None],
+                            use_cache=True, **{self._cache_kw: cache}).logits[:, -1].float()
+            state["pos"] = state["pos"] + 1
+            return out
+
+        yield from stream_rows(logits, advance, select, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
+                               temperature=temperature, top_p=top_p, generator=generator, alive=alive)
 
     def generate(self, prompts: Sequence[Sequence[int]], *, batch_size: int = 32, **kwargs) -> list[list[int]]:
         """Each prompt's new tokens (stop token excluded), `batch_size` prompts at a time, longest first."""
