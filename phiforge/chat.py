@@ -105,20 +105,29 @@ def stream_generate(
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if isinstance(model, HFChatModel):
-        yield from model.stream_generate(prompts, max_new_tokens=max_new_tokens, pad_id=pad_id, stop_ids=stop_ids,
-                                         temperature=temperature, top_p=top_p, seed=seed, alive=alive)
-        return
     if any(len(p) == 0 for p in prompts):
         raise ValueError("a prompt is empty; generation needs at least one token to start from")
     if max_new_tokens <= 0 or not prompts:
         return
-    model = getattr(model, "_orig_mod", model)
-    device = next(model.parameters()).device
+    if isinstance(model, HFChatModel):
+        device = model.model.device
+        logits, advance, select = model.begin(prompts, pad_id)
+    else:
+        model = getattr(model, "_orig_mod", model)
+        device = next(model.parameters()).device
+        logits, advance, select = _begin(model, prompts, pad_id, max_new_tokens)
     generator = None
     if seed is not None and temperature > 0:
         generator = torch.Generator(device=device)
         generator.manual_seed(seed)
+    yield from stream_rows(logits, advance, select, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
+                           temperature=temperature, top_p=top_p, generator=generator, alive=alive)
+
+
+def _begin(model: nn.Module, prompts: Sequence[Sequence[int]], pad_id: int, max_new_tokens: int):
+    """phiforge's prefill of left-padded prompts into a KV cache sized for the whole generation: the last logits
+    [B, V] and the `advance` / `select` steps of `generate.stream_rows`. The forward calls are generate's."""
+    device = next(model.parameters()).device
 
     # Per call, not around the loop: an inference_mode block held open across `yield` would leak into the caller.
     @torch.inference_mode()
@@ -149,8 +158,7 @@ def stream_generate(
         state["pos"] = state["pos"] + 1
         return out
 
-    yield from stream_rows(logits[:, -1], advance, select, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
-                           temperature=temperature, top_p=top_p, generator=generator, alive=alive)
+    return logits[:, -1], advance, select
 
 
 def generate_batch(model, prompts: Sequence[Sequence[int]], **kwargs) -> list[list[int]]:

@@ -2,9 +2,9 @@
 `phiforge serve` and the local teacher use for phiforge checkpoints.
 
 That surface is small: `cfg.max_seq_len` / `cfg.vocab_size`, a tokenizer with `encode`, `encode_chat`, `decode`,
-`pad_id` and `stop_ids`, and `stream_generate` with the arguments and row semantics of `chat.stream_generate`
-(yields [(prompt index, token)] per step, a row leaves at its first stop token, when its budget is spent, or when
-`alive` turns False). The decode loop is ours, on transformers' forward and `DynamicCache`, rather than
+`pad_id` and `stop_ids`, and `begin`, the prefill and the two per-step operations that `chat.stream_generate` runs
+phiforge's own decode loop with (`generate.stream_rows`: rows leave at their first stop token, when their budget is
+spent, or when `alive` turns False). The decode is ours, on transformers' forward and `DynamicCache`, rather than
 `model.generate`: generate cannot drop a cancelled request's row mid-batch or hand out tokens as they come, and
 sharing `generate.sample_next` means one checkpoint samples the same way whichever side of the seam it is on.
 """
@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
 from phiforge.errors import PhiforgeError
-from phiforge.generate import stream_rows
 
 
 def is_hf_folder(path: Path) -> bool:
@@ -90,29 +89,12 @@ class HFChatModel:
     def num_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
-    def stream_generate(
-        self,
-        prompts: Sequence[Sequence[int]],
-        *,
-        max_new_tokens: int,
-        pad_id: int,
-        stop_ids: Sequence[int] = (),
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        alive: Callable[[int], bool] | None = None,
-    ) -> Iterator[list[tuple[int, int]]]:
+    def begin(self, prompts: Sequence[Sequence[int]], pad_id: int):
+        """Prefill left-padded prompts: their last logits [B, V] and the `advance` / `select` steps that
+        `generate.stream_rows` decodes with (called through `chat.stream_generate`, which checks the arguments)."""
         from transformers import DynamicCache
 
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError("a prompt is empty; generation needs at least one token to start from")
-        if max_new_tokens <= 0 or not prompts:
-            return
         model, device = self.model, self.model.device
-        generator = None
-        if seed is not None and temperature > 0:
-            generator = torch.Generator(device=device)
-            generator.manual_seed(seed)
         B, L = len(prompts), max(len(p) for p in prompts)
         ids = torch.full((B, L), pad_id, dtype=torch.long)
         mask = torch.zeros((B, L), dtype=torch.long)
@@ -139,16 +121,17 @@ class HFChatModel:
             state["pos"] = state["pos"] + 1
             return out
 
-        yield from stream_rows(logits, advance, select, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
-                               temperature=temperature, top_p=top_p, generator=generator, alive=alive)
+        return logits, advance, select
 
     def generate(self, prompts: Sequence[Sequence[int]], *, batch_size: int = 32, **kwargs) -> list[list[int]]:
         """Each prompt's new tokens (stop token excluded), `batch_size` prompts at a time, longest first."""
+        from phiforge.chat import stream_generate
+
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         outs: list[list[int]] = [[] for _ in prompts]
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
-            for step in self.stream_generate([prompts[i] for i in idx], **kwargs):
+            for step in stream_generate(self, [prompts[i] for i in idx], **kwargs):
                 for row, token in step:
                     outs[idx[row]].append(token)
         return outs
