@@ -160,6 +160,17 @@ def train_dpo(model: nn.Module, pairs: Sequence[dict], ref_logps: torch.Tensor, 
     return history
 
 
+def train_on_pairs(model: nn.Module, pairs: Sequence[dict], cfg, pad_id: int) -> tuple[int, list[dict]]:
+    """A DPO round as a recipe section (`dpo` or `dpo2`) configures it: reference log-probs of the model as it is,
+    then ceil(epochs x pairs / batch_size) steps; (steps, history), (0, []) without pairs."""
+    if not pairs:
+        return 0, []
+    steps = math.ceil(cfg.epochs * len(pairs) / cfg.batch_size)
+    ref = precompute_reference(model, pairs, pad_id=pad_id, batch_size=cfg.batch_size, dtype=cfg.dtype)
+    return steps, train_dpo(model, pairs, ref, beta=cfg.beta, steps=steps, batch_size=cfg.batch_size, pad_id=pad_id,
+                            optim=cfg.optim, dtype=cfg.dtype, seed=cfg.seed, log_every=cfg.log_every)
+
+
 def run(recipe, run) -> dict:
     """Stage `dpo`: DPO of the SFT model on the PTS pairs, against reference log-probs computed once up front."""
     import json
@@ -173,13 +184,7 @@ def run(recipe, run) -> dict:
     model.to(device())
     text = (run.stage_dir("pts") / "pairs.jsonl").read_text()
     pairs = [json.loads(line) for line in text.splitlines() if line.strip()]
-    history: list[dict] = []
-    steps = math.ceil(cfg.epochs * len(pairs) / cfg.batch_size)
-    if pairs:
-        ref = precompute_reference(model, pairs, pad_id=tok.pad_id, batch_size=cfg.batch_size, dtype=cfg.dtype)
-        history = train_dpo(model, pairs, ref, beta=cfg.beta, steps=steps, batch_size=cfg.batch_size,
-                            pad_id=tok.pad_id, optim=cfg.optim, dtype=cfg.dtype, seed=cfg.seed,
-                            log_every=cfg.log_every)
+    steps, history = train_on_pairs(model, pairs, cfg, tok.pad_id)
     # With no pairs the DPO model is the SFT model, said so in the metrics rather than failing the run.
     out = run.stage_dir("dpo")
     export_model(model, mcfg, tok, out / "model")

@@ -11,7 +11,6 @@ own log-probs before the round as the reference.
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -71,7 +70,7 @@ def responses(recipe, run, items: list[dict], tok) -> list[list[dict]]:
 
 def run(recipe, run) -> dict:
     from phiforge.checkpoint import export_model, load_model
-    from phiforge.dpo import precompute_reference, train_dpo
+    from phiforge.dpo import train_on_pairs
     from phiforge.rundir import atomic_write_json, atomic_write_text
     from phiforge.train import device
 
@@ -104,13 +103,7 @@ def run(recipe, run) -> dict:
                 "rejected": {"policy": rs[r]["policy"], "text": rs[r]["text"], **scores[r].to_dict()}}) + "\n")
 
     model.to(device())
-    steps = math.ceil(cfg.epochs * len(pairs) / cfg.batch_size) if pairs else 0
-    history: list[dict] = []
-    if pairs:
-        ref = precompute_reference(model, pairs, pad_id=tok.pad_id, batch_size=cfg.batch_size, dtype=cfg.dtype)
-        history = train_dpo(model, pairs, ref, beta=cfg.beta, steps=steps, batch_size=cfg.batch_size,
-                            pad_id=tok.pad_id, optim=cfg.optim, dtype=cfg.dtype, seed=cfg.seed,
-                            log_every=cfg.log_every)
+    steps, history = train_on_pairs(model, pairs, cfg, tok.pad_id)
     out = run.stage_dir("dpo2")
     export_model(model, mcfg, tok, out / "model")
     atomic_write_text(out / "pairs.jsonl", "".join(lines))

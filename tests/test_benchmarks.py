@@ -79,9 +79,10 @@ def test_unknown_benchmark_and_missing_package_name_the_fix():
 
 
 class CharTok:
-    """One token per character, enough for the runner's bookkeeping."""
+    """One token per character, enough for the runner's bookkeeping (and for test_choice's bigram model)."""
 
     pad_id, im_end_id, endoftext_id = 0, 1, 2
+    vocab_size = 3 + 128
 
     def encode(self, text):
         return [3 + ord(c) for c in text]

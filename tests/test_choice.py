@@ -7,22 +7,7 @@ from torch import nn
 from phiforge import choice
 from phiforge.benchmarks import Benchmark, Item, PhiforgeEngine, evaluate
 from phiforge.errors import PhiforgeError
-
-
-class CharTok:
-    """One token per character."""
-
-    pad_id, im_end_id, endoftext_id = 0, 1, 2
-    vocab_size = 3 + 128
-
-    def encode(self, text):
-        return [3 + ord(c) for c in text]
-
-    def decode(self, ids):
-        return "".join(chr(i - 3) for i in ids if i > 2)
-
-    def chat_prompt(self, user):
-        return self.encode(f"<user>{user}<assistant>")
+from test_benchmarks import CharTok
 
 
 class Bigram(nn.Module):
