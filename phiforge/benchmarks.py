@@ -413,31 +413,34 @@ SHOT_SEED = 424_242
 SHOT_DOMAINS = ("arithmetic", "linear_equations", "fractions", "number_theory")
 
 
-def worked_examples(n: int) -> list[tuple[str, str]]:
-    """n (question, worked solution) pairs, the same on every call."""
+def worked_examples(n: int, style: str = "chat") -> list[tuple[str, str]]:
+    """n (question, solution) pairs, the same on every call: worked solutions, or bare answers for `qa`."""
     from phiforge.problems import make_problem
     from phiforge.render import chat
 
     out = []
     for i in range(n):
         p = make_problem(SHOT_DOMAINS[i % len(SHOT_DOMAINS)], SHOT_SEED, i)
-        out.append((p.question, chat(p)[-1]["content"]))
+        out.append((p.question, p.answer if style == "qa" else chat(p)[-1]["content"]))
     return out
 
 
 def prompts(bench: Benchmark, items: Sequence[Item], engine, style: str, n_shots: int = 0) -> list[list[int]]:
     """Token ids per item. Code is always completed as raw text (HumanEval's protocol); maths is asked as a chat
-    turn (`chat`) or as the pretraining corpus's `Exercise: ...\\nSolution:` (`completion`, for base models), after
-    `n_shots` worked examples: earlier chat turns, or earlier exercises of the same document."""
+    turn (`chat`) or framed as a base model's pretraining corpus frames it (`completion`: `Exercise: ...\nSolution:`;
+    `qa`: `Question: ...\nAnswer:`), after `n_shots` worked examples: earlier chat turns, or earlier exercises of
+    the same document."""
+    from phiforge.render import question_prompt
+
     if bench.kind == "code":
         return [engine.encode(it.question) for it in items]
-    examples = worked_examples(n_shots)
+    examples = worked_examples(n_shots, style)
     if style == "chat":
         history = [m for q, a in examples for m in ({"role": "user", "content": f"{q}\n{MATH_INSTRUCTION}"},
                                                       {"role": "assistant", "content": a})]
         return [engine.chat_prompt(f"{it.question}\n{MATH_INSTRUCTION}", history) for it in items]
-    head = "".join(f"Exercise: {q}\nSolution: {a}\n\n" for q, a in examples)
-    return [engine.encode(f"{head}Exercise: {it.question}\nSolution:") for it in items]
+    head = "".join(f"{question_prompt(q, style)} {a}\n\n" for q, a in examples)
+    return [engine.encode(head + question_prompt(it.question, style)) for it in items]
 
 
 def evaluate(engine, bench: Benchmark, *, style: str = "chat", limit: int | None = None, samples: int = 1,

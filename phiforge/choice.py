@@ -24,22 +24,23 @@ AMC scoring: 6 points per correct answer, 1.5 per blank, 0 per wrong answer (a 2
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 
 from phiforge.answers import answers_equal, extract_answer
 from phiforge.errors import PhiforgeError
+from phiforge.render import BASE_STYLES, first_answer, question_prompt
 
 LETTERS = "ABCDE"
 AMC_CORRECT, AMC_BLANK, AMC_WRONG = 6.0, 1.5, 0.0
 BLANK_BREAK_EVEN = AMC_BLANK / AMC_CORRECT  # answer only when P(correct) is above this
 MODES = ("loglik", "solved_loglik", "generate")
 NORMALIZATIONS = ("sum", "mean")
-_NEXT_EXERCISE = re.compile(r"Exercise(?: \d+)?:")
 
 
-def continuation(option: str) -> str:
-    return f"The answer is \\boxed{{{option}}}."
+def continuation(option: str, style: str = "chat") -> str:
+    """An option written where the model's training put its final answer: the answer line of a worked solution,
+    or, after answer-only Q&A (`qa`), the bare answer."""
+    return option if style == "qa" else f"The answer is \\boxed{{{option}}}."
 
 
 def generate_question(question: str, options: Sequence[str]) -> str:
@@ -106,12 +107,13 @@ def summarize(chosen: Sequence[int | None], correct: Sequence[int]) -> dict:
 
 
 def prompt_ids(engine, question: str, style: str) -> list[int]:
-    """A question as a chat turn (`chat`) or as the pretraining corpus's exercise (`completion`)."""
+    """A question as a chat turn (`chat`) or framed as the pretraining corpus frames one (`completion`: an exercise;
+    `qa`: answer-only Q&A)."""
     if style == "chat":
         return engine.chat_prompt(question)
-    if style == "completion":
-        return engine.encode(f"Exercise: {question}\nSolution:")
-    raise PhiforgeError(f"style must be chat or completion, got {style!r}")
+    if style in BASE_STYLES:
+        return engine.encode(question_prompt(question, style))
+    raise PhiforgeError(f"style must be chat, {' or '.join(BASE_STYLES)}, got {style!r}")
 
 
 def solve(engine, items: Sequence, *, style: str, show_options: bool, max_new_tokens: int, batch_size: int,
@@ -121,8 +123,8 @@ def solve(engine, items: Sequence, *, style: str, show_options: bool, max_new_to
                for it in items]
     texts = engine.complete(prompts, stops=stops, max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0, seed=0,
                             batch_size=batch_size)
-    if style == "completion":  # a base model runs on into a next exercise; only its first answer counts
-        texts = [_NEXT_EXERCISE.split(t, maxsplit=1)[0].rstrip() for t in texts]
+    if style != "chat":
+        texts = [first_answer(t).rstrip() for t in texts]
     return texts
 
 
@@ -160,17 +162,18 @@ def run(engine, items: Sequence, *, style: str = "chat", mode: str = "loglik", n
     records = []
     if mode in ("loglik", "solved_loglik"):
         # The completion prompt's trailing "Solution:" is followed by a space in the corpus; a chat reply starts bare.
-        lead = " " if style == "completion" else ""
+        lead = " " if style != "chat" else ""
         prompts, conts, solved = [], [], []
         for i, it in enumerate(items):
             p = prompt_ids(engine, it.question, style)
-            work = answer_slot(texts[i]) if mode == "solved_loglik" else ""
+            # Answer-only Q&A shows no work to condition on: there solved_loglik is loglik.
+            work = answer_slot(texts[i]) if mode == "solved_loglik" and style != "qa" else ""
             if work:
                 p = p + engine.encode_continuation(lead + work.lstrip() if lead else work)
             solved.append(work)
             for o in it.options:
                 prompts.append(p)
-                conts.append(engine.encode_continuation((" " if work else lead) + continuation(o)))
+                conts.append(engine.encode_continuation((" " if work else lead) + continuation(o, style)))
         scored = engine.logprobs(prompts, conts, batch_size=batch_size)
         at = 0
         for i, (it, k) in enumerate(zip(items, correct)):

@@ -21,6 +21,7 @@ EPILOG = """examples:
   phiforge chat runs/tiny                       # talk to the run's best model (dpo2 > dpo > sft > midtrain > pretrain)
   phiforge serve runs/tiny --port 8000          # OpenAI-compatible API and a chat page on 127.0.0.1:8000
   phiforge benchmark runs/tiny --tasks gsm8k100,humaneval --limit 20
+  phiforge experiment synthetic-vs-organic      # a Phi-4 claim at small scale: variants x 3 seeds, report + plot
 """
 
 
@@ -105,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(http://host:port/v1; chat-style maths only)")
     p.add_argument("--served-model", default=None, help="with a URL: the served model's name (default: the only one)")
     p.add_argument("--tasks", default="gsm8k100,champ,humaneval", help="comma-separated benchmark names")
-    p.add_argument("--style", choices=["chat", "completion"], default="chat",
-                   help="maths prompts as a chat turn or as 'Exercise: ...\\nSolution:' (default: chat)")
+    p.add_argument("--style", choices=["chat", "completion", "qa"], default="chat",
+                   help="maths prompts as a chat turn, as 'Exercise: ...\\nSolution:' or as answer-only "
+                        "'Question: ...\\nAnswer:' (default: chat)")
     p.add_argument("--limit", type=int, default=None, help="first N items of each benchmark")
     p.add_argument("--shots", type=int, default=0,
                    help="worked examples before each maths question (earlier chat turns or exercises; default 0)")
@@ -123,7 +125,46 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multiple choice, generating modes: ask the bare question, for models never shown an "
                         "option list (phiforge's own)")
     p.add_argument("--out", type=Path, default=None, help="folder for <task>.jsonl and summary.json")
+
+    from phiforge.experiment import available
+
+    p = sub.add_parser("experiment", help="test one of Phi-4's data claims: variants x seeds, one comparison report",
+                       description="Pretrain every variant of an experiment on every seed (runs are shared between "
+                                   "experiments and skipped when done), score each model on the same suite, and "
+                                   "write <out>/<experiment>/report.md with mean +- s.e. tables and a plot. "
+                                   f"Shipped: {', '.join(available())}.")
+    p.add_argument("name", nargs="?", default=None, help="a shipped experiment or an experiment .yaml")
+    p.add_argument("--list", action="store_true", help="list the shipped experiments and their claims")
+    p.add_argument("--out", type=Path, default=Path("runs/experiments"),
+                   help="experiments folder (default: runs/experiments)")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the experiment's, 0,1,2)")
+    p.add_argument("--reference", action="append", default=None, metavar="MODEL",
+                   help="outside model scored on the same suite: gemma-3-270m or a transformers folder "
+                        "(repeatable; replaces the experiment's own list)")
+    p.add_argument("--no-references", action="store_true", help="skip the outside reference models")
     return parser
+
+
+def run_experiment(args) -> int:
+    from phiforge import experiment
+
+    if args.list or args.name is None:
+        for name in experiment.available():
+            exp = experiment.load(name)
+            print(f"{name}: {' '.join(exp.claim.split())}\n  variants: {', '.join(v.name for v in exp.variants)}; "
+                  f"seeds {exp.seeds}; phiforge experiment {name}")
+        return 0
+    exp = experiment.load(args.name)
+    seeds = None
+    if args.seeds:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise PhiforgeError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    refs = [] if args.no_references else args.reference
+    summary = experiment.run(exp, args.out, seeds=seeds, references=refs)
+    print((args.out / exp.name / "report.md").read_text())
+    return 0 if summary else 1
 
 
 def run_benchmark(args) -> int:
@@ -182,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_serve(args)
         if args.command == "benchmark":
             return run_benchmark(args)
+        if args.command == "experiment":
+            return run_experiment(args)
         if args.command == "validate":
             from phiforge.config import load_recipe, save_recipe
 

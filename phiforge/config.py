@@ -266,6 +266,9 @@ class MixtureConfig:
     # repeats above these are warned about before training (Table 5: 13.8, 1.2, 5.2, 2.4, 1.7 epochs)
     max_epochs: dict[str, float] = field(default_factory=lambda: {
         "synthetic": 15.0, "web": 2.0, "web_rewrite": 6.0, "code": 3.0, "acquired": 2.0})
+    # at most this many unique training tokens of a source (whole documents, in corpus order; absent = all): a fixed
+    # subset that the shares then repeat, as in Phi-4's repetition study (Fig. 2: 4 vs 12 epochs of one subset)
+    unique_tokens: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -608,6 +611,9 @@ def _validate_organic(o: OrganicConfig, mx: MixtureConfig, need) -> None:
     for k in mx.max_epochs:
         need(k in MIXTURE_SOURCES, f"mixture.max_epochs.{k}", f"is not a source ({', '.join(MIXTURE_SOURCES)})")
         need(mx.max_epochs[k] > 0, f"mixture.max_epochs.{k}", "must be positive")
+    for k, n in mx.unique_tokens.items():
+        need(k in MIXTURE_SOURCES, f"mixture.unique_tokens.{k}", f"is not a source ({', '.join(MIXTURE_SOURCES)})")
+        need(n > 0, f"mixture.unique_tokens.{k}", "must be positive (leave a source out to use all of it)")
     _check_mixture(mx.shares, "mixture.shares", need)
     need(mx.shares.get("synthetic", 0) > 0, "mixture.shares.synthetic", "must be positive: the synthetic data is the "
          "point of the recipe, and its held-out documents are what midtraining and validation read")

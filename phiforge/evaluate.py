@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections import Counter
 from fractions import Fraction
 from pathlib import Path
@@ -26,7 +25,7 @@ from phiforge.errors import PhiforgeError
 from phiforge.generate import generate
 from phiforge.model import Phi3
 from phiforge.problems import Problem
-from phiforge.render import exercise_prompt
+from phiforge.render import first_answer, question_prompt
 from phiforge.rundir import RunDir, atomic_write_json, atomic_write_text
 from phiforge.synth import read_column, sample_problem
 from phiforge.tokenizer import ChatTokenizer
@@ -58,18 +57,11 @@ def contest(recipe: Recipe, seen_questions: set[str]) -> tuple[list[Problem], in
 def prompt_ids(tok: ChatTokenizer, problem: Problem, style: str) -> list[int]:
     if style == "chat":
         return tok.chat_prompt(problem.question)
-    return tok.encode(exercise_prompt(problem))
+    return tok.encode(question_prompt(problem.question, style))
 
 
 def clean_output(text: str, style: str) -> str:
-    """A base model trained on packed exercises may run on into a new exercise ("Exercise:", or "Exercise 2:" after
-    midtraining's numbered problem sets); only its first answer counts."""
-    if style == "completion":
-        text = _NEXT_EXERCISE.split(text, maxsplit=1)[0]
-    return text.strip()
-
-
-_NEXT_EXERCISE = re.compile(r"Exercise(?: \d+)?:")
+    return (text if style == "chat" else first_answer(text)).strip()
 
 
 def _vote_key(answer: str) -> str:

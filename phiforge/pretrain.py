@@ -152,6 +152,10 @@ def mixed_corpus(recipe: Recipe, run: RunDir, tok: ChatTokenizer, budget: int) -
 
     mx = recipe.mixture
     docs = source_documents(run, tok, recipe.pretrain.val_fraction)
+    for source, cap in mx.unique_tokens.items():
+        train, val = docs[source]
+        ends = np.cumsum([len(d) for d in train])
+        docs[source] = (train[: max(1, int(np.searchsorted(ends, cap, side="right")))], val)
     unique = {s: int(sum(map(len, tr))) for s, (tr, _) in docs.items()}
     plans = mixture.plan(mx.shares, unique, budget, mx.max_epochs)
     if distributed.world().main:

@@ -1,7 +1,8 @@
 """Text renderings of a Problem: textbook passages and exercises for pretraining, chat turns for SFT.
 
 Every rendering embeds the same `solution_text`, so the model sees one solution format whatever the
-style, and evaluation can prompt a base model with `exercise_prompt` and score what follows it.
+style, and evaluation can prompt a base model with `exercise_prompt` (or, for a model pretrained on answer-only
+Q&A, with `question_prompt(q, "qa")`) and score what follows it.
 The styles beyond that shared format each drop or reshape one part of it: `answer_only` keeps no
 reasoning (like Q&A found on the web), `fill_in_the_middle` asks for one missing step, `tutoring_dialogue`
 splits the solution across turns, and `code_pair` gives bare instruction/code pairs for code problems.
@@ -10,6 +11,7 @@ splits the solution across turns, and `code_pair` gives bare instruction/code pa
 from __future__ import annotations
 
 import hashlib
+import re
 
 from phiforge.domains_code import extract_code
 from phiforge.errors import PhiforgeError
@@ -31,8 +33,30 @@ def solution_text(problem: Problem) -> str:
     return " ".join([*problem.steps, answer_line(problem)])
 
 
+# A base model is asked a question framed the way its pretraining documents frame one: as a worked exercise
+# (`completion`), or as answer-only Q&A (`qa`, for models that never saw worked solutions).
+BASE_STYLES = ("completion", "qa")
+
+
+def question_prompt(question: str, style: str) -> str:
+    if style == "completion":
+        return f"Exercise: {question}\nSolution:"
+    if style == "qa":
+        return f"Question: {question}\nAnswer:"
+    raise PhiforgeError(f"base-model prompt style must be one of {BASE_STYLES}, got {style!r}")
+
+
+_NEXT_QUESTION = re.compile(r"(?:Exercise(?: \d+)?|Question):")
+
+
+def first_answer(text: str) -> str:
+    """A base model trained on packed documents runs on into a next exercise ("Exercise:", or "Exercise 2:" after
+    midtraining's numbered problem sets) or a next question; only its first answer counts."""
+    return _NEXT_QUESTION.split(text, maxsplit=1)[0]
+
+
 def exercise_prompt(problem: Problem) -> str:
-    return f"Exercise: {problem.question}\nSolution:"
+    return question_prompt(problem.question, "completion")
 
 
 def exercise(problem: Problem) -> str:
@@ -62,7 +86,7 @@ def _work_and_finish(problem: Problem) -> tuple[list[str], str]:
 def answer_only(problem: Problem) -> str:
     if problem.tests:  # the code is the answer; it goes on its own lines so the fence stays valid markdown
         return f"Question: {problem.question}\nAnswer:\n{problem.steps[-1]}"
-    return f"Question: {problem.question}\nAnswer: {problem.answer}"
+    return f"{question_prompt(problem.question, 'qa')} {problem.answer}"
 
 
 def fill_in_the_middle(problem: Problem) -> dict:

@@ -197,6 +197,11 @@ def test_few_shot_prompts_put_worked_examples_first(tmp_path):
     assert chat.count("<|im_start|>user") == 3 and chat.count("<|im_start|>assistant") == 3
     assert B.prompts(bench, items, engine, "chat", 0) == [engine.tok.chat_prompt(f"{it.question}\n{B.MATH_INSTRUCTION}")
                                                           for it in items]
+    qa = B.worked_examples(2, "qa")
+    assert [q for q, _ in qa] == [q for q, _ in examples[:2]] and all("\\boxed" not in a for _, a in qa)
+    text = engine.tok.decode(B.prompts(bench, items, engine, "qa", 2)[0], skip_special=False)
+    assert text == f"Question: {qa[0][0]}\nAnswer: {qa[0][1]}\n\nQuestion: {qa[1][0]}\nAnswer: {qa[1][1]}\n\n" \
+                   f"Question: {items[0].question}\nAnswer:"
     summary, _ = B.evaluate(engine, bench, style="completion", max_new_tokens=8, shots=2)
     assert summary["shots"] == 2
     with pytest.raises(PhiforgeError, match="shots must be >= 0"):

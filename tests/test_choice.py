@@ -111,6 +111,21 @@ def test_solved_loglik_scores_the_options_in_the_models_own_answer_slot():
     assert records[0]["logprobs"] == pytest.approx([s for s, _ in by_hand])
 
 
+def test_answer_only_style_scores_bare_answers_after_the_qa_prompt():
+    tok = CharTok()
+    engine = PhiforgeEngine(Bigram({" ": "7"}), tok)  # after a space this model writes 7: "Answer: 7"
+    assert choice.prompt_ids(engine, "What is 1 + 6?", "qa") == tok.encode("Question: What is 1 + 6?\nAnswer:")
+    assert choice.continuation("7", "qa") == "7" and choice.continuation("7", "completion").endswith("{7}.")
+    gold, records = choice.run(engine, items_with_gold("B"), style="qa")
+    assert (gold["correct"], gold["per_150"]) == (6, 150.0)
+    # Q&A shows no work, so conditioning on the model's own "solution" changes nothing.
+    solved, _ = choice.run(engine, items_with_gold("B"), style="qa", mode="solved_loglik",
+                           texts=["7 Question: next"] * 6)
+    assert solved["per_150"] == gold["per_150"]
+    with pytest.raises(PhiforgeError, match="style must be chat, completion or qa"):
+        choice.prompt_ids(engine, "q", "plain")
+
+
 def test_bad_choice_items_and_modes_are_named():
     bad = [Item("x", "q", ("F",), options=OPTIONS)]
     with pytest.raises(PhiforgeError, match="choice item x"):

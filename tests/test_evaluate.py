@@ -29,6 +29,7 @@ def test_base_model_output_is_cut_at_the_next_exercise():
     numbered = "x = 16. The answer is \\boxed{16}.\nExercise 2: Solve for x: 2*x = 12.\nSolution: \\boxed{6}."
     assert clean_output(numbered, "completion") == "x = 16. The answer is \\boxed{16}."
     assert clean_output("Exercises like this one: \\boxed{5}.", "completion").endswith("\\boxed{5}.")
+    assert clean_output(" -17\nQuestion: What is 2 + 2?\nAnswer: 4", "qa") == "-17"
 
 
 def test_contest_is_fresh_deterministic_and_drops_seen_questions():
