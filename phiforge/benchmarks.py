@@ -22,6 +22,8 @@ Packages are located with `importlib.util.find_spec`, which does not import them
 
 from __future__ import annotations
 
+import dataclasses
+
 import gzip
 import importlib.util
 import json
@@ -150,6 +152,19 @@ def get(name: str) -> Benchmark:
     if name not in BENCHMARKS:
         raise PhiforgeError(f"unknown benchmark {name!r} (known: {', '.join(BENCHMARKS)})")
     return BENCHMARKS[name]
+
+
+def spread(items: list, n: int) -> list:
+    """n items evenly spaced through the list, so a subset of a benchmark ordered by module covers every module."""
+    if n >= len(items):
+        return items
+    return [items[i * len(items) // n] for i in range(n)]
+
+
+def subset(name: str, n: int) -> Benchmark:
+    """The benchmark cut to n items spread evenly through it."""
+    bench = get(name)
+    return dataclasses.replace(bench, load=lambda: spread(bench.load(), n))
 
 
 # -- scoring ------------------------------------------------------------------------------------------------

@@ -205,6 +205,9 @@ class DPO2Config:
     log_every: int = 5
 
 
+EVAL_MODELS = ("untrained", "pretrain", "base", "sft", "dpo", "dpo2")  # what the eval stage scores, in order
+
+
 @dataclass
 class EvalConfig:
     seed: int = 1_000_003  # the contest's seed: must differ from synth.seed so training never saw its problems
@@ -221,6 +224,10 @@ class EvalConfig:
     amc_n_problems: int = 100
     amc_blank_below: float = 0.25
     amc_normalize: Literal["sum", "mean"] = "sum"
+    # Real benchmarks (phiforge/benchmarks.py), greedy and zero-shot, on the listed models: n items each, spread
+    # evenly through the set. One whose data is not installed is reported as skipped, with its install command.
+    benchmarks: dict[str, int] = field(default_factory=lambda: {"gsm8k100": 100, "deepmind-math": 160})
+    benchmark_models: list[str] = field(default_factory=lambda: ["base", "sft", "dpo2"])
 
 
 @dataclass
@@ -544,6 +551,13 @@ def validate(r: Recipe, source: str = "recipe") -> None:
     need(0 < e.top_p <= 1, "eval.top_p", "must be in (0, 1]")
     need(e.max_new_tokens > 0 and e.batch_size > 0, "eval.max_new_tokens/batch_size", "must be positive")
     _validate_organic(r.organic, r.mixture, need)
+    from phiforge.benchmarks import BENCHMARKS
+
+    for b, n in e.benchmarks.items():
+        need(b in BENCHMARKS, f"eval.benchmarks.{b}", f"is not a benchmark ({', '.join(BENCHMARKS)})")
+        need(n > 0, f"eval.benchmarks.{b}", "must be a positive number of items")
+    for m in e.benchmark_models:
+        need(m in EVAL_MODELS, "eval.benchmark_models", f"names {m!r}, not one of {', '.join(EVAL_MODELS)}")
     need(e.amc_seed not in (s.seed, e.seed), "eval.amc_seed",
          f"must differ from synth.seed ({s.seed}) and eval.seed ({e.seed}): the AMC contest must be fresh")
     need(e.amc_n_problems >= 0, "eval.amc_n_problems", "must be >= 0 (0 turns the AMC contest off)")

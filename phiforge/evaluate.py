@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from phiforge import amc, choice
+from phiforge import amc, benchmarks, choice
 from phiforge.answers import answers_equal, extract_answer
 from phiforge.benchmarks import MATH_STOPS, PhiforgeEngine
 from phiforge.checkpoint import load_model
-from phiforge.config import Recipe
+from phiforge.config import EVAL_MODELS, Recipe
 from phiforge.errors import PhiforgeError
 from phiforge.generate import generate
 from phiforge.model import Phi3
@@ -152,11 +152,22 @@ def run(recipe: Recipe, run: RunDir) -> dict:
                   ("sft", lambda: load_model(run.stage_dir("sft") / "model")[0], "chat"),
                   ("dpo", lambda: load_model(run.stage_dir("dpo") / "model")[0], "chat"),
                   ("dpo2", lambda: load_model(run.stage_dir("dpo2") / "model")[0], "chat")]
+    assert tuple(n for n, _, _ in candidates) == EVAL_MODELS
     summary = {"contest": {"seed": recipe.eval.seed, "n_problems": len(problems), "dropped_seen_in_training": dropped,
                            "maj_k": recipe.eval.maj_k, "temperature": recipe.eval.temperature},
                "models": {}}
     all_records = {}
     amc_items, amc_info = amc.contest(recipe, seen) if recipe.eval.amc_n_problems else ([], {})
+    sets, skipped = {}, {}
+    for bench_name, n in recipe.eval.benchmarks.items():
+        try:
+            sets[bench_name] = benchmarks.subset(bench_name, n)
+            sets[bench_name].load()  # a missing data package shows here, before any model is scored
+        except PhiforgeError as e:
+            skipped[bench_name] = str(e)
+            sets.pop(bench_name)
+    if recipe.eval.benchmarks:
+        summary["benchmarks"] = {"skipped": skipped, "models": {}}
     if amc_items:
         summary["amc"] = {"seed": recipe.eval.amc_seed, "n_problems": len(amc_items),
                           "dropped": amc_info["dropped"], "blank_below": recipe.eval.amc_blank_below,
@@ -172,14 +183,33 @@ def run(recipe: Recipe, run: RunDir) -> dict:
         if amc_items:
             summary["amc"]["models"][name] = score_amc(model, tok, amc_items, amc_info, style, recipe,
                                                        out / f"amc-{name}.jsonl")
+        if sets and name in recipe.eval.benchmark_models:
+            summary["benchmarks"]["models"][name] = score_benchmarks(model, tok, sets, style, recipe, out, name)
     summary["paired"] = {f"{a}_vs_{b}": paired(all_records[a], all_records[b])
                          for a, b in (("dpo2", "dpo"), ("dpo", "sft"), ("sft", "base"), ("base", "pretrain"),
                                       ("base", "untrained"))}
     atomic_write_json(out / "summary.json", summary)
     amc_metrics = {"amc_per_150": {name: {mode: r[mode]["per_150"] for mode in r}
                                    for name, r in summary["amc"]["models"].items()}} if amc_items else {}
+    bench_metrics = {"benchmarks": {name: {b: r["pass@1"] for b, r in rows.items()}
+                                    for name, rows in summary["benchmarks"]["models"].items()}
+                     } if summary.get("benchmarks", {}).get("models") else {}
     return {name: {"greedy": m["greedy"]["acc"], "maj": m["maj"]["acc"]} for name, m in summary["models"].items()} | {
-        "n_problems": len(problems), "dropped_seen_in_training": dropped} | amc_metrics
+        "n_problems": len(problems), "dropped_seen_in_training": dropped} | amc_metrics | bench_metrics
+
+
+def score_benchmarks(model: Phi3, tok: ChatTokenizer, sets: dict, style: str, recipe: Recipe, out: Path,
+                     name: str) -> dict:
+    """Real benchmarks, greedy and zero-shot, in the model's own prompt style; samples in bench-<model>-<task>.jsonl."""
+    engine, result = PhiforgeEngine(model, tok), {}
+    for bench_name, bench in sets.items():
+        summary, records = benchmarks.evaluate(engine, bench, style=style, max_new_tokens=recipe.eval.max_new_tokens,
+                                               batch_size=recipe.eval.batch_size)
+        p, n = summary["pass@1"], summary["n_items"]
+        result[bench_name] = {"pass@1": p, "n_items": n, "stderr": math.sqrt(p * (1 - p) / max(1, n))}
+        atomic_write_text(out / f"bench-{name}-{bench_name}.jsonl", "".join(_jsonl(r) for r in records))
+    print(f"bench {name:>9}: " + "  ".join(f"{b} {r['pass@1']:.1%}" for b, r in result.items()))
+    return result
 
 
 def score_amc(model: Phi3, tok: ChatTokenizer, items: list, info: dict, style: str, recipe: Recipe,

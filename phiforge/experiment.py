@@ -236,21 +236,12 @@ def score(engine, recipe: Recipe, seen: set[str], suite: Suite, style: str, out:
             metrics[key] = summary["per_150"]
             atomic_write_text(out / f"{key}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     for name, limit in suite.benchmarks.items():
-        bench = benchmarks.get(name)
-        bench = dataclasses.replace(bench, load=lambda b=bench, n=limit: spread(b.load(), n))
-        summary, records = benchmarks.evaluate(engine, bench, style=style,
+        summary, records = benchmarks.evaluate(engine, benchmarks.subset(name, limit), style=style,
                                                shots=suite.shots, max_new_tokens=suite.max_new_tokens,
                                                batch_size=suite.batch_size)
         metrics[name] = 100 * summary["pass@1"]
         atomic_write_text(out / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     return metrics
-
-
-def spread(items: list, n: int) -> list:
-    """n items evenly spaced through the list, so a subset of a benchmark ordered by module covers every module."""
-    if n >= len(items):
-        return items
-    return [items[i * len(items) // n] for i in range(n)]
 
 
 def evaluate_run(run: RunDir, recipe: Recipe, suite: Suite, style: str) -> dict:
@@ -304,6 +295,10 @@ def evaluate_reference(name: str, exp: Experiment, root: Path) -> dict:
 def run(exp: Experiment, root: Path, seeds: list[int] | None = None, references: list[str] | None = None) -> dict:
     """Train and score every variant x seed, then write the comparison report; returns the results."""
     seeds = seeds or exp.seeds
+    from phiforge import benchmarks
+
+    for name in exp.suite.benchmarks:  # a missing data package must stop us before training, not after
+        benchmarks.get(name).load()
     pool = root / "runs"
     here = root / exp.name
     results: dict[str, dict[int, dict]] = {v.name: {} for v in exp.variants}

@@ -171,6 +171,41 @@ def amc_blocks(amc: dict, plots: Path) -> list[tuple]:
     return blocks
 
 
+BENCH_NOTES = {"gsm8k100": "GSM8K test items (grade-school word problems)",
+               "deepmind-math": "DeepMind mathematics modules (arithmetic, algebra, numbers, calculus, ...)"}
+
+
+def benchmark_blocks(bench: dict, models: dict, plots: Path) -> list[tuple]:
+    """Real benchmarks per model: pass@1 in % +- binomial standard error, skipped sets with their install command."""
+    blocks: list[tuple] = [("h2", "Real benchmarks")]
+    rows_in = bench["models"]
+    names = sorted({b for r in rows_in.values() for b in r}, key=lambda b: list(BENCH_NOTES).index(b)
+                   if b in BENCH_NOTES else len(BENCH_NOTES))
+    if rows_in:
+        n = {b: next(r[b]["n_items"] for r in rows_in.values() if b in r) for b in names}
+        blocks.append(("p", "Greedy, zero-shot, each model in its own prompt style (base models as an exercise to "
+                            "solve, chat models as a user turn); pass@1 in % ± standard error. "
+                            + " ".join(f"{b}: {n[b]} items, {BENCH_NOTES.get(b, '')}." for b in names)))
+        rows = [[m, models[m]["prompt_style"]] + [f"{100 * r[b]['pass@1']:.1f} ± {100 * r[b]['stderr']:.1f}"
+                                                  if b in r else "" for b in names] for m, r in rows_in.items()]
+        blocks.append(("table", ["model", "prompt"] + names, rows))
+        fig, ax = plt.subplots(figsize=(6.4, 3.4))
+        width = 0.8 / len(names)
+        for j, b in enumerate(names):
+            xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(rows_in))]
+            vals = [rows_in[m].get(b, {"pass@1": 0, "stderr": 0}) for m in rows_in]
+            ax.bar(xs, [100 * v["pass@1"] for v in vals], width, yerr=[100 * v["stderr"] for v in vals], label=b)
+        ax.set_xticks(range(len(rows_in)), list(rows_in))
+        ax.set(ylabel="pass@1 (%)", title="Real benchmarks, greedy, zero-shot")
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+        _save(fig, plots / "benchmarks.png")
+        blocks.append(("img", "plots/benchmarks.png", "real benchmarks"))
+    for b, why in bench.get("skipped", {}).items():
+        blocks.append(("p", f"{b} not scored: {why}"))
+    return blocks
+
+
 def pct(a: dict) -> str:
     return f"{100 * a['acc']:.1f} ± {100 * a['stderr']:.1f}"
 
@@ -247,6 +282,8 @@ def build_blocks(recipe: Recipe, run: RunDir) -> list[tuple]:
         blocks.append(("img",) + plot_eval(summary, plots, k))
         if summary.get("amc"):
             blocks += amc_blocks(summary["amc"], plots)
+        if summary.get("benchmarks"):
+            blocks += benchmark_blocks(summary["benchmarks"], summary["models"], plots)
 
     blocks.append(("h2", "Training"))
     pre, sft = m["pretrain"].get("metrics", {}), m["sft"].get("metrics", {})

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from phiforge import experiment as E
+from phiforge.benchmarks import spread
 from phiforge.errors import PhiforgeError
 from conftest import phiforge, write_recipe
 
@@ -62,7 +63,7 @@ def test_bad_experiments_name_the_field(tmp_path, edit, message):
 def test_mean_standard_error_and_paired_differences():
     assert E.mean_se([1.0, 2.0, 3.0, 4.0]) == pytest.approx((2.5, 0.6454972))
     assert E.mean_se([7.0]) == (7.0, 0.0)
-    assert E.spread(list(range(10)), 3) == [0, 3, 6] and E.spread([1, 2], 5) == [1, 2]
+    assert spread(list(range(10)), 3) == [0, 3, 6] and spread([1, 2], 5) == [1, 2]
     exp = E.from_dict(spec("tiny") | {"seeds": [0, 1, 2]}, "exp.yaml")
     metrics = lambda xs: {s: {m: x + k for k, m in enumerate(E.metric_names(exp))} | {"final_val_loss": 1.0,  # noqa
                                                                                     "params": 10.0}

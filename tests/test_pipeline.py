@@ -42,6 +42,12 @@ def test_run_writes_every_stage_and_a_report(done_run):
     summary = json.loads((out / "eval" / "summary.json").read_text())
     assert set(summary["models"]) == {"untrained", "pretrain", "base", "sft", "dpo", "dpo2"}
     assert "base_vs_pretrain" in summary["paired"]
+    # the real benchmarks score the listed models, every sample kept, and the report shows them
+    assert set(summary["benchmarks"]["models"]) == {"base", "sft"}
+    assert summary["benchmarks"]["models"]["sft"]["gsm8k100"]["n_items"] == 3
+    assert len((out / "eval" / "bench-sft-gsm8k100.jsonl").read_text().splitlines()) == 3
+    assert "## Real benchmarks" in (out / "report.md").read_text()
+    assert (out / "plots" / "benchmarks.png").stat().st_size > 1000
     # SFT starts from the context-extended model, whose RoPE base it keeps
     sft_cfg = json.loads((out / "sft" / "model" / "config.json").read_text())
     assert sft_cfg["rope_theta"] == json.loads((out / "midtrain" / "model" / "config.json").read_text())["rope_theta"]
