@@ -126,6 +126,11 @@ class DecontamConfig:
     info_threshold: float = 0.2
     contaminated_threshold: float = 0.5
     allow_min_items: int = 10  # n-grams shared by this many benchmark items are boilerplate, never a match
+    # Phi-4's allow-list of common n-grams: benchmark n-grams found in this many training documents are common
+    # phrasing ("what is the greatest common divisor of"), never a match; 0 = off. Keep it far above how often one
+    # leaked item could be copied. With deepmind-math in `benchmarks`, whose items are one-line templates, it is
+    # what keeps every programmatic gcd/lcm question from being flagged.
+    allow_min_train_docs: int = 0
 
 
 @dataclass
@@ -162,6 +167,9 @@ class SFTConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, warmup_steps=50, weight_decay=0.0))
     dtype: Literal["bf16", "fp32"] = "bf16"
     log_every: int = 10
+    # "" = the run's midtrained model; else a transformers causal-LM folder to fine-tune instead (e.g.
+    # data/models/gemma-3-270m-hf), saved as a transformers folder that pts and dpo then train further
+    init: str = ""
 
 
 @dataclass
@@ -512,7 +520,12 @@ def validate(r: Recipe, source: str = "recipe") -> None:
     for k in ("batch_size", "grad_accum", "eval_windows", "val_every", "val_batches", "ckpt_every", "keep_checkpoints",
               "log_every"):
         need(getattr(mt, k) > 0, f"midtrain.{k}", "must be positive")
-    need(r.sft.max_len <= m.max_seq_len, "sft.max_len", f"({r.sft.max_len}) must be <= model.max_seq_len ({m.max_seq_len})")
+    if r.sft.init:  # its own context is checked when the stage loads it
+        need((Path(r.sft.init) / "config.json").is_file(), "sft.init",
+             f"({r.sft.init}) must be a transformers model folder (with config.json), or empty for the run's own model")
+    else:
+        need(r.sft.max_len <= m.max_seq_len, "sft.max_len",
+             f"({r.sft.max_len}) must be <= model.max_seq_len ({m.max_seq_len})")
 
     t = r.pts
     need(0 < t.p_gap < 1, "pts.p_gap", "must be in (0, 1)")
@@ -523,6 +536,8 @@ def validate(r: Recipe, source: str = "recipe") -> None:
     need(t.batch >= 1 and t.max_rollouts >= t.batch, "pts.batch/max_rollouts", "must satisfy 1 <= batch <= max_rollouts")
     need(0.5 <= t.confidence < 1, "pts.confidence", "must be in [0.5, 1)")
     d = r.dpo
+    need(r.decontam.allow_min_train_docs == 0 or r.decontam.allow_min_train_docs >= 2,
+         "decontam.allow_min_train_docs", "must be 0 (off) or >= 2: 1 would allow-list every copied item")
     need(d.beta > 0, "dpo.beta", "must be positive")
     need(d.epochs > 0 and d.batch_size > 0, "dpo.epochs/batch_size", "must be positive")
     need(d.optim.lr > 0, "dpo.optim.lr", "must be positive")

@@ -498,14 +498,19 @@ def run(recipe, run) -> dict:
 
     cfg, out = recipe.decontam, run.stage_dir("decontam")
     index, bench_status = build_harness_index(cfg)
-    dropped, lines, per_source = [], [], {}
+    sources = {}
     for kind in ["pretrain", "sft", "pts", *(f"organic/{s}" for s in organic.SOURCES)]:
         columns = {"sft": ["id", "messages"], "pts": ["id", "question"]}.get(kind, ["id", "text"])
         files = organic.shards(run, kind.split("/")[1]) if kind.startswith("organic/") else shards(run, kind)
         if not files and kind.startswith("organic/"):
             continue  # a run without the organic stage
         rows = [r for shard in files for r in pq.read_table(shard, columns=columns).to_pylist()]
-        docs = [{"id": r["id"], "text": r["text"] if "text" in r else training_text(kind, r)} for r in rows]
+        sources[kind] = [{"id": r["id"], "text": r["text"] if "text" in r else training_text(kind, r)} for r in rows]
+    if cfg.allow_min_train_docs:
+        index.allow_common_train_ngrams((d["text"] for docs in sources.values() for d in docs),
+                                        cfg.allow_min_train_docs)
+    dropped, lines, per_source = [], [], {}
+    for kind, docs in sources.items():
         _, flagged, stats = decontaminate(docs, index, drop_partial=cfg.drop_partial)
         per_source[kind] = {k: stats[k] for k in ("docs", "kept", "flagged", "status", "benchmark")}
         for doc, v in flagged:

@@ -286,7 +286,28 @@ def test_stage_drops_planted_benchmark_items_from_every_training_reader(synth_ru
     assert sft_id not in synth.read_column(run, "sft", "id") and pre_id not in synth.read_column(run, "pretrain", "id")
 
 
+@GSM8K
+def test_stage_allow_lists_benchmark_phrasing_common_in_training(synth_run, tmp_path):
+    """A question template that training uses in many documents is common phrasing, not a leak, once
+    decontam.allow_min_train_docs is on; a rarer copy of the same words still flags."""
+    recipe, clean = synth_run
+    shutil.copytree(clean.root, tmp_path / "run")
+    run = RunDir.open(tmp_path / "run")
+    stem = " ".join(benchmarks.get("gsm8k100").load()[3].question.split()[:9])
+    ids = [_plant(synth.shards(run, "pretrain")[0], row, "text", f"{stem} {row + 11}?") for row in range(4)]
+    recipe = dataclasses.replace(recipe, decontam=dataclasses.replace(recipe.decontam, benchmarks=["gsm8k100"]))
+    flags = lambda: json.loads((run.stage_dir("decontam") / "dropped.json").read_text())  # noqa: E731
+    run_stage(recipe, run, BY_NAME["decontam"])
+    assert sorted(flags()) == sorted(ids)
+    for min_docs, dropped, allowed in ((4, [], 3), (5, ids, 0)):  # the 9-word stem holds three 7-grams
+        recipe = dataclasses.replace(recipe, decontam=dataclasses.replace(recipe.decontam,
+                                                                          allow_min_train_docs=min_docs))
+        metrics = run_stage(recipe, run, BY_NAME["decontam"])
+        assert sorted(flags()) == sorted(dropped) and metrics["allow_listed_ngrams"]["7"] == allowed, min_docs
+
+
 @pytest.mark.parametrize("overrides, needle", [
+    ({"allow_min_train_docs": 1}, "decontam.allow_min_train_docs must be 0 (off) or >= 2"),
     ({"benchmarks": ["mmlu"]}, "decontam.benchmarks 'mmlu' is not a benchmark"),
     ({"info_threshold": 0.7}, "decontam.info_threshold (0.7) must be in (0, decontam.contaminated_threshold (0.5)]"),
     ({"allow_min_items": 1}, "decontam.allow_min_items must be >= 2"),
