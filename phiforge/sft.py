@@ -2,7 +2,8 @@
 
 Conversations are padded on the right with PAD (never EOS), and a target counts only where the loss mask from
 `ChatTokenizer.encode_chat` is set: assistant content and its closing `<|im_end|>`, so the model learns to end a
-turn but never learns to write the user's words.
+turn but never learns to write the user's words. With `sft.init` set, the model is that transformers folder
+instead of the run's midtrained one, rendered in the same chat format (phiforge/hf_posttrain.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from tqdm import tqdm
 
 from phiforge.checkpoint import export_model, load_model
 from phiforge.config import Recipe
+from phiforge.errors import PhiforgeError
 from phiforge.rundir import RunDir, atomic_write_json
 from phiforge.synth import read_column
 from phiforge.tokenizer import ChatTokenizer
@@ -52,24 +54,22 @@ def batches(n: int, batch_size: int, steps: int, seed: int):
         pos += batch_size
 
 
-def run(recipe: Recipe, run: RunDir) -> dict:
-    cfg = recipe.sft
-    model, mcfg, tok = load_model(run.stage_dir("midtrain") / "model")  # the base model: context-extended
-    dev = device()
-    model.to(dev).train()
-    conversations = read_column(run, "sft", "messages")
-    examples = [build_example(tok, c, cfg.max_len) for c in conversations]
-    n_targets = sum(sum(t != IGNORE for t in y) for _, y in examples)
+def train(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], pad_id: int, cfg) -> list[dict]:
+    """`cfg.steps` SFT steps (an `SFTConfig`) on examples from `build_example`; the history of logged steps.
 
+    Any model that maps ids [B, T] to logits [B, T, V] trains here: phiforge's `Phi3` or a transformers model
+    behind `hf_posttrain.CausalLM`.
+    """
+    dev = next(model.parameters()).device
+    model.train()
     torch.manual_seed(cfg.seed)
     opt = build_optimizer(model, cfg.optim)
     history: list[dict] = []
-    t0 = time.perf_counter()
     bar = tqdm(total=cfg.steps, desc="sft", unit="step", dynamic_ncols=True)
     for step, idx in enumerate(batches(len(examples), cfg.batch_size, cfg.steps, cfg.seed)):
         lr = lr_at(step, cfg.steps, cfg.optim)
         set_lr(opt, lr)
-        x, y = collate([examples[i] for i in idx], tok.pad_id)
+        x, y = collate([examples[i] for i in idx], pad_id)
         x, y = x.to(dev), y.to(dev)
         with autocast(cfg.dtype, dev):
             logits = model(x)
@@ -82,11 +82,39 @@ def run(recipe: Recipe, run: RunDir) -> dict:
         bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}", refresh=False)
         bar.update(1)
     bar.close()
+    return history
 
+
+def load_start(cfg, run: RunDir):
+    """The model SFT starts from, its tokenizer, and how to save the result: the run's midtrained model, or the
+    transformers folder `sft.init` names (saved as a transformers folder, see phiforge/hf_posttrain.py)."""
+    if not cfg.init:
+        model, mcfg, tok = load_model(run.stage_dir("midtrain") / "model")  # the base model: context-extended
+        return model, tok, lambda m, directory: export_model(m, mcfg, tok, directory)
+    from phiforge import hf_posttrain
+
+    model, tok = hf_posttrain.load(cfg.init)
+    if cfg.max_len > model.max_seq_len:
+        raise PhiforgeError(f"sft.max_len ({cfg.max_len}) exceeds the context of sft.init {cfg.init} "
+                            f"({model.max_seq_len} positions)")
+    return model, tok, lambda m, directory: hf_posttrain.save(m, tok, directory, cfg.dtype)
+
+
+def run(recipe: Recipe, run: RunDir) -> dict:
+    cfg = recipe.sft
+    model, tok, save = load_start(cfg, run)
+    model.to(device())
+    conversations = read_column(run, "sft", "messages")
+    examples = [build_example(tok, c, cfg.max_len) for c in conversations]
+    n_targets = sum(sum(t != IGNORE for t in y) for _, y in examples)
+
+    t0 = time.perf_counter()
+    history = train(model, examples, tok.pad_id, cfg)
     out = run.stage_dir("sft")
-    export_model(model, mcfg, tok, out / "model")
+    save(model, out / "model")
     atomic_write_json(out / "history.json", {"train": history})
     return {
+        "init": cfg.init or "midtrain",
         "conversations": len(examples),
         "assistant_tokens": int(n_targets),
         "steps": cfg.steps,

@@ -1,0 +1,172 @@
+"""Post-training a transformers causal LM (`sft.init`): a tiny random Gemma 3 with a base-model tokenizer (BOS, EOS,
+no chat tokens, no PAD) built offline, fine-tuned, saved, reloaded by transformers, and trained with DPO."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from phiforge.config import DPOConfig, OptimConfig, SFTConfig, recipe_from_dict
+from phiforge.dpo import precompute_reference, sequence_logps, train_on_pairs
+from phiforge.errors import PhiforgeError
+from phiforge.sft import build_example, collate, train
+from phiforge.train import cross_entropy
+
+transformers = pytest.importorskip("transformers")
+from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers  # noqa: E402
+
+from phiforge import hf_posttrain  # noqa: E402
+from test_chat import CORPUS  # noqa: E402
+
+CHATS = [
+    [{"role": "user", "content": "Add 17 and 25."}, {"role": "assistant", "content": "17 + 25 = 42. The answer is 42."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "The cat sat where?"},
+     {"role": "assistant", "content": "On the mat."}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello, how can I help?"},
+     {"role": "user", "content": "Multiply 6 by 7."}, {"role": "assistant", "content": "6 x 7 = 42."}],
+]
+
+
+def base_tokenizer(pad_is_eos: bool = False):
+    """A base model's tokenizer: byte-level BPE, <bos> prepended to every encode, <eos>, and no chat tokens; PAD is
+    missing, or (like the published Phi-4) the EOS itself."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    from tokenizers import decoders
+
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(CORPUS + [m["content"] for c in CHATS for m in c], trainers.BpeTrainer(
+        vocab_size=300, min_frequency=1, special_tokens=["<bos>", "<eos>", "<unk>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 0)])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                                                unk_token="<unk>", pad_token="<eos>" if pad_is_eos else None)
+
+
+def base_model_dir(root, pad_is_eos: bool = False):
+    tok = base_tokenizer(pad_is_eos)
+    cfg = transformers.Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16, max_position_embeddings=128, sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    out = root / ("base-pad-eos" if pad_is_eos else "base")
+    transformers.Gemma3ForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    return base_model_dir(tmp_path_factory.mktemp("hf-post"))
+
+
+def test_load_adds_chat_tokens_and_a_pad_apart_from_eos(base_dir, tmp_path):
+    before = len(transformers.AutoTokenizer.from_pretrained(base_dir))
+    model, tok = hf_posttrain.load(base_dir)
+    assert len(tok.tok) == before + 4  # <|im_start|>, <|im_sep|>, <|im_end|>, <|pad|>
+    assert model.hf.get_input_embeddings().num_embeddings == len(tok.tok)
+    assert model.hf.get_output_embeddings().weight.data_ptr() == model.hf.get_input_embeddings().weight.data_ptr()
+    eos = tok.tok.convert_tokens_to_ids("<eos>")
+    assert tok.stop_ids == [tok.im_end_id, eos] and tok.pad_id not in tok.stop_ids
+    assert tok.tok.convert_ids_to_tokens(tok.pad_id) == "<|pad|>"
+    # a folder whose PAD is its EOS gets a PAD of its own too
+    _, tok2 = hf_posttrain.load(base_model_dir(tmp_path, pad_is_eos=True))
+    assert tok2.pad_id not in tok2.stop_ids and tok2.tok.convert_ids_to_tokens(tok2.pad_id) == "<|pad|>"
+
+
+def test_chat_rendering_and_loss_mask(base_dir):
+    _, tok = hf_posttrain.load(base_dir)
+    ids, mask = tok.encode_chat(CHATS[2])
+    assert ids[0] == tok.tok.bos_token_id and not mask[0]  # the base model's BOS leads, outside the loss
+    assert tok.decode(ids, skip_special=False) == (
+        "<bos><|im_start|>user<|im_sep|>Hi<|im_end|><|im_start|>assistant<|im_sep|>Hello, how can I help?<|im_end|>"
+        "<|im_start|>user<|im_sep|>Multiply 6 by 7.<|im_end|><|im_start|>assistant<|im_sep|>6 x 7 = 42.<|im_end|>")
+    # the loss covers exactly both assistant replies and their closing <|im_end|>
+    spans, cur = [], []
+    for t, m in zip(ids, mask):
+        if m:
+            cur.append(t)
+        elif cur:
+            spans, cur = spans + [cur], []
+    spans += [cur] if cur else []
+    assert [tok.decode(s, skip_special=False) for s in spans] == ["Hello, how can I help?<|im_end|>",
+                                                                  "6 x 7 = 42.<|im_end|>"]
+    # targets of a training example are the masked tokens shifted by one
+    x, y = build_example(tok, CHATS[2], max_len=200)
+    assert [t for t in y if t != -100] == [t for t, m in zip(ids[1:], mask[1:]) if m]
+    with pytest.raises(PhiforgeError, match="chat message 0"):
+        tok.encode_chat([{"role": "robot", "content": "x"}])
+
+
+def assistant_loss(model, examples, pad_id) -> float:
+    x, y = collate(examples, pad_id)
+    with torch.no_grad():
+        loss, count = cross_entropy(model.eval()(x), y)
+    return float(loss) / count
+
+
+def test_sft_lowers_assistant_loss_and_saves_a_folder_transformers_loads(base_dir, tmp_path):
+    model, tok = hf_posttrain.load(base_dir)
+    examples = [build_example(tok, c, 128) for c in CHATS]
+    before = assistant_loss(model, examples, tok.pad_id)
+    cfg = SFTConfig(batch_size=3, steps=30, dtype="fp32", log_every=10,
+                    optim=OptimConfig(lr=1e-2, warmup_steps=3, weight_decay=0.0))
+    history = train(model, examples, tok.pad_id, cfg)
+    after = assistant_loss(model, examples, tok.pad_id)
+    assert after < 0.5 * before and history[-1]["loss"] < history[0]["loss"]
+
+    out = tmp_path / "sft"
+    hf_posttrain.save(model, tok, out, dtype="fp32")
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(out, dtype="auto").eval()
+    ltok = transformers.AutoTokenizer.from_pretrained(out)
+    gen = loaded.generation_config
+    assert ltok.pad_token_id == tok.pad_id and ltok.eos_token == "<|im_end|>" and ltok.pad_token_id != ltok.eos_token_id
+    assert gen.pad_token_id == tok.pad_id and list(gen.eos_token_id) == tok.stop_ids
+    assert gen.pad_token_id not in gen.eos_token_id
+    # transformers' own chat template prompts the model exactly as it was trained
+    prompt = tok.chat_prompt("Add 17 and 25.")
+    assert ltok.apply_chat_template(CHATS[0][:1], add_generation_prompt=True, tokenize=True,
+                                    return_dict=False) == prompt
+    assert assistant_loss(hf_posttrain.CausalLM(loaded), examples, tok.pad_id) == pytest.approx(after, abs=1e-5)
+    with torch.no_grad():
+        reply = loaded.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt):]
+    assert ltok.decode(reply, skip_special_tokens=True).startswith("17 + 25")
+    # bf16 on disk by default: what `dtype="auto"` then loads; reloading for DPO keeps the added tokens
+    hf_posttrain.save(model, tok, tmp_path / "bf16")
+    assert transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "bf16", dtype="auto").dtype == torch.bfloat16
+    again, tok3 = hf_posttrain.load(tmp_path / "bf16")
+    assert len(tok3.tok) == len(tok.tok) and tok3.stop_ids == tok.stop_ids and tok3.pad_id == tok.pad_id
+
+
+def test_dpo_on_full_response_and_single_token_pairs_raises_the_margin(base_dir):
+    model, tok = hf_posttrain.load(base_dir)
+    prompt = tok.chat_prompt("Add 17 and 25.")
+    right, wrong = tok.encode("17 + 25 = 42."), tok.encode("17 + 25 = 32.")
+    pairs = [  # a whole response, and one pivotal token after a shared prefix
+        {"prompt_ids": prompt, "chosen_ids": right + [tok.im_end_id], "rejected_ids": wrong + [tok.im_end_id]},
+        {"prompt_ids": prompt + tok.encode("17 + 25 ="), "chosen_ids": tok.encode(" 42")[:1],
+         "rejected_ids": tok.encode(" 32")[:1]},
+    ]
+    assert pairs[1]["chosen_ids"] != pairs[1]["rejected_ids"]
+    ref = precompute_reference(model, pairs, pad_id=tok.pad_id, batch_size=2, dtype="fp32")
+    cfg = DPOConfig(beta=0.1, epochs=8, batch_size=2, dtype="fp32", log_every=1,
+                    optim=OptimConfig(lr=1e-3, warmup_steps=0, weight_decay=0.0))
+    steps, history = train_on_pairs(model, pairs, cfg, tok.pad_id)
+    assert steps == 8 and history[-1]["loss"] < history[0]["loss"]
+    with torch.no_grad():
+        model.eval()
+        chosen = sequence_logps(model, [p["prompt_ids"] for p in pairs], [p["chosen_ids"] for p in pairs], tok.pad_id)
+        rejected = sequence_logps(model, [p["prompt_ids"] for p in pairs], [p["rejected_ids"] for p in pairs],
+                                  tok.pad_id)
+    margin = (chosen - ref[:, 0]) - (rejected - ref[:, 1])
+    assert (margin > 0.5).all()
+
+
+def test_sft_init_must_be_a_transformers_folder(base_dir, tmp_path):
+    with pytest.raises(PhiforgeError, match="sft.init"):
+        recipe_from_dict({"sft": {"init": str(tmp_path)}})
+    # the run's model.max_seq_len no longer bounds sft.max_len: the folder's own context does, at load time
+    r = recipe_from_dict({"sft": {"init": str(base_dir), "max_len": 4096}})
+    assert r.sft.init == str(base_dir)
