@@ -119,7 +119,8 @@ class DecontamConfig:
 
     # deepmind-math is left out by default: its items are one-line templates ("What is the greatest common divisor
     # of 5 and 35?"), so every synthetic gcd/lcm question shares a fifth of their 7-grams (39 of 28,200 samples of
-    # the default run flagged PARTIAL, none a copy). amc-synthetic is generated after training by construction.
+    # the default run flagged PARTIAL, none a copy). With it, set allow_min_train_docs (20 to 1000 all give the same
+    # here): 8 remain flagged, each one number away from an item. amc-synthetic is generated after training.
     benchmarks: list[str] = field(default_factory=lambda: ["gsm8k100", "gsm-symbolic", "champ", "humaneval"])
     if_missing: Literal["skip", "error"] = "skip"  # a benchmark whose data package is not installed
     drop_partial: bool = True  # PARTIAL = a fifth or more of an item's 7-grams copied verbatim
