@@ -246,7 +246,7 @@ class PhiforgeEngine:
         from phiforge.generate import generate
 
         outs = generate(self.model, prompts, max_new_tokens=max_new_tokens, pad_id=self.tok.pad_id,
-                        stop_ids=[self.tok.im_end_id, self.tok.endoftext_id], temperature=temperature, top_p=top_p,
+                        stop_ids=self.tok.stop_ids, temperature=temperature, top_p=top_p,
                         seed=seed if temperature > 0 else None, batch_size=batch_size, progress=True)
         return [cut_at(self.tok.decode(o), stops) for o in outs]
 

@@ -83,7 +83,7 @@ def majority(answers: list[str | None]) -> str | None:
 
 def score_model(model: Phi3, tok: ChatTokenizer, problems: list[Problem], style: str, recipe: Recipe) -> tuple[dict, list[dict]]:
     cfg = recipe.eval
-    stop = [tok.im_end_id, tok.endoftext_id]
+    stop = tok.stop_ids
     prompts = [prompt_ids(tok, p, style) for p in problems]
     common = dict(max_new_tokens=cfg.max_new_tokens, pad_id=tok.pad_id, stop_ids=stop, batch_size=cfg.batch_size)
     greedy = generate(model, prompts, temperature=0.0, progress=True, **common)
