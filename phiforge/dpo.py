@@ -175,19 +175,19 @@ def run(recipe, run) -> dict:
     """Stage `dpo`: DPO of the SFT model on the PTS pairs, against reference log-probs computed once up front."""
     import json
 
-    from phiforge.checkpoint import export_model, load_model
     from phiforge.rundir import atomic_write_json
+    from phiforge.sft import load_policy
     from phiforge.train import device
 
     cfg = recipe.dpo
-    model, mcfg, tok = load_model(run.stage_dir("sft") / "model")
+    model, tok, save = load_policy(recipe, run, "sft", cfg.dtype)  # phiforge's, or sft.init's transformers model
     model.to(device())
     text = (run.stage_dir("pts") / "pairs.jsonl").read_text()
     pairs = [json.loads(line) for line in text.splitlines() if line.strip()]
     steps, history = train_on_pairs(model, pairs, cfg, tok.pad_id)
     # With no pairs the DPO model is the SFT model, said so in the metrics rather than failing the run.
     out = run.stage_dir("dpo")
-    export_model(model, mcfg, tok, out / "model")
+    save(model, out / "model")
     atomic_write_json(out / "history.json", {"train": history})
     last = history[-1] if history else {}
     return {"pairs": len(pairs), "steps": steps, "final_loss": last.get("loss"),

@@ -14,6 +14,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from phiforge.errors import PhiforgeError
 from phiforge.judge import JudgeTask, LLMJudge, ProgrammaticJudge, preference_pairs
 
 POLICIES = ("teacher", "sft", "dpo")
@@ -75,6 +76,11 @@ def run(recipe, run) -> dict:
     from phiforge.train import device
 
     cfg = recipe.dpo2
+    if recipe.sft.init:
+        # Its policies, teacher responses and judge all assume phiforge's checkpoints and tokenizer.
+        raise PhiforgeError(f"stage dpo2 runs on phiforge's own models only, and sft.init ({recipe.sft.init}) makes "
+                            "the post-trained model a transformers one: run `phiforge sft`, `phiforge pts` and "
+                            "`phiforge dpo` on their own, or empty sft.init")
     model, mcfg, tok = load_model(run.stage_dir("dpo") / "model")
     items = questions(recipe, run)
     answered = responses(recipe, run, items, tok)

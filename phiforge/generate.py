@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from phiforge.hf_posttrain import CausalLM
+from phiforge.hf_posttrain import sample as hf_sample
 from phiforge.model import KVCache
 
 
@@ -109,6 +111,13 @@ def generate(
     if seed is not None and temperature > 0:
         generator = torch.Generator(device=device)
         generator.manual_seed(seed)
+    if isinstance(model, CausalLM):  # a transformers model being post-trained: its own KV cache and decode steps
+        results = [[] for _ in prompts]
+        for i in range(0, len(prompts), batch_size):
+            outs = hf_sample(model, prompts[i: i + batch_size], max_new_tokens=max_new_tokens, pad_id=pad_id,
+                             stop_ids=stop_ids, temperature=temperature, top_p=top_p, generator=generator)
+            results[i: i + batch_size] = outs
+        return results
     stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device) if stop_ids else None
 
     # Longest first, so each batch holds similar lengths and wastes little on padding.
@@ -260,6 +269,9 @@ def sample_from_prefix(
         return [[] for _ in range(max(n, 0))]
 
     model = getattr(model, "_orig_mod", model)
+    if isinstance(model, CausalLM):  # n copies of the prefix in one batch: n prefills, but no cache copying
+        return hf_sample(model, [list(prefix_ids)] * n, max_new_tokens=max_new_tokens, pad_id=0, stop_ids=stop_ids,
+                         temperature=temperature, top_p=top_p, generator=generator, keep_stop=keep_stop)
     device = next(model.parameters()).device
     stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device) if stop_ids else None
     was_training = model.training

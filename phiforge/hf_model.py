@@ -79,9 +79,6 @@ class HFChatModel:
         eos = self.model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         self.tok = HFTokenizer(tok, eos + ([tok.eos_token_id] if tok.eos_token_id is not None else []))
-        # transformers 5.24 renamed forward's `past_key_values` to `cache` (the old name goes in 5.40)
-        params = inspect.signature(self.model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
         config = self.model.config.get_text_config()
         self.cfg = SimpleNamespace(max_seq_len=int(getattr(config, "max_position_embeddings", 2048)),
                                    vocab_size=int(config.vocab_size))
@@ -92,36 +89,7 @@ class HFChatModel:
     def begin(self, prompts: Sequence[Sequence[int]], pad_id: int):
         """Prefill left-padded prompts: their last logits [B, V] and the `advance` / `select` steps that
         `generate.stream_rows` decodes with (called through `chat.stream_generate`, which checks the arguments)."""
-        from transformers import DynamicCache
-
-        model, device = self.model, self.model.device
-        B, L = len(prompts), max(len(p) for p in prompts)
-        ids = torch.full((B, L), pad_id, dtype=torch.long)
-        mask = torch.zeros((B, L), dtype=torch.long)
-        for r, p in enumerate(prompts):
-            ids[r, L - len(p):] = torch.tensor(list(p), dtype=torch.long)
-            mask[r, L - len(p):] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        cache = DynamicCache(config=model.config)
-        with torch.inference_mode():
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                           logits_to_keep=1, **{self._cache_kw: cache}).logits[:, -1].float()
-        state = {"pos": positions[:, -1] + 1, "mask": mask}
-
-        def select(idx):
-            state["pos"], state["mask"] = state["pos"][idx], state["mask"][idx]
-            cache.batch_select_indices(idx)
-
-        def advance(tok, step):
-            m = state["mask"] = torch.cat([state["mask"], state["mask"].new_ones((len(tok), 1))], dim=1)
-            with torch.inference_mode():
-                out = model(input_ids=tok[:, None], attention_mask=m, position_ids=state["pos"][:, None],
-                            use_cache=True, **{self._cache_kw: cache}).logits[:, -1].float()
-            state["pos"] = state["pos"] + 1
-            return out
-
-        return logits, advance, select
+        return begin(self.model, prompts, pad_id)
 
     def generate(self, prompts: Sequence[Sequence[int]], *, batch_size: int = 32, **kwargs) -> list[list[int]]:
         """Each prompt's new tokens (stop token excluded), `batch_size` prompts at a time, longest first."""
@@ -135,3 +103,44 @@ class HFChatModel:
                 for row, token in step:
                     outs[idx[row]].append(token)
         return outs
+
+
+def _cache_kw(model) -> str:
+    # transformers 5.24 renamed forward's `past_key_values` to `cache` (the old name goes in 5.40)
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def begin(model, prompts: Sequence[Sequence[int]], pad_id: int):
+    """Prefill left-padded prompts into a transformers model's `DynamicCache`: their last logits [B, V] and the
+    `advance` / `select` steps of `generate.stream_rows` (serving, and post-training's sampling in hf_posttrain)."""
+    from transformers import DynamicCache
+
+    device = model.device
+    cache_kw = _cache_kw(model)
+    B, L = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, L), dtype=torch.long)
+    for r, p in enumerate(prompts):
+        ids[r, L - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        mask[r, L - len(p):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    cache = DynamicCache(config=model.config)
+    with torch.inference_mode():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                       logits_to_keep=1, **{cache_kw: cache}).logits[:, -1].float()
+    state = {"pos": positions[:, -1] + 1, "mask": mask}
+
+    def select(idx):
+        state["pos"], state["mask"] = state["pos"][idx], state["mask"][idx]
+        cache.batch_select_indices(idx)
+
+    def advance(tok, step):
+        m = state["mask"] = torch.cat([state["mask"], state["mask"].new_ones((len(tok), 1))], dim=1)
+        with torch.inference_mode():
+            out = model(input_ids=tok[:, None], attention_mask=m, position_ids=state["pos"][:, None],
+                        use_cache=True, **{cache_kw: cache}).logits[:, -1].float()
+        state["pos"] = state["pos"] + 1
+        return out
+
+    return logits, advance, select

@@ -44,7 +44,8 @@ class HFChatTokenizer:
         ids = {s: tok.convert_tokens_to_ids(s) for s in CHAT_SPECIALS}
         lacking = [s for s, i in ids.items() if i is None or i == tok.unk_token_id] + ([] if tok.pad_token else ["PAD"])
         if lacking:
-            raise PhiforgeError(f"{tok.name_or_path}: tokenizer lacks {', '.join(lacking)} (hf_posttrain.load adds them)")
+            raise PhiforgeError(f"{tok.name_or_path}: tokenizer lacks {', '.join(lacking)} "
+                                "(hf_posttrain.load adds them)")
         self.im_start_id, self.im_sep_id, self.im_end_id = (ids[s] for s in CHAT_SPECIALS)
         self.pad_id = tok.pad_token_id
         # <|im_end|> ends a turn; the model's own EOS still ends a reply that runs on as a document would.
@@ -64,7 +65,8 @@ class HFChatTokenizer:
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=skip_special)
 
-    def encode_chat(self, messages: Sequence[dict], add_generation_prompt: bool = False) -> tuple[list[int], list[bool]]:
+    def encode_chat(self, messages: Sequence[dict],
+                    add_generation_prompt: bool = False) -> tuple[list[int], list[bool]]:
         """`ChatTokenizer.encode_chat` after the BOS: the mask is True on assistant content and its `<|im_end|>`;
         each piece encoded on its own, so the prompt/response boundary tokenises as it will at inference."""
         ids, mask = list(self.bos), [False] * len(self.bos)
@@ -73,7 +75,8 @@ class HFChatTokenizer:
             role, content = m.get("role"), m.get("content")
             last_prompt = add_generation_prompt and i == len(turns) - 1
             if role not in ("system", "user", "assistant") or not (isinstance(content, str) or last_prompt):
-                raise PhiforgeError(f"chat message {i}: expected role system/user/assistant and text content, got {m!r}")
+                raise PhiforgeError(f"chat message {i}: expected role system/user/assistant and text content, "
+                                    f"got {m!r}")
             head = [self.im_start_id, *self.encode(role), self.im_sep_id]
             body = [] if last_prompt else [*self.encode(content), self.im_end_id]
             ids += head + body
@@ -157,3 +160,35 @@ def save(model: CausalLM, tok: HFChatTokenizer, directory: Path | str, dtype: st
         gen = json.loads((Path(tmp) / "generation_config.json").read_text())
         if gen.get("pad_token_id") in _eos_ids(gen.get("eos_token_id")):
             raise PhiforgeError(f"{directory}: saved generation_config has PAD = EOS ({gen})")
+
+
+def sample(model: CausalLM, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pad_id: int,
+           stop_ids: Sequence[int] = (), temperature: float = 0.0, top_p: float = 1.0,
+           generator: torch.Generator | None = None, keep_stop: bool = False) -> list[list[int]]:
+    """New tokens of each prompt, decoded as one left-padded batch on transformers' KV cache (the prefill and steps
+    that serving uses, `hf_model.begin`); a row ends at its first stop token, which is kept only with keep_stop.
+
+    This is what `generate.generate` and `generate.sample_from_prefix` run for a `CausalLM`, so PTS samples its
+    solutions and rollouts from either model kind through one call.
+    """
+    from phiforge.generate import stream_rows
+    from phiforge.hf_model import begin
+
+    stop = frozenset(stop_ids)
+    outs: list[list[int]] = [[] for _ in prompts]
+    if max_new_tokens <= 0 or not prompts:
+        return outs
+    was_training = model.training
+    model.eval()
+    try:
+        logits, advance, select = begin(model.hf, prompts, pad_id)
+        # No stop ids for stream_rows, which would swallow the stop token: it comes out like any other, and `alive`
+        # then retires its row.
+        for step in stream_rows(logits, advance, select, max_new_tokens=max_new_tokens, stop_ids=(),
+                                temperature=temperature, top_p=top_p, generator=generator,
+                                alive=lambda row: outs[row][-1] not in stop):
+            for row, token in step:
+                outs[row].append(token)
+    finally:
+        model.train(was_training)
+    return [o[:-1] if o and o[-1] in stop and not keep_stop else o for o in outs]

@@ -378,20 +378,20 @@ def run(recipe, run) -> dict:
 
     from tqdm import tqdm
 
-    from phiforge.checkpoint import load_model
     from phiforge.generate import generate
     from phiforge.rundir import atomic_write_json, atomic_write_text
+    from phiforge.sft import load_policy
     from phiforge.synth import read_column
     from phiforge.train import device
 
     cfg = recipe.pts
-    model, _, tok = load_model(run.stage_dir("sft") / "model")
+    model, tok, _ = load_policy(recipe, run, "sft")  # phiforge's, or sft.init's transformers model
     model.to(device()).eval()
     n = cfg.n_queries
     questions, answers = read_column(run, "pts", "question")[:n], read_column(run, "pts", "answer")[:n]
     ids, domains = read_column(run, "pts", "id")[:n], read_column(run, "pts", "domain")[:n]
     queries = [tok.chat_prompt(q) for q in questions]
-    stop = [tok.im_end_id, tok.endoftext_id]
+    stop = tok.stop_ids
     k = cfg.solutions_per_query
     # T_full of Fig. 4: the policy's own solutions, sampled; a solution that stopped keeps its <|im_end|>.
     sampled = generate(model, [q for q in queries for _ in range(k)], max_new_tokens=cfg.max_response_tokens,

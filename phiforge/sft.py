@@ -100,6 +100,19 @@ def load_start(cfg, run: RunDir):
     return model, tok, lambda m, directory: hf_posttrain.save(m, tok, directory, cfg.dtype)
 
 
+def load_policy(recipe: Recipe, run: RunDir, stage: str, dtype: str = "bf16"):
+    """What load_start gives, for the model a post-training stage (`sft`, `dpo`) wrote: a transformers folder when
+    `sft.init` is set, else a phiforge checkpoint; a further-trained copy is saved the same way (in `dtype`)."""
+    directory = run.stage_dir(stage) / "model"
+    if not recipe.sft.init:
+        model, mcfg, tok = load_model(directory)
+        return model, tok, lambda m, out: export_model(m, mcfg, tok, out)
+    from phiforge import hf_posttrain
+
+    model, tok = hf_posttrain.load(directory)
+    return model, tok, lambda m, out: hf_posttrain.save(m, tok, out, dtype)
+
+
 def run(recipe: Recipe, run: RunDir) -> dict:
     cfg = recipe.sft
     model, tok, save = load_start(cfg, run)

@@ -19,7 +19,8 @@ from phiforge import hf_posttrain  # noqa: E402
 from test_chat import CORPUS  # noqa: E402
 
 CHATS = [
-    [{"role": "user", "content": "Add 17 and 25."}, {"role": "assistant", "content": "17 + 25 = 42. The answer is 42."}],
+    [{"role": "user", "content": "Add 17 and 25."},
+     {"role": "assistant", "content": "17 + 25 = 42. The answer is 42."}],
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "The cat sat where?"},
      {"role": "assistant", "content": "On the mat."}],
     [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello, how can I help?"},
@@ -170,3 +171,81 @@ def test_sft_init_must_be_a_transformers_folder(base_dir, tmp_path):
     # the run's model.max_seq_len no longer bounds sft.max_len: the folder's own context does, at load time
     r = recipe_from_dict({"sft": {"init": str(base_dir), "max_len": 4096}})
     assert r.sft.init == str(base_dir)
+
+
+def test_generate_and_rollouts_on_a_transformers_model(base_dir):
+    from phiforge.generate import generate, sample_from_prefix
+
+    model, tok = hf_posttrain.load(base_dir)
+    prompts = [tok.chat_prompt("Add 17 and 25."), tok.chat_prompt("Hi")]
+    ours = generate(model, prompts, max_new_tokens=6, pad_id=tok.pad_id, stop_ids=tok.stop_ids, batch_size=2)
+    for prompt, got in zip(prompts, ours):  # left padding changes nothing: transformers' greedy, one at a time
+        with torch.no_grad():
+            want = model.hf.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False,
+                                     eos_token_id=tok.stop_ids)[0, len(prompt):].tolist()
+        cut = next((i for i, t in enumerate(want) if t in tok.stop_ids), len(want))
+        assert got == want[:cut]
+    # rollouts keep their stop token when asked (PTS judges complete responses by it), and are seeded
+    with torch.no_grad():  # <|im_end|> now as likely as a typical token: some rows stop early, others run on
+        model.hf.lm_head.weight[tok.im_end_id] = 0.0
+    kw = dict(max_new_tokens=5, stop_ids=tok.stop_ids, temperature=1.0, keep_stop=True)
+    outs = sample_from_prefix(model, prompts[0], 6, generator=torch.Generator().manual_seed(1), **kw)
+    assert outs == sample_from_prefix(model, prompts[0], 6, generator=torch.Generator().manual_seed(1), **kw)
+    for o in outs:
+        assert 1 <= len(o) <= 5 and all(t not in tok.stop_ids for t in o[:-1])
+        assert len(o) == 5 or o[-1] in tok.stop_ids
+
+
+def fake_run(root, n_sft: int = 6, n_pts: int = 2):
+    """A run folder holding only what the post-training stages read: synth's `sft` and `pts` shards."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from phiforge.rundir import RunDir
+
+    run = RunDir.create(root)
+    (synth := run.stage_dir("synth")).mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([{"id": f"s{i}", "messages": CHATS[i % 3]} for i in range(n_sft)]),
+                   synth / "sft-00000.parquet")
+    pq.write_table(pa.Table.from_pylist([
+        {"id": f"p{i}", "question": f"Add {i} and 2.", "answer": str(i + 2), "domain": "arithmetic",
+         "messages": [{"role": "user", "content": f"Add {i} and 2."},
+                      {"role": "assistant", "content": f"{i} + 2 = {i + 2}."}]} for i in range(n_pts)]),
+        synth / "pts-00000.parquet")
+    return run
+
+
+def test_sft_pts_dpo_stages_on_sft_init(base_dir, tmp_path):
+    """The stages themselves, sft.init set: SFT, PTS (rollouts through transformers) and DPO each leave a
+    transformers folder, and dpo2 says it cannot follow."""
+    import json
+
+    from phiforge import dpo, dpo2, pts, sft
+
+    run = fake_run(tmp_path / "run")
+    recipe = recipe_from_dict({
+        "synth": {"n_pts": 2}, "sft": {"init": str(base_dir), "batch_size": 3, "steps": 6, "max_len": 64,
+                                        "log_every": 2, "optim": {"lr": 1e-2, "warmup_steps": 1}},
+        "pts": {"n_queries": 1, "solutions_per_query": 1, "batch": 2, "max_rollouts": 4, "max_response_tokens": 6,
+                "gate_low": 0.0, "gate_high": 1.0},
+        "dpo": {"batch_size": 2, "dtype": "fp32", "optim": {"lr": 1e-3}},
+        "dpo2": {"n_queries": 1}})
+    m = sft.run(recipe, run)
+    assert m["init"] == str(base_dir) and m["final_loss"] < m["first_loss"]
+    saved = transformers.AutoTokenizer.from_pretrained(run.stage_dir("sft") / "model")
+    assert "<|im_end|>" in saved.get_vocab() and saved.pad_token_id != saved.eos_token_id
+
+    summary = pts.run(recipe, run)
+    assert summary["queries"] == 1 and summary["rollouts"] > 0
+    # the random policy's pairs are down to luck: DPO gets a hand-made single-token pair on top
+    _, tok = hf_posttrain.load(run.stage_dir("sft") / "model")
+    pair = {"prompt_ids": tok.chat_prompt("Add 0 and 2."), "chosen_ids": tok.encode("0")[:1],
+            "rejected_ids": tok.encode("7")[:1]}
+    with (run.stage_dir("pts") / "pairs.jsonl").open("a") as f:
+        f.write(json.dumps(pair) + "\n")
+    m = dpo.run(recipe, run)
+    assert m["pairs"] >= 1 and m["steps"] >= 1
+    out = transformers.AutoModelForCausalLM.from_pretrained(run.stage_dir("dpo") / "model")
+    assert out.generation_config.pad_token_id not in out.generation_config.eos_token_id
+    with pytest.raises(PhiforgeError, match="sft.init"):
+        dpo2.run(recipe, run)
