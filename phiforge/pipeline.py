@@ -63,9 +63,16 @@ def log(msg: str) -> None:
         print(f"[phiforge] {msg}", file=sys.stderr, flush=True)
 
 
+def inputs_of(recipe: Recipe, stage: Stage) -> tuple[str, ...]:
+    """The stages whose outputs `stage` reads under this recipe: `stage.inputs`, or fewer when its module's
+    `inputs(recipe)` says so (sft with sft.init reads a transformers folder instead of the midtrained model)."""
+    fn = stage.fn("inputs")
+    return tuple(fn(recipe)) if fn else stage.inputs
+
+
 def stage_key(recipe: Recipe, run: RunDir, stage: Stage) -> tuple[str, dict]:
     return recipe.section_hash(*stage.sections) if stage.sections else "", {
-        i: run.output_digest(i) for i in stage.inputs
+        i: run.output_digest(i) for i in inputs_of(recipe, stage)
     }
 
 
@@ -79,7 +86,7 @@ def is_current(recipe: Recipe, run: RunDir, stage: Stage) -> bool:
 
 def run_stage(recipe: Recipe, run: RunDir, stage: Stage) -> dict:
     w = distributed.world()
-    for dep in stage.inputs:
+    for dep in inputs_of(recipe, stage):
         run.require(dep, stage.name)
     config_hash, inputs = stage_key(recipe, run, stage)
     if w.main:

@@ -85,6 +85,12 @@ def train(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], p
     return history
 
 
+def inputs(recipe: Recipe) -> tuple[str, ...]:
+    """The stages SFT reads (pipeline.inputs_of): without the midtrained model when sft.init replaces it, so
+    fine-tuning a transformers folder needs no phiforge pretraining."""
+    return ("synth", "decontam") if recipe.sft.init else ("synth", "decontam", "midtrain")
+
+
 def load_start(cfg, run: RunDir):
     """The model SFT starts from, its tokenizer, and how to save the result: the run's midtrained model, or the
     transformers folder `sft.init` names (saved as a transformers folder, see phiforge/hf_posttrain.py)."""

@@ -212,6 +212,9 @@ def fake_run(root, n_sft: int = 6, n_pts: int = 2):
          "messages": [{"role": "user", "content": f"Add {i} and 2."},
                       {"role": "assistant", "content": f"{i} + 2 = {i + 2}."}]} for i in range(n_pts)]),
         synth / "pts-00000.parquet")
+    for stage in ("synth", "decontam"):  # complete, as far as the stage graph can tell
+        run.stage_dir(stage).mkdir(exist_ok=True)
+        run.write_manifest(stage, {"stage": stage}, [run.stage_dir(stage)])
     return run
 
 
@@ -220,7 +223,8 @@ def test_sft_pts_dpo_stages_on_sft_init(base_dir, tmp_path):
     transformers folder, and dpo2 says it cannot follow."""
     import json
 
-    from phiforge import dpo, dpo2, pts, sft
+    from phiforge import dpo, dpo2, pts
+    from phiforge.pipeline import BY_NAME, run_stage
 
     run = fake_run(tmp_path / "run")
     recipe = recipe_from_dict({
@@ -230,7 +234,10 @@ def test_sft_pts_dpo_stages_on_sft_init(base_dir, tmp_path):
                 "gate_low": 0.0, "gate_high": 1.0},
         "dpo": {"batch_size": 2, "dtype": "fp32", "optim": {"lr": 1e-3}},
         "dpo2": {"n_queries": 1}})
-    m = sft.run(recipe, run)
+    # through the stage graph: with sft.init there is no midtrained model to wait for
+    with pytest.raises(PhiforgeError, match="needs stage 'midtrain'"):
+        run_stage(recipe_from_dict({"sft": {"init": ""}}), run, BY_NAME["sft"])
+    m = run_stage(recipe, run, BY_NAME["sft"])
     assert m["init"] == str(base_dir) and m["final_loss"] < m["first_loss"]
     saved = transformers.AutoTokenizer.from_pretrained(run.stage_dir("sft") / "model")
     assert "<|im_end|>" in saved.get_vocab() and saved.pad_token_id != saved.eos_token_id
