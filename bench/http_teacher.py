@@ -4,13 +4,16 @@ The stub runs in a child process: a bare asyncio HTTP/1.1 server (keep-alive, no
 POST /v1/chat/completions with a small chat.completion exactly --latency-ms after the request arrives, and does
 nothing else, so the server is never the bottleneck and the ideal rate at concurrency c is c / latency. The client
 is `HTTPTeacher.complete` as a synth workflow would call it, disk cache on (a fresh folder per run, so every request
-is a miss and is written) unless --no-cache, over requests with distinct seeds. Every figure is the median of
---repeats runs. "client CPU ms/req" is this process's CPU time (all threads, user + system) per request, and its
-inverse the rate at which the client alone would fill one core: where that ceiling is near the ideal, the client,
-not the concurrency, is what limits.
+is a miss and is written) unless --no-cache, over requests with distinct seeds, with each --transport (aiohttp, the
+default, and httpx, the client before it) against the same server in the same run, their repeats interleaved so
+that both see the same load. Every figure is the median of --repeats runs. "client CPU ms/req" is this process's
+CPU time (all threads, user + system) per request, and its inverse the rate at which the client alone would fill
+one core: where that ceiling is near the ideal, the client, not the concurrency, is what limits. CPU time is what to
+compare on a busy machine; wall-clock rates are only meaningful on an idle one.
 
-    python bench/http_teacher.py            # the reported run
-    python bench/http_teacher.py --latency-ms 250   # a slower server: the client has CPU to spare at 64
+    python bench/http_teacher.py            # the reported run: both transports, cache on
+    python bench/http_teacher.py --no-cache --transport aiohttp   # HTTP alone, the default client only
+    python bench/http_teacher.py --latency-ms 250   # a slower server
     python bench/http_teacher.py --quick    # smoke test
 """
 
@@ -31,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a chec
 
 from phiforge.http_teacher import HTTPTeacher  # noqa: E402
 from phiforge.teacher import ChatRequest  # noqa: E402
-
 
 
 class Stub(asyncio.Protocol):
@@ -70,13 +72,14 @@ async def serve_stub(latency: float) -> None:
     await server.serve_forever()
 
 
-def run_once(url: str, concurrency: int, n: int, offset: int, cache_root: str | None,
-             cache: bool = True) -> tuple[float, float, dict]:
+def run_once(url: str, concurrency: int, n: int, offset: int, cache_root: str | None, cache: bool = True,
+             transport: str = "aiohttp") -> tuple[float, float, dict]:
     """(requests/s, client CPU seconds per request, teacher stats) of one `complete` call over n fresh requests."""
     requests = [ChatRequest.user(f"Question {i}: what is {i} + {i}?", temperature=1.0, max_tokens=32, seed=offset + i)
                 for i in range(n)]
     with tempfile.TemporaryDirectory(prefix=".http-teacher-bench-", dir=cache_root) as folder:
-        teacher = HTTPTeacher(url, "stub", concurrency=concurrency, cache_dir=folder if cache else None, timeout_s=30)
+        teacher = HTTPTeacher(url, "stub", concurrency=concurrency, cache_dir=folder if cache else None, timeout_s=30,
+                              transport=transport)
         t, cpu = time.perf_counter(), time.process_time()
         out = teacher.complete(requests)
         wall, cpu = time.perf_counter() - t, time.process_time() - cpu
@@ -93,6 +96,8 @@ def main() -> None:
     ap.add_argument("--cache-root", default=".", help="where each run's cache folder is made and removed (default: "
                     "the current folder, as a run folder's cache would be; this VM's /tmp takes 9x longer a file)")
     ap.add_argument("--no-cache", action="store_true", help="HTTP alone: no disk cache")
+    ap.add_argument("--transport", choices=["aiohttp", "httpx", "both"], default="both",
+                    help="HTTPTeacher's transport: aiohttp (the default client), httpx (the one before), or both")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--serve-stub", action="store_true", help=argparse.SUPPRESS)  # the child process
     args = ap.parse_args()
@@ -102,23 +107,28 @@ def main() -> None:
         return
     if args.quick:
         args.concurrency, args.seconds, args.repeats = [1, 8], 0.5, 1
+    transports = ["aiohttp", "httpx"] if args.transport == "both" else [args.transport]
 
     proc = subprocess.Popen([sys.executable, __file__, "--serve-stub", "--latency-ms", str(args.latency_ms)],
                             stdout=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{int(proc.stdout.readline())}/v1"
-        run_once(url, 2, 4, 0, args.cache_root)  # warm-up: imports, first connections
+        for t in transports:
+            run_once(url, 2, 4, 0, args.cache_root, transport=t)  # warm-up: imports, first connections
         rows, offset = [], 10
         for c in args.concurrency:
             ideal = c / latency
             n = max(20, round(ideal * args.seconds))
-            runs = []
+            runs = {t: [] for t in transports}
             for _ in range(args.repeats):
-                rate, cpu, stats = run_once(url, c, n, offset, args.cache_root, not args.no_cache)
-                offset += n
-                assert stats["requests"] == n and stats["retries"] == 0, stats
-                runs.append((rate, cpu))
-            rows.append((c, n, statistics.median(r for r, _ in runs), ideal, statistics.median(u for _, u in runs)))
+                for t in transports:  # interleaved, so that a change in the machine's load hits both alike
+                    rate, cpu, stats = run_once(url, c, n, offset, args.cache_root, not args.no_cache, t)
+                    offset += n
+                    assert stats["requests"] == n and stats["retries"] == 0, stats
+                    runs[t].append((rate, cpu))
+            for t in transports:
+                rows.append((c, t, n, statistics.median(r for r, _ in runs[t]), ideal,
+                             statistics.median(u for _, u in runs[t])))
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -128,11 +138,11 @@ def main() -> None:
     print(f"\nHTTPTeacher vs a stub server answering after {args.latency_ms:g} ms, disk cache {cache}; median of "
           f"{args.repeats} runs of n requests; {os.cpu_count()} cores, load average {load}\n")
     # client ceiling: the rate at which one core runs out, 1 / (client CPU per request)
-    head = ("concurrency", "requests", "req/s", "ideal req/s", "achieved", "client CPU ms/req", "client ceiling req/s")
+    head = ("concurrency", "transport", "requests", "req/s", "ideal req/s", "achieved", "client CPU ms/req", "client ceiling req/s")
     print(" | ".join(head))
     print(" | ".join("-" * len(h) for h in head))
-    for c, n, rate, ideal, cpu in rows:
-        cells = (c, n, f"{rate:.1f}", f"{ideal:.1f}", f"{rate / ideal:.1%}", f"{cpu * 1e3:.2f}", f"{1 / cpu:.0f}")
+    for c, t, n, rate, ideal, cpu in rows:
+        cells = (c, t, n, f"{rate:.1f}", f"{ideal:.1f}", f"{rate / ideal:.1%}", f"{cpu * 1e3:.2f}", f"{1 / cpu:.0f}")
         print(" | ".join(str(x).rjust(len(h)) for x, h in zip(cells, head)))
 
 

@@ -6,7 +6,9 @@
     teacher.stats   # {'requests': 100, 'retries': 0, 'cache_hits': 0, 'prompt_tokens': ..., ...}
 
 One asyncio event loop and at most `concurrency` requests in flight (a bounded semaphore, released while a request
-waits to retry), each slot with its own `httpx.AsyncClient` and keep-alive connection. A request is retried, up to
+waits to retry) over as many keep-alive connections of one aiohttp session. aiohttp parses HTTP in C: a request costs
+the client about a sixth of the CPU time it took with httpx (`transport="httpx"` keeps the old client, for comparison
+in bench/http_teacher.py), so one core drives thousands of requests a second. A request is retried, up to
 `max_retries` times, on 408/429/500/502/503/504, a timeout, a connection error, or a 200 whose body is not a whole
 chat completion (truncated or malformed JSON). The wait before retry k is the server's Retry-After when it sends one,
 else "full jitter", uniform in [0, min(max_backoff_s, backoff_s * 2**k)], so that clients that failed together do
@@ -23,18 +25,20 @@ Results come back in request order, exactly one per request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
+import functools
 import json
 import queue
 import random
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
+import aiohttp
 
 from phiforge.teacher import ChatRequest, Completion, DiskCache, TeacherError, request_key
 
@@ -87,15 +91,88 @@ def parse_completion(raw: bytes) -> Completion:
     return Completion(text or "", str(choice.get("finish_reason") or "unknown"), prompt_tokens, completion_tokens)
 
 
-def _error_detail(response: httpx.Response) -> str:
+def _error_detail(content: bytes, reason: str) -> str:
     """The server's own message (OpenAI's {"error": {"message"}} shape, else the start of the body)."""
     try:
-        message = response.json()["error"]["message"]
+        message = json.loads(content)["error"]["message"]
         if isinstance(message, str):
             return message[:300]
     except (ValueError, KeyError, TypeError):
         pass
-    return response.text[:300].strip() or response.reason_phrase
+    return content[:300].decode("utf-8", "replace").strip() or reason
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy that HTTP_PROXY / HTTPS_PROXY / ALL_PROXY name for `url`, unless NO_PROXY exempts its host: what
+    httpx read from the environment by itself. Read once per batch: aiohttp's trust_env would read it, and ~/.netrc,
+    for every request."""
+    parts = urllib.parse.urlsplit(url)
+    if urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(parts.scheme) or proxies.get("all")
+
+
+class _Aiohttp:
+    """One aiohttp session with a keep-alive connection per slot (the default transport)."""
+
+    timeouts = (asyncio.TimeoutError,)  # aiohttp's socket and connect timeouts are both TimeoutErrors
+    errors = (aiohttp.ClientError,)  # refused, reset, closed mid-body, an unreadable status line
+
+    def __init__(self, url: str, n_slots: int, timeout_s: float, headers: dict[str, str]):
+        self.url, self.proxy = url, env_proxy(url)
+        # Timeouts per step, as httpx's: a connection within timeout_s, then no silence longer than timeout_s.
+        timeout = aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_read=timeout_s)
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=n_slots), timeout=timeout,
+                                             headers=headers)
+
+    async def post(self, data: bytes) -> tuple[int, bytes, str | None, str]:
+        """(status, body, Retry-After, reason) of one POST."""
+        async with self.session.post(self.url, data=data, proxy=self.proxy) as response:
+            return response.status, await response.read(), response.headers.get("Retry-After"), response.reason or ""
+
+    async def aclose(self) -> None:
+        await self.session.close()
+
+
+class _Httpx:
+    """The client before aiohttp, kept for bench/http_teacher.py: an `httpx.AsyncClient` per slot, each with one
+    keep-alive connection, rather than one client with `n_slots` connections: httpcore's pool scans every connection
+    for every request it places, so a shared pool of 64 managed 120 requests/s on the 2-core bench machine, separate
+    ones about 5 times more."""
+
+    def __init__(self, url: str, n_slots: int, timeout_s: float, headers: dict[str, str]):
+        import httpx
+
+        self.timeouts, self.errors = (httpx.TimeoutException,), (httpx.TransportError,)
+        self.url = url
+        one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        ssl = _httpx_ssl_context() if url.startswith("https:") else False
+        self.free = [httpx.AsyncClient(timeout=timeout_s, limits=one, headers=headers, verify=ssl)
+                     for _ in range(n_slots)]
+
+    async def post(self, data: bytes) -> tuple[int, bytes, str | None, str]:
+        client = self.free.pop()  # a slot held is a client free: there are as many of one as of the other
+        try:
+            response = await client.post(self.url, content=data)
+        finally:
+            self.free.append(client)
+        return response.status_code, response.content, response.headers.get("retry-after"), response.reason_phrase
+
+    async def aclose(self) -> None:
+        for client in self.free:
+            await client.aclose()
+
+
+@functools.cache
+def _httpx_ssl_context():
+    """httpx's SSL context; loading its CA bundle takes 20-30 ms, so once per process, not per client."""
+    import httpx
+
+    return httpx.create_ssl_context()
+
+
+TRANSPORTS = {"aiohttp": _Aiohttp, "httpx": _Httpx}
 
 
 class _CacheWriter:
@@ -127,10 +204,14 @@ class HTTPTeacher:
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, *, concurrency: int = 8,
                  max_retries: int = 6, timeout_s: float = 60.0, cache_dir: Path | str | None = None,
-                 backoff_s: float = 0.5, max_backoff_s: float = 30.0, name: str | None = None):
+                 backoff_s: float = 0.5, max_backoff_s: float = 30.0, name: str | None = None,
+                 transport: str = "aiohttp"):
         if concurrency < 1 or max_retries < 0 or timeout_s <= 0 or backoff_s < 0:
             raise TeacherError(f"HTTPTeacher needs concurrency >= 1, max_retries >= 0, timeout_s > 0 and "
                                f"backoff_s >= 0; got {concurrency}, {max_retries}, {timeout_s}, {backoff_s}")
+        if transport not in TRANSPORTS:
+            raise TeacherError(f"HTTPTeacher transport must be one of {sorted(TRANSPORTS)}, not {transport!r}")
+        self.transport = transport
         self.base_url, self.model = base_url.rstrip("/"), model
         self.url = self.base_url + "/chat/completions"
         self.api_key, self.concurrency, self.max_retries, self.timeout_s = api_key, concurrency, max_retries, timeout_s
@@ -138,7 +219,6 @@ class HTTPTeacher:
         self.cache = DiskCache(cache_dir) if cache_dir is not None else None
         self.name = name or f"http:{model}"
         self.rng = random.Random()
-        self._ssl = None
         # Cumulative over calls. requests: HTTP requests sent, retries included; tokens: as the server reported them,
         # for the requests it answered (cache hits cost none).
         self.stats = {"requests": 0, "retries": 0, "cache_hits": 0, "deduplicated": 0, "completed": 0, "failed": 0,
@@ -171,36 +251,30 @@ class HTTPTeacher:
         if not todo:
             return results
 
-        # One client per slot, each with one keep-alive connection, rather than one client with `concurrency`
-        # connections: httpcore's pool scans every connection for every request it places, so a shared pool of 64
-        # managed 120 requests/s on the 2-core bench machine, separate ones about 5 times more (bench/http_teacher.py).
         n_slots = min(self.concurrency, len(todo))
         slots = asyncio.BoundedSemaphore(n_slots)
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
         loop = asyncio.get_running_loop()
 
         async def answer(key: str, canonical: dict, positions: list[int]) -> None:
             request = requests[positions[0]]
-            completion = await self._post(slots, free, request)
+            completion = await self._post(slots, transport, request)
             for p in positions:
                 results[p] = completion
             if writer is not None and request.deterministic:
                 writer.put(key, canonical, completion)
 
-        if self._ssl is None:  # the CA bundle takes 20-30 ms to load: once per teacher, not per client; only for https
-            self._ssl = httpx.create_ssl_context() if self.url.startswith("https:") else False
-        async with contextlib.AsyncExitStack() as stack:
-            free = [await stack.enter_async_context(httpx.AsyncClient(timeout=self.timeout_s, limits=one,
-                                                                      headers=headers, verify=self._ssl))
-                    for _ in range(n_slots)]
-            writer = _CacheWriter(self.cache) if self.cache is not None else None
-            try:
-                outcomes = await asyncio.gather(*(answer(k, c, ps) for k, (c, ps) in todo.items()),
-                                                return_exceptions=True)
-            finally:
-                if writer is not None:
-                    await loop.run_in_executor(None, writer.close)
+        transport = TRANSPORTS[self.transport](self.url, n_slots, self.timeout_s, headers)
+        writer = _CacheWriter(self.cache) if self.cache is not None else None
+        try:
+            outcomes = await asyncio.gather(*(answer(k, c, ps) for k, (c, ps) in todo.items()),
+                                            return_exceptions=True)
+        finally:
+            await transport.aclose()
+            if writer is not None:
+                await loop.run_in_executor(None, writer.close)
         errors = [e for e in outcomes if isinstance(e, BaseException)]
         if errors:
             self.stats["failed"] += len(errors)
@@ -214,7 +288,7 @@ class HTTPTeacher:
             raise TeacherError(f"cannot write the teacher cache under {self.cache.root}: {type(e).__name__}: {e}")
         return results
 
-    async def _post(self, slots: asyncio.BoundedSemaphore, free: list[httpx.AsyncClient],
+    async def _post(self, slots: asyncio.BoundedSemaphore, transport: _Aiohttp | _Httpx,
                     request: ChatRequest) -> Completion:
         body = {"model": self.model, "messages": list(request.messages), "temperature": request.temperature,
                 "max_tokens": request.max_tokens}
@@ -222,33 +296,29 @@ class HTTPTeacher:
             body["seed"] = request.seed
         if request.stop:
             body["stop"] = list(request.stop)
+        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")  # once, for every attempt
         last, status = "", None
         for attempt in range(self.max_retries + 1):
             if attempt:
                 self.stats["retries"] += 1
             retry_after = None
             try:
-                async with slots:  # a slot held is a client free: there are as many of one as of the other
+                async with slots:
                     self.stats["requests"] += 1
-                    client = free.pop()
-                    try:
-                        response = await client.post(self.url, json=body)
-                    finally:
-                        free.append(client)
-                status = response.status_code
+                    status, content, retry_after_header, reason = await transport.post(data)
                 if status == 200:
-                    completion = parse_completion(response.content)
+                    completion = parse_completion(content)
                     self.stats["completed"] += 1
                     self.stats["prompt_tokens"] += completion.prompt_tokens
                     self.stats["completion_tokens"] += completion.completion_tokens
                     return completion
-                last = f"HTTP {status}: {_error_detail(response)}"
+                last = f"HTTP {status}: {_error_detail(content, reason)}"
                 if status not in RETRY_STATUSES:
                     raise TeacherError(f"POST {self.url} failed with {last}", url=self.url, status=status)
-                retry_after = retry_after_seconds(response.headers.get("retry-after"))
-            except httpx.TimeoutException as e:
+                retry_after = retry_after_seconds(retry_after_header)
+            except transport.timeouts as e:
                 last, status = f"no answer within {self.timeout_s:g} s ({type(e).__name__})", None
-            except httpx.TransportError as e:
+            except transport.errors as e:
                 last, status = f"connection error ({type(e).__name__}: {e})", None
             except _Malformed as e:
                 last = f"HTTP 200 with a malformed body: {e}"
