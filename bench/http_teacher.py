@@ -138,7 +138,8 @@ def main() -> None:
     print(f"\nHTTPTeacher vs a stub server answering after {args.latency_ms:g} ms, disk cache {cache}; median of "
           f"{args.repeats} runs of n requests; {os.cpu_count()} cores, load average {load}\n")
     # client ceiling: the rate at which one core runs out, 1 / (client CPU per request)
-    head = ("concurrency", "transport", "requests", "req/s", "ideal req/s", "achieved", "client CPU ms/req", "client ceiling req/s")
+    head = ("concurrency", "transport", "requests", "req/s", "ideal req/s", "achieved", "client CPU ms/req",
+            "client ceiling req/s")
     print(" | ".join(head))
     print(" | ".join("-" * len(h) for h in head))
     for c, t, n, rate, ideal, cpu in rows:

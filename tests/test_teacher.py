@@ -30,7 +30,7 @@ from starlette.applications import Starlette  # noqa: E402
 from starlette.responses import JSONResponse, Response  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
-from phiforge.http_teacher import HTTPTeacher, backoff_delay, retry_after_seconds  # noqa: E402
+from phiforge.http_teacher import HTTPTeacher, backoff_delay, env_proxy, retry_after_seconds  # noqa: E402
 from phiforge.serve import Limits, Served, Server, build_app  # noqa: E402
 from test_serve import serving as serve_on_loopback  # noqa: E402
 
@@ -39,6 +39,8 @@ N = 40
 SCHEDULE = {1: "429", 4: "500", 6: "truncated", 9: "hang", 13: "503", 17: "truncated", 21: "429", 26: "502",
             30: "hang", 35: "500"}
 TIMEOUT_S = 2.0  # the client's; a "hang" outlasts it. Real replies of the tiny model take tens of milliseconds.
+# The default client and the one before it, which bench/http_teacher.py compares it with: every fault test runs both.
+transports = pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
 
 
 def serving(app):
@@ -160,10 +162,11 @@ def test_clean_replies_are_in_request_order(clean):
     assert {c.finish_reason for c in clean} <= {"stop", "length"}
 
 
-def test_faults_cost_retries_not_samples_and_a_rerun_comes_from_the_cache(urls, proxy, clean, tmp_path):
+@transports
+def test_faults_cost_retries_not_samples_and_a_rerun_comes_from_the_cache(urls, proxy, clean, tmp_path, transport):
     _, front, _ = urls
     proxy.reset(SCHEDULE)
-    t = teacher(front, tmp_path / "cache")
+    t = teacher(front, tmp_path / "cache", transport=transport)
     out = t.complete(make_requests())
     assert out == clean  # every request answered once, in order, with the reply a fault-free run gets
     assert proxy.injected == Counter(SCHEDULE.values()) and proxy.peak <= 8
@@ -174,51 +177,60 @@ def test_faults_cost_retries_not_samples_and_a_rerun_comes_from_the_cache(urls, 
     assert len(list((tmp_path / "cache").rglob("*.json"))) == N
 
     received = proxy.received
-    again = teacher(front, tmp_path / "cache")
+    again = teacher(front, tmp_path / "cache", transport=transport)
     replay = again.complete(make_requests())
     assert proxy.received == received  # not one HTTP request
     assert replay == clean and all(c.cached for c in replay)
     assert again.stats["requests"] == 0 and again.stats["cache_hits"] == N and again.stats["prompt_tokens"] == 0
 
 
-def test_exhausted_retries_name_the_url_and_the_last_status(urls, proxy):
+@transports
+def test_exhausted_retries_name_the_url_and_the_last_status(urls, proxy, transport):
     _, front, _ = urls
     proxy.reset(always="503")
     with pytest.raises(TeacherError) as e:
-        teacher(front, max_retries=2).complete([ChatRequest.user("hi", max_tokens=3)])
+        teacher(front, max_retries=2, transport=transport).complete([ChatRequest.user("hi", max_tokens=3)])
     assert f"POST {front}/chat/completions failed after 3 attempts" in str(e.value)
     assert "HTTP 503" in str(e.value) and "injected 503" in str(e.value)
     assert e.value.status == 503 and e.value.url == front + "/chat/completions" and proxy.received == 3
 
     proxy.reset(always="hang")
     with pytest.raises(TeacherError, match=r"failed after 2 attempts; last: no answer within 0.3 s"):
-        teacher(front, max_retries=1, timeout_s=0.3).complete([ChatRequest.user("hi", max_tokens=3)])
+        teacher(front, max_retries=1, timeout_s=0.3, transport=transport).complete(
+            [ChatRequest.user("hi", max_tokens=3)])
 
     proxy.reset(always="truncated")
     with pytest.raises(TeacherError, match="HTTP 200 with a malformed body: body is not JSON"):
-        teacher(front, max_retries=1).complete([ChatRequest.user("hi", max_tokens=3)])
+        teacher(front, max_retries=1, transport=transport).complete([ChatRequest.user("hi", max_tokens=3)])
+
+    closed = "http://127.0.0.1:9/v1"  # the discard port: nothing listens there, so the connection is refused
+    with pytest.raises(TeacherError, match=r"failed after 2 attempts; last: connection error \("):
+        HTTPTeacher(closed, "tiny", max_retries=1, backoff_s=0.001, transport=transport).complete(
+            [ChatRequest.user("hi", max_tokens=3)])
 
 
-def test_retry_after_is_honoured(urls, proxy):
+@transports
+def test_retry_after_is_honoured(urls, proxy, transport):
     proxy.reset({0: "429-wait"})
     t = time.monotonic()
-    teacher(urls[1], backoff_s=0.001).complete([ChatRequest.user("hi", max_tokens=3)])
+    teacher(urls[1], backoff_s=0.001, transport=transport).complete([ChatRequest.user("hi", max_tokens=3)])
     assert proxy.received == 2 and time.monotonic() - t >= 1.0
 
 
-def test_a_client_error_fails_at_once_and_the_rest_of_the_batch_is_kept(urls, proxy, tmp_path):
+@transports
+def test_a_client_error_fails_at_once_and_the_rest_of_the_batch_is_kept(urls, proxy, tmp_path, transport):
     _, front, _ = urls
     good = [ChatRequest.user(f"question {i}", max_tokens=5) for i in range(5)]
     too_long = ChatRequest.user("question 5", max_tokens=65)  # over the server's max_tokens: a 400, not retried
-    t = teacher(front, tmp_path)
+    t = teacher(front, tmp_path, transport=transport)
     with pytest.raises(TeacherError, match=r"1 of 6 requests failed .* HTTP 400: 'max_tokens' is 65") as e:
         t.complete([*good[:2], too_long, *good[2:]])
     assert e.value.status == 400 and proxy.received == 6 and t.stats["retries"] == 0 and t.stats["failed"] == 1
-    again = teacher(front, tmp_path)
+    again = teacher(front, tmp_path, transport=transport)
     assert len(again.complete(good)) == 5 and again.stats["cache_hits"] == 5 and proxy.received == 6
 
     with pytest.raises(TeacherError, match="HTTP 404: model 'nope' is not served here"):
-        HTTPTeacher(front, "nope", max_retries=3).complete(good[:1])
+        HTTPTeacher(front, "nope", max_retries=3, transport=transport).complete(good[:1])
     assert proxy.received == 7
 
 
@@ -326,6 +338,22 @@ def test_request_key_is_canonical():
                 dict(messages=[{"role": "user", "content": "x"}], stop=[""])):
         with pytest.raises(PhiforgeError):
             ChatRequest(**bad)
+
+
+def test_proxy_from_the_environment(monkeypatch):
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
+                 "NO_PROXY", "REQUEST_METHOD"):
+        monkeypatch.delenv(name, raising=False)
+    assert env_proxy("http://api.example.com/v1/chat/completions") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example.com:3128")
+    monkeypatch.setenv("ALL_PROXY", "http://all.example.com:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost,.internal")
+    assert env_proxy("https://api.example.com/v1/chat/completions") == "http://proxy.example.com:3128"
+    assert env_proxy("http://api.example.com/v1/chat/completions") == "http://all.example.com:3128"
+    assert env_proxy("http://localhost:8000/v1/chat/completions") is None
+    assert env_proxy("https://llm.internal/v1/chat/completions") is None
+    with pytest.raises(TeacherError, match="transport must be one of"):
+        HTTPTeacher("http://127.0.0.1:9/v1", "m", transport="requests")
 
 
 def test_retry_after_and_backoff():
