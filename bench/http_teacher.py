@@ -73,20 +73,18 @@ async def serve_stub(latency: float) -> None:
     await server.serve_forever()
 
 
-def run_once(url: str, concurrency: int, n: int, offset: int, cache_root: str | None, cache: bool = True,
+def run_once(url: str, concurrency: int, n: int, offset: int, cache_dir: Path | None,
              transport: str = "aiohttp") -> tuple[float, float, float, dict]:
     """(requests/s, client CPU seconds per request, the kernel's share of them, teacher stats) of one `complete` call
-    over n fresh requests."""
+    over n fresh requests, caching into cache_dir (None: no cache)."""
     requests = [ChatRequest.user(f"Question {i}: what is {i} + {i}?", temperature=1.0, max_tokens=32, seed=offset + i)
                 for i in range(n)]
-    with tempfile.TemporaryDirectory(prefix=".http-teacher-bench-", dir=cache_root) as folder:
-        teacher = HTTPTeacher(url, "stub", concurrency=concurrency, cache_dir=folder if cache else None, timeout_s=30,
-                              transport=transport)
-        t, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
-        out = teacher.complete(requests)
-        wall, after = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF)
-        system = after.ru_stime - before.ru_stime
-        cpu = after.ru_utime - before.ru_utime + system
+    teacher = HTTPTeacher(url, "stub", concurrency=concurrency, cache_dir=cache_dir, timeout_s=30, transport=transport)
+    t, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+    out = teacher.complete(requests)
+    wall, after = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF)
+    system = after.ru_stime - before.ru_stime
+    cpu = after.ru_utime - before.ru_utime + system
     assert [c.text for c in out] == [f"reply to seed {offset + i}" for i in range(n)], "lost or reordered answers"
     return n / wall, cpu / n, system / n, teacher.stats
 
@@ -97,8 +95,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     ap.add_argument("--seconds", type=float, default=2.0, help="ideal duration of each run: n = ideal rate x this")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--cache-root", default=".", help="where each run's cache folder is made and removed (default: "
-                    "the current folder, as a run folder's cache would be; this VM's /tmp takes 9x longer a file)")
+    ap.add_argument("--cache-root", default=".", help="where the runs' cache folders are made, and removed at the "
+                    "end (default: the current folder, as a run folder's cache would be)")
     ap.add_argument("--no-cache", action="store_true", help="HTTP alone: no disk cache")
     ap.add_argument("--transport", choices=["aiohttp", "httpx", "both"], default="both",
                     help="HTTPTeacher's transport: aiohttp (the default client), httpx (the one before), or both")
@@ -113,12 +111,20 @@ def main() -> None:
         args.concurrency, args.seconds, args.repeats = [1, 8], 0.5, 1
     transports = ["aiohttp", "httpx"] if args.transport == "both" else [args.transport]
 
+    # Every run's cache stays until the end: on ext4, files created just after thousands were deleted cost up to 30
+    # times the CPU (the inode allocator skips recently deleted inodes), so removing each run's folder before the next
+    # made the cache look far dearer than in a real run, which only adds files.
+    folders = tempfile.TemporaryDirectory(prefix=".http-teacher-bench-", dir=args.cache_root)
     proc = subprocess.Popen([sys.executable, __file__, "--serve-stub", "--latency-ms", str(args.latency_ms)],
                             stdout=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{int(proc.stdout.readline())}/v1"
+
+        def cache_dir(name: str) -> Path | None:
+            return None if args.no_cache else Path(folders.name) / name
+
         for t in transports:
-            run_once(url, 2, 4, 0, args.cache_root, transport=t)  # warm-up: imports, first connections
+            run_once(url, 2, 4, 0, cache_dir(f"warm-up-{t}"), t)  # imports, first connections
         rows, offset = [], 10
         for c in args.concurrency:
             ideal = c / latency
@@ -126,7 +132,7 @@ def main() -> None:
             runs = {t: [] for t in transports}
             for _ in range(args.repeats):
                 for t in transports:  # interleaved, so that a change in the machine's load hits both alike
-                    rate, cpu, system, stats = run_once(url, c, n, offset, args.cache_root, not args.no_cache, t)
+                    rate, cpu, system, stats = run_once(url, c, n, offset, cache_dir(f"{t}-{offset}"), t)
                     offset += n
                     assert stats["requests"] == n and stats["retries"] == 0, stats
                     runs[t].append((rate, cpu, system))
@@ -136,6 +142,7 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        folders.cleanup()
 
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     cache = "off" if args.no_cache else f"on, in {Path(args.cache_root).resolve()}"
