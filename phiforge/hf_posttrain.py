@@ -8,8 +8,8 @@ Two adapters make such a model look like phiforge's to that code:
 * `HFChatTokenizer` renders conversations in phiforge's chat format (ChatML with Phi-4's `<|im_sep|>`, the strings
   of phiforge/tokenizer.py) with the same loss mask as `ChatTokenizer.encode_chat`. A base model's tokenizer lacks
   those tokens (Gemma's has `<start_of_turn>` instead), so `load` adds them as special tokens and grows the
-  embeddings; its new rows start at the mean of the old ones (transformers' `mean_resizing`), not at noise that
-  would swamp the first steps. The tokenizer's own BOS leads every conversation when it leads every plain encode,
+  embeddings; the new rows are drawn around the old rows' mean with their covariance (transformers'
+  `mean_resizing`), not at the init scale, which would give them outsized logits in the first steps. The tokenizer's own BOS leads every conversation when it leads every plain encode,
   since a base model saw it before every document (Gemma degrades badly without it).
 
 PAD is never an end-of-sequence id: when the folder's PAD is missing or equals one, `<|pad|>` is added. The saved
