@@ -434,6 +434,9 @@ def plot(exp: Experiment, summary: dict, path: Path) -> None:
         for j, v in enumerate(variants):
             vals = summary["variants"][v]["metrics"][m]["values"]
             ax.scatter([j] * len(vals), vals, s=9, color="black", zorder=3)
+        if m.startswith("amc"):  # what answering nothing, or guessing, scores
+            ax.axhline(37.5, color="grey", ls=":", lw=1)
+            ax.axhline(30.0, color="grey", ls="-.", lw=1)
         for k, (ref, rm) in enumerate(summary["references"].items()):
             if m in rm:
                 ax.axhline(rm[m], color="grey", ls="--", lw=1, label=ref if k == 0 else None)
@@ -441,7 +444,8 @@ def plot(exp: Experiment, summary: dict, path: Path) -> None:
         ax.set_title(METRIC_LABELS.get(m, m), fontsize=9)
         if summary["references"] and m == names[0]:
             ax.legend(fontsize=7)
-    fig.suptitle(f"{exp.name}: mean +- s.e. over seeds (dots: seeds)", fontsize=10)
+    fig.suptitle(f"{exp.name}: mean +- s.e. over seeds (dots: seeds; AMC: dotted all blank 37.5, dash-dot "
+                 f"random guessing 30)", fontsize=10)
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=110)
