@@ -397,6 +397,11 @@ def report(exp: Experiment, summary: dict) -> str:
     for name, m in summary["references"].items():
         lines.append(f"| {name} (reference, greedy) | | " + " | ".join(f"{m.get(k, float('nan')):.1f}" for k in names)
                      + " |")
+    if "amc_loglik" in names:
+        lines += ["", "AMC points per 25 questions (6 right, 1.5 blank, 0 wrong): all blank scores 37.5, random "
+                      "guessing 30. Option loglik picks the likeliest option as the answer line right after the "
+                      "question; after own solution, in place of the answer line of the model's greedy solution "
+                      "(the same for answer-only models, which write no solution)."]
     lines += ["", f"Paired difference from `{summary['baseline']}` (same seed), mean +- s.e.:", "",
               "| variant | " + " | ".join(METRIC_LABELS.get(m, m) for m in names) + " |",
               "|---|" + "---:|" * len(names)]
