@@ -160,10 +160,14 @@ def recipe_for(exp: Experiment, variant: Variant, seed: int) -> Recipe:
     return recipe_from_dict(raw, source=f"experiment {exp.name}, variant {variant.name}, seed {seed}")
 
 
-def run_key(recipe: Recipe) -> str:
-    """The run's folder name: a digest of everything it trains on, its name left out so experiments can share."""
-    body = {k: v for k, v in recipe.to_dict().items() if k != "name"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
+def run_key(exp: Experiment, variant: Variant, seed: int) -> str:
+    """The run's folder name: a digest of what the experiment asks for (base recipe, settings, seed), so experiments
+    asking for the same run share it. Not of the resolved recipe: a key or default added to phiforge later then
+    reaches an existing run through the pipeline's stage hashes, which redo only the stages it changes, instead of
+    through a new folder, which would retrain everything."""
+    settings = {**exp.set, **variant.set, **{k: seed for k in SEED_KEYS}}
+    blob = json.dumps({"recipe": exp.recipe, "set": settings}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -188,11 +192,10 @@ def _borrow(run: RunDir, recipe: Recipe, pool: Path) -> None:
                 break
 
 
-def train(recipe: Recipe, pool: Path) -> RunDir:
+def train(recipe: Recipe, out: Path) -> RunDir:
     from phiforge.pipeline import prepare, run_pipeline
 
-    out = pool / run_key(recipe)
-    _borrow(prepare(recipe, out), recipe, pool)
+    _borrow(prepare(recipe, out), recipe, out.parent)
     return run_pipeline(recipe, out, only=TRAINED_STAGES)
 
 
@@ -306,8 +309,9 @@ def run(exp: Experiment, root: Path, seeds: list[int] | None = None, references:
     jobs = [(v, s) for v in exp.variants for s in seeds]
     for i, (v, seed) in enumerate(jobs, 1):
         recipe = recipe_for(exp, v, seed)
-        _log(f"[{i}/{len(jobs)}] {v.name} seed {seed}: run {pool / run_key(recipe)}")
-        r = train(recipe, pool)
+        out = pool / run_key(exp, v, seed)
+        _log(f"[{i}/{len(jobs)}] {v.name} seed {seed}: run {out}")
+        r = train(recipe, out)
         results[v.name][seed] = evaluate_run(r, recipe, exp.suite, v.style)
         folders[v.name][seed] = str(r.root)
         _log(f"[{i}/{len(jobs)}] {v.name} seed {seed}: " + ", ".join(

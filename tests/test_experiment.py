@@ -25,7 +25,7 @@ def test_shipped_experiments_load_and_share_equal_runs():
     names = E.available()
     assert {"synthetic-vs-organic", "size", "repetition", "mixture"} <= set(names)
     exps = {n: E.load(n) for n in names}
-    key = lambda n, v, s=0: E.run_key(E.recipe_for(exps[n], exps[n].variant(v), s))  # noqa: E731
+    key = lambda n, v, s=0: E.run_key(exps[n], exps[n].variant(v), s)  # noqa: E731
     # Phi-4's mixture at the default size is one run, whichever experiment asks for it ...
     assert key("synthetic-vs-organic", "synthetic") == key("mixture", "phi4") == key("size", "small-synthetic")
     # ... and a seed, or any setting, makes another.
