@@ -331,9 +331,12 @@ class PTSConfig:
     gate_low: float = 0.2  # only queries with gate_low <= p(success | query) <= gate_high are searched
     gate_high: float = 0.8
     n_fixed: int = 20
-    batch: int = 8
-    max_rollouts: int = 64
-    confidence: float = 0.95
+    # Small looks at a lenient level, capped near fixed-20's cost: on the default run's SFT policy (bench/
+    # pts_rollouts.py --verify 200) this finds as many confirmed pivots as fixed-20 at 0.40x its rollouts per
+    # confirmed pivot; 8 / 64 / 0.95 spent 1.36x, keeping near-threshold splits sampling up to 64 draws.
+    batch: int = 4
+    max_rollouts: int = 24
+    confidence: float = 0.8
     temperature: float = 1.0
     top_p: float = 1.0
     max_response_tokens: int = 256
