@@ -214,7 +214,8 @@ class DPO2Config:
     log_every: int = 5
 
 
-EVAL_MODELS = ("untrained", "pretrain", "base", "sft", "dpo", "dpo2")  # what the eval stage scores, in order
+# What the eval stage scores, in order; with sft.init: the transformers folder as given ("init"), sft and dpo.
+EVAL_MODELS = ("untrained", "pretrain", "base", "sft", "dpo", "dpo2", "init")
 
 
 @dataclass

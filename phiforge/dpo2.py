@@ -10,6 +10,8 @@ own log-probs before the round as the reference.
 
 from __future__ import annotations
 
+import sys
+
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -77,10 +79,12 @@ def run(recipe, run) -> dict:
 
     cfg = recipe.dpo2
     if recipe.sft.init:
-        # Its policies, teacher responses and judge all assume phiforge's checkpoints and tokenizer.
-        raise PhiforgeError(f"stage dpo2 runs on phiforge's own models only, and sft.init ({recipe.sft.init}) makes "
-                            "the post-trained model a transformers one: run `phiforge sft`, `phiforge pts` and "
-                            "`phiforge dpo` on their own, or empty sft.init")
+        # Its policies, teacher responses and judge all assume phiforge's checkpoints and tokenizer. Skipped, not
+        # failed, so `phiforge run` goes on to score the SFT and DPO models; eval and the report say so.
+        why = (f"judge-guided DPO runs on phiforge's own models only; sft.init ({recipe.sft.init}) makes the "
+               "post-trained model a transformers one")
+        print(f"[phiforge] dpo2: skipped: {why}", file=sys.stderr, flush=True)
+        return {"skipped": why}
     model, mcfg, tok = load_model(run.stage_dir("dpo") / "model")
     items = questions(recipe, run)
     answered = responses(recipe, run, items, tok)
@@ -126,5 +130,6 @@ def run(recipe, run) -> dict:
 
 def outputs(run) -> list[Path]:
     out = run.stage_dir("dpo2")
-    return [out / "model", out / "pairs.jsonl", out / "history.json"]
+    made = [out / "model", out / "pairs.jsonl", out / "history.json"]
+    return [p for p in made if p.exists()]  # none when skipped (sft.init)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from phiforge import amc, benchmarks, choice
 from phiforge.answers import answers_equal, extract_answer
 from phiforge.benchmarks import MATH_STOPS, PhiforgeEngine
 from phiforge.checkpoint import load_model
-from phiforge.config import EVAL_MODELS, Recipe
+from phiforge.config import Recipe
 from phiforge.errors import PhiforgeError
 from phiforge.generate import generate
 from phiforge.model import Phi3
@@ -138,21 +139,43 @@ def paired(a: list[dict], b: list[dict]) -> dict:
             "wins": wins, "losses": losses, "p_value": min(1.0, 2 * tail)}
 
 
+def inputs(recipe: Recipe) -> tuple[str, ...]:
+    """The stages eval reads (pipeline.inputs_of): with sft.init, the transformers models of sft and dpo, not
+    phiforge's pretrained ones."""
+    if recipe.sft.init:
+        return ("synth", "decontam", "sft", "pts", "dpo", "dpo2")
+    return ("synth", "decontam", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "dpo2")
+
+
+def candidates(recipe: Recipe, run: RunDir) -> list[tuple[str, Callable, str]]:
+    """(name, build -> (model, tokenizer), prompt style) for every model eval scores, in EVAL_MODELS order.
+    "base" is the model post-training starts from: the pretrained one after midtraining extended its context, or
+    with sft.init the transformers folder as given ("init")."""
+    if recipe.sft.init:
+        from phiforge import hf_posttrain
+        from phiforge.sft import load_policy
+
+        return [("init", lambda: hf_posttrain.load(recipe.sft.init), "completion"),
+                ("sft", lambda: load_policy(recipe, run, "sft")[:2], "chat"),
+                ("dpo", lambda: load_policy(recipe, run, "dpo")[:2], "chat")]
+    tok = ChatTokenizer.load(run.stage_dir("tokenizer"))
+
+    def untrained():
+        torch.manual_seed(recipe.pretrain.seed)  # the floor: the architecture before any training
+        return Phi3(recipe.model), tok
+
+    def own(stage: str) -> Callable:
+        return lambda: (load_model(run.stage_dir(stage) / "model")[0], tok)
+
+    return [("untrained", untrained, "completion"), ("pretrain", own("pretrain"), "completion"),
+            ("base", own("midtrain"), "completion"), ("sft", own("sft"), "chat"), ("dpo", own("dpo"), "chat"),
+            ("dpo2", own("dpo2"), "chat")]
+
+
 def run(recipe: Recipe, run: RunDir) -> dict:
     seen = {q for kind in ("pretrain", "sft", "pts") for q in read_column(run, kind, "question")}
     problems, dropped = contest(recipe, seen)
     out = run.stage_dir("eval")
-    tok = ChatTokenizer.load(run.stage_dir("tokenizer"))
-
-    torch.manual_seed(recipe.pretrain.seed)  # the floor: the architecture before any training
-    # "base" is the model post-training starts from: the pretrained one after midtraining extended its context.
-    candidates = [("untrained", lambda: Phi3(recipe.model), "completion"),
-                  ("pretrain", lambda: load_model(run.stage_dir("pretrain") / "model")[0], "completion"),
-                  ("base", lambda: load_model(run.stage_dir("midtrain") / "model")[0], "completion"),
-                  ("sft", lambda: load_model(run.stage_dir("sft") / "model")[0], "chat"),
-                  ("dpo", lambda: load_model(run.stage_dir("dpo") / "model")[0], "chat"),
-                  ("dpo2", lambda: load_model(run.stage_dir("dpo2") / "model")[0], "chat")]
-    assert tuple(n for n, _, _ in candidates) == EVAL_MODELS
     summary = {"contest": {"seed": recipe.eval.seed, "n_problems": len(problems), "dropped_seen_in_training": dropped,
                            "maj_k": recipe.eval.maj_k, "temperature": recipe.eval.temperature},
                "models": {}}
@@ -172,8 +195,9 @@ def run(recipe: Recipe, run: RunDir) -> dict:
         summary["amc"] = {"seed": recipe.eval.amc_seed, "n_problems": len(amc_items),
                           "dropped": amc_info["dropped"], "blank_below": recipe.eval.amc_blank_below,
                           "normalize": recipe.eval.amc_normalize, "models": {}}
-    for name, build, style in candidates:
-        model = build().to(device())
+    for name, build, style in candidates(recipe, run):
+        model, tok = build()
+        model = model.to(device())
         result, records = score_model(model, tok, problems, style, recipe)
         result["prompt_style"] = style
         summary["models"][name] = result
@@ -187,7 +211,7 @@ def run(recipe: Recipe, run: RunDir) -> dict:
             summary["benchmarks"]["models"][name] = score_benchmarks(model, tok, sets, style, recipe, out, name)
     summary["paired"] = {f"{a}_vs_{b}": paired(all_records[a], all_records[b])
                          for a, b in (("dpo2", "dpo"), ("dpo", "sft"), ("sft", "base"), ("base", "pretrain"),
-                                      ("base", "untrained"))}
+                                      ("base", "untrained"), ("sft", "init")) if a in all_records and b in all_records}
     atomic_write_json(out / "summary.json", summary)
     amc_metrics = {"amc_per_150": {name: {mode: r[mode]["per_150"] for mode in r}
                                    for name, r in summary["amc"]["models"].items()}} if amc_items else {}

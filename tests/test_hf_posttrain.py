@@ -205,7 +205,8 @@ def fake_run(root, n_sft: int = 6, n_pts: int = 2):
 
     run = RunDir.create(root)
     (synth := run.stage_dir("synth")).mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist([{"id": f"s{i}", "messages": CHATS[i % 3]} for i in range(n_sft)]),
+    pq.write_table(pa.Table.from_pylist([{"id": f"s{i}", "question": CHATS[i % 3][0]["content"],
+                                          "messages": CHATS[i % 3]} for i in range(n_sft)]),
                    synth / "sft-00000.parquet")
     pq.write_table(pa.Table.from_pylist([
         {"id": f"p{i}", "question": f"Add {i} and 2.", "answer": str(i + 2), "domain": "arithmetic",
@@ -220,10 +221,9 @@ def fake_run(root, n_sft: int = 6, n_pts: int = 2):
 
 def test_sft_pts_dpo_stages_on_sft_init(base_dir, tmp_path):
     """The stages themselves, sft.init set: SFT, PTS (rollouts through transformers) and DPO each leave a
-    transformers folder, and dpo2 says it cannot follow."""
+    transformers folder, dpo2 skips itself with the reason, and eval scores the folder as given, SFT and DPO."""
     import json
 
-    from phiforge import dpo, dpo2, pts
     from phiforge.pipeline import BY_NAME, run_stage
 
     run = fake_run(tmp_path / "run")
@@ -233,7 +233,9 @@ def test_sft_pts_dpo_stages_on_sft_init(base_dir, tmp_path):
         "pts": {"n_queries": 1, "solutions_per_query": 1, "batch": 2, "max_rollouts": 4, "max_response_tokens": 6,
                 "gate_low": 0.0, "gate_high": 1.0},
         "dpo": {"batch_size": 2, "dtype": "fp32", "optim": {"lr": 1e-3}},
-        "dpo2": {"n_queries": 1}})
+        "dpo2": {"n_queries": 1},
+        "eval": {"n_problems": 4, "maj_k": 2, "max_new_tokens": 8, "amc_n_problems": 4,
+                 "benchmarks": {"gsm8k100": 2}, "benchmark_models": ["init", "sft"]}})
     # through the stage graph: with sft.init there is no midtrained model to wait for
     with pytest.raises(PhiforgeError, match="needs stage 'midtrain'"):
         run_stage(recipe_from_dict({"sft": {"init": ""}}), run, BY_NAME["sft"])
@@ -242,7 +244,7 @@ def test_sft_pts_dpo_stages_on_sft_init(base_dir, tmp_path):
     saved = transformers.AutoTokenizer.from_pretrained(run.stage_dir("sft") / "model")
     assert "<|im_end|>" in saved.get_vocab() and saved.pad_token_id != saved.eos_token_id
 
-    summary = pts.run(recipe, run)
+    summary = run_stage(recipe, run, BY_NAME["pts"])
     assert summary["queries"] == 1 and summary["rollouts"] > 0
     # the random policy's pairs are down to luck: DPO gets a hand-made single-token pair on top
     _, tok = hf_posttrain.load(run.stage_dir("sft") / "model")
@@ -250,9 +252,15 @@ def test_sft_pts_dpo_stages_on_sft_init(base_dir, tmp_path):
             "rejected_ids": tok.encode("7")[:1]}
     with (run.stage_dir("pts") / "pairs.jsonl").open("a") as f:
         f.write(json.dumps(pair) + "\n")
-    m = dpo.run(recipe, run)
+    m = run_stage(recipe, run, BY_NAME["dpo"])
     assert m["pairs"] >= 1 and m["steps"] >= 1
     out = transformers.AutoModelForCausalLM.from_pretrained(run.stage_dir("dpo") / "model")
     assert out.generation_config.pad_token_id not in out.generation_config.eos_token_id
-    with pytest.raises(PhiforgeError, match="sft.init"):
-        dpo2.run(recipe, run)
+    # judge-guided DPO is phiforge-only: skipped with the reason, so eval still scores what post-training made
+    assert "sft.init" in run_stage(recipe, run, BY_NAME["dpo2"])["skipped"]
+    metrics = run_stage(recipe, run, BY_NAME["eval"])
+    summary = json.loads((run.stage_dir("eval") / "summary.json").read_text())
+    assert list(summary["models"]) == ["init", "sft", "dpo"] and set(summary["paired"]) == {"dpo_vs_sft", "sft_vs_init"}
+    assert summary["models"]["init"]["prompt_style"] == "completion" and 0 <= metrics["sft"]["greedy"] <= 1
+    assert set(summary["amc"]["models"]) == {"init", "sft", "dpo"}
+    assert set(summary["benchmarks"]["models"]) <= {"init", "sft"}
