@@ -82,6 +82,7 @@ class CharTok:
     """One token per character, enough for the runner's bookkeeping (and for test_choice's bigram model)."""
 
     pad_id, im_end_id, endoftext_id = 0, 1, 2
+    stop_ids = [im_end_id, endoftext_id]
     vocab_size = 3 + 128
 
     def encode(self, text):
