@@ -194,9 +194,11 @@ class DPOConfig:
 
 
 @dataclass
-class DPO2Config:
-    """Judge-guided DPO (Phi-4 §4.2) of the PTS-DPO model on pairs of full responses from several policies."""
+class DPO2Config(DPOConfig):
+    """Judge-guided DPO (Phi-4 §4.2) of the PTS-DPO model on pairs of full responses from several policies: the
+    DPO round's settings (one epoch here), and where its pairs come from."""
 
+    epochs: float = 1.0
     n_queries: int = 64  # synth `pts` questions after the ones PTS searched
     policies: list[str] = field(default_factory=lambda: ["teacher", "sft", "dpo"])
     samples_per_policy: int = 2  # sampled responses per model policy and question (the teacher gives one)
@@ -205,13 +207,6 @@ class DPO2Config:
     judge: Literal["programmatic", "http", "local"] = "programmatic"
     judge_url: str = ""  # http: the OpenAI-compatible server's base URL
     judge_model: str = ""  # http: the served model's name; local: a checkpoint folder
-    beta: float = 0.1
-    epochs: float = 1.0
-    batch_size: int = 16
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_steps=0, weight_decay=0.0))
-    dtype: Literal["bf16", "fp32"] = "bf16"
-    seed: int = 0
-    log_every: int = 5
 
 
 # What the eval stage scores, in order; with sft.init: the transformers folder as given ("init"), sft and dpo.
