@@ -6,6 +6,7 @@ the dotted key at fault, so a typo in a recipe fails in the first second instead
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -347,17 +348,22 @@ def apply_override(raw: dict, item: str) -> None:
     if "=" not in item:
         raise PhiforgeError(f"override {item!r} must look like section.key=value")
     key, _, text = item.partition("=")
-    parts = key.strip().split(".")
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         value = text
+    set_key(raw, key.strip(), value)
+
+
+def set_key(raw: dict, key: str, value: Any) -> None:
+    """Set a dotted key (`pretrain.optim.lr`) in a raw recipe mapping, making sections on the way."""
     node = raw
-    for p in parts[:-1]:
+    *parents, leaf = key.split(".")
+    for p in parents:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise PhiforgeError(f"override {key!r}: {p!r} is not a section")
-    node[parts[-1]] = value
+    node[leaf] = copy.deepcopy(value)
 
 
 def recipe_from_dict(raw: dict, source: str = "recipe") -> Recipe:

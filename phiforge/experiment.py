@@ -15,7 +15,6 @@ from the baseline variant, and a plot with error bars.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -28,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from phiforge.config import RECIPES_DIR, Recipe, recipe_from_dict, resolve_recipe_path
+from phiforge.config import RECIPES_DIR, Recipe, recipe_from_dict, resolve_recipe_path, set_key
 from phiforge.errors import PhiforgeError
 from phiforge.rundir import RunDir, atomic_write_json, atomic_write_text
 
@@ -141,21 +140,11 @@ def from_dict(raw: Any, source: str) -> Experiment:
     return exp
 
 
-def _set(raw: dict, key: str, value: Any) -> None:
-    node = raw
-    *parents, leaf = key.split(".")
-    for p in parents:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise PhiforgeError(f"setting {key!r}: {p!r} is not a section")
-    node[leaf] = copy.deepcopy(value)
-
-
 def recipe_for(exp: Experiment, variant: Variant, seed: int) -> Recipe:
     path = resolve_recipe_path(exp.recipe)
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     for key, value in [*exp.set.items(), *variant.set.items(), *((k, seed) for k in SEED_KEYS)]:
-        _set(raw, key, value)
+        set_key(raw, key, value)
     raw["name"] = f"{exp.name}/{variant.name}-s{seed}"
     return recipe_from_dict(raw, source=f"experiment {exp.name}, variant {variant.name}, seed {seed}")
 
