@@ -205,8 +205,8 @@ def run(recipe: Recipe, run: RunDir) -> dict:
         atomic_write_text(out / f"{name}.jsonl", "".join(_jsonl(r) for r in records))
         print(f"eval {name:>9}: greedy {result['greedy']['acc']:.1%}  maj@{recipe.eval.maj_k} {result['maj']['acc']:.1%}")
         if amc_items:
-            summary["amc"]["models"][name] = score_amc(model, tok, amc_items, amc_info, style, recipe,
-                                                       out / f"amc-{name}.jsonl")
+            summary["amc"]["models"][name] = score_amc(PhiforgeEngine(model, tok), amc_items, amc_info, style,
+                                                       recipe.eval, out / f"amc-{name}.jsonl")
         if sets and name in recipe.eval.benchmark_models:
             summary["benchmarks"]["models"][name] = score_benchmarks(model, tok, sets, style, recipe, out, name)
     summary["paired"] = {f"{a}_vs_{b}": paired(all_records[a], all_records[b])
@@ -236,12 +236,10 @@ def score_benchmarks(model: Phi3, tok: ChatTokenizer, sets: dict, style: str, re
     return result
 
 
-def score_amc(model: Phi3, tok: ChatTokenizer, items: list, info: dict, style: str, recipe: Recipe,
-              path: Path) -> dict:
+def score_amc(engine, items: list, info: dict, style: str, cfg, path: Path) -> dict:
     """The AMC contest in every mode of phiforge.choice, the two that need a solution sharing one greedy pass on
-    the bare question (these models never saw an option list). Each wrong pick is named by its option's slip."""
-    cfg = recipe.eval
-    engine = PhiforgeEngine(model, tok)
+    the bare question (these models never saw an option list), with `cfg`'s (an EvalConfig) generation and
+    blank settings. Each wrong pick is named by its option's slip; every record lands in `path`."""
     texts = choice.solve(engine, items, style=style, show_options=False, max_new_tokens=cfg.max_new_tokens,
                          batch_size=cfg.batch_size, stops=MATH_STOPS)
     result, lines = {}, []
@@ -257,8 +255,8 @@ def score_amc(model: Phi3, tok: ChatTokenizer, items: list, info: dict, style: s
         result[mode] = summary
         lines += [_jsonl(r) for r in records]
     atomic_write_text(path, "".join(lines))
-    print(f"amc  {path.stem[4:]:>9}: " + "  ".join(f"{m} {r['per_150']:.1f}/150 ({r['correct']} right, {r['blank']} "
-                                                   f"blank)" for m, r in result.items()))
+    print(f"{path.stem:>13}: " + "  ".join(f"{m} {r['per_150']:.1f}/150 ({r['correct']} right, {r['blank']} blank)"
+                                          for m, r in result.items()))
     return result
 
 

@@ -194,17 +194,19 @@ def suite_key(suite: Suite, style: str) -> str:
 
 def score(engine, recipe: Recipe, seen: set[str], suite: Suite, style: str, out: Path) -> dict:
     """The suite's metrics for one model, and every sample as JSONL under `out`."""
-    from phiforge import amc, benchmarks, choice
+    from phiforge import amc, benchmarks
     from phiforge.answers import answers_equal, extract_answer
-    from phiforge.evaluate import clean_output, contest
+    from phiforge.evaluate import clean_output, contest, score_amc
     from phiforge.render import question_prompt
 
     out.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, float] = {}
     gen = dict(max_new_tokens=suite.max_new_tokens, temperature=0.0, top_p=1.0, seed=0, batch_size=suite.batch_size)
+    # the suite's sizes and generation settings in place of the recipe's own eval section
+    ev = dataclasses.replace(recipe.eval, n_problems=suite.contest, amc_n_problems=suite.amc,
+                             max_new_tokens=suite.max_new_tokens, batch_size=suite.batch_size)
+    recipe = dataclasses.replace(recipe, eval=ev)
     if suite.contest:
-        recipe = dataclasses.replace(recipe, eval=dataclasses.replace(recipe.eval, n_problems=suite.contest,
-                                                                       amc_n_problems=suite.amc))
         problems, dropped = contest(recipe, seen)
         texts = engine.complete([engine.encode(question_prompt(p.question, style)) for p in problems],
                                 stops=benchmarks.MATH_STOPS, **gen)
@@ -218,15 +220,10 @@ def score(engine, recipe: Recipe, seen: set[str], suite: Suite, style: str, out:
         metrics["contest_dropped_seen"] = dropped
         atomic_write_text(out / "contest.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     if suite.amc:
-        recipe = dataclasses.replace(recipe, eval=dataclasses.replace(recipe.eval, amc_n_problems=suite.amc))
-        items, _ = amc.contest(recipe, seen)
-        texts = choice.solve(engine, items, style=style, show_options=False, max_new_tokens=suite.max_new_tokens,
-                             batch_size=suite.batch_size, stops=benchmarks.MATH_STOPS)
-        for mode, key in (("loglik", "amc_loglik"), ("solved_loglik", "amc_solved")):
-            summary, records = choice.run(engine, items, style=style, mode=mode, batch_size=suite.batch_size,
-                                          texts=texts)
-            metrics[key] = summary["per_150"]
-            atomic_write_text(out / f"{key}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+        items, info = amc.contest(recipe, seen)
+        result = score_amc(engine, items, info, style, ev, out / "amc.jsonl")
+        metrics["amc_loglik"] = result["loglik"]["per_150"]
+        metrics["amc_solved"] = result["solved_loglik"]["per_150"]
     for name, limit in suite.benchmarks.items():
         summary, records = benchmarks.evaluate(engine, benchmarks.subset(name, limit), style=style,
                                                shots=suite.shots, max_new_tokens=suite.max_new_tokens,
