@@ -91,32 +91,34 @@ def inputs(recipe: Recipe) -> tuple[str, ...]:
     return ("synth", "decontam") if recipe.sft.init else ("synth", "decontam", "midtrain")
 
 
-def load_start(cfg, run: RunDir):
-    """The model SFT starts from, its tokenizer, and how to save the result: the run's midtrained model, or the
-    transformers folder `sft.init` names (saved as a transformers folder, see phiforge/hf_posttrain.py)."""
-    if not cfg.init:
-        model, mcfg, tok = load_model(run.stage_dir("midtrain") / "model")  # the base model: context-extended
-        return model, tok, lambda m, directory: export_model(m, mcfg, tok, directory)
-    from phiforge import hf_posttrain
-
-    model, tok = hf_posttrain.load(cfg.init)
-    if cfg.max_len > model.max_seq_len:
-        raise PhiforgeError(f"sft.max_len ({cfg.max_len}) exceeds the context of sft.init {cfg.init} "
-                            f"({model.max_seq_len} positions)")
-    return model, tok, lambda m, directory: hf_posttrain.save(m, tok, directory, cfg.dtype)
-
-
-def load_policy(recipe: Recipe, run: RunDir, stage: str, dtype: str = "bf16"):
-    """What load_start gives, for the model a post-training stage (`sft`, `dpo`) wrote: a transformers folder when
-    `sft.init` is set, else a phiforge checkpoint; a further-trained copy is saved the same way (in `dtype`)."""
-    directory = run.stage_dir(stage) / "model"
-    if not recipe.sft.init:
+def _load(directory, transformers_folder: bool, dtype: str):
+    """A model, its tokenizer, and how to save a further-trained copy the same way: a phiforge checkpoint, or a
+    transformers folder (phiforge/hf_posttrain.py, saved in `dtype`)."""
+    if not transformers_folder:
         model, mcfg, tok = load_model(directory)
         return model, tok, lambda m, out: export_model(m, mcfg, tok, out)
     from phiforge import hf_posttrain
 
     model, tok = hf_posttrain.load(directory)
     return model, tok, lambda m, out: hf_posttrain.save(m, tok, out, dtype)
+
+
+def load_start(cfg, run: RunDir):
+    """The model SFT starts from, its tokenizer, and how to save the result: the run's midtrained model (the base
+    model, context-extended), or the transformers folder `sft.init` names."""
+    if not cfg.init:
+        return _load(run.stage_dir("midtrain") / "model", False, cfg.dtype)
+    model, tok, save = _load(cfg.init, True, cfg.dtype)
+    if cfg.max_len > model.max_seq_len:
+        raise PhiforgeError(f"sft.max_len ({cfg.max_len}) exceeds the context of sft.init {cfg.init} "
+                            f"({model.max_seq_len} positions)")
+    return model, tok, save
+
+
+def load_policy(recipe: Recipe, run: RunDir, stage: str, dtype: str = "bf16"):
+    """What load_start gives, for the model a post-training stage (`sft`, `dpo`) wrote: a transformers folder when
+    `sft.init` is set, else a phiforge checkpoint."""
+    return _load(run.stage_dir(stage) / "model", bool(recipe.sft.init), dtype)
 
 
 def run(recipe: Recipe, run: RunDir) -> dict:
