@@ -185,15 +185,21 @@ def test_generate_and_rollouts_on_a_transformers_model(base_dir):
                                      eos_token_id=tok.stop_ids)[0, len(prompt):].tolist()
         cut = next((i for i, t in enumerate(want) if t in tok.stop_ids), len(want))
         assert got == want[:cut]
-    # rollouts keep their stop token when asked (PTS judges complete responses by it), and are seeded
-    with torch.no_grad():  # <|im_end|> now as likely as a typical token: some rows stop early, others run on
-        model.hf.lm_head.weight[tok.im_end_id] = 0.0
+    # rollouts are seeded, run to the length budget unless a stop token comes, and keep that stop token when asked
+    # (PTS judges complete responses by it)
     kw = dict(max_new_tokens=5, stop_ids=tok.stop_ids, temperature=1.0, keep_stop=True)
     outs = sample_from_prefix(model, prompts[0], 6, generator=torch.Generator().manual_seed(1), **kw)
     assert outs == sample_from_prefix(model, prompts[0], 6, generator=torch.Generator().manual_seed(1), **kw)
-    for o in outs:
-        assert 1 <= len(o) <= 5 and all(t not in tok.stop_ids for t in o[:-1])
-        assert len(o) == 5 or o[-1] in tok.stop_ids
+    assert all(len(o) == 5 and not set(o) & set(tok.stop_ids) for o in outs)  # near-uniform: none drew a stop
+    with torch.no_grad():  # an untied head whose <|im_end|> logit is 40 where the prefix ends: every row stops at once
+        logits = model(torch.tensor([prompts[0]]))[0, -1]
+        head = model.hf.lm_head
+        head.weight = torch.nn.Parameter(head.weight.clone())
+        head.weight[tok.im_end_id] = head.weight[logits.argmax()] * (40.0 / logits.max())
+    forced = sample_from_prefix(model, prompts[0], 6, generator=torch.Generator().manual_seed(1), **kw)
+    assert forced == [[tok.im_end_id]] * 6
+    kw["keep_stop"] = False
+    assert sample_from_prefix(model, prompts[0], 6, generator=torch.Generator().manual_seed(1), **kw) == [[]] * 6
 
 
 def fake_run(root, n_sft: int = 6, n_pts: int = 2):
