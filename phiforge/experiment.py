@@ -96,6 +96,9 @@ def load(name_or_path: str) -> Experiment:
 
 
 def from_dict(raw: Any, source: str) -> Experiment:
+    from phiforge import benchmarks
+    from phiforge.render import BASE_STYLES
+
     def need(ok: bool, key: str, what: str) -> None:
         if not ok:
             raise PhiforgeError(f"{source}: {key} {what}")
@@ -116,8 +119,6 @@ def from_dict(raw: Any, source: str) -> Experiment:
         for k in body:
             need(k in vkeys, f"variants.{name}.{k}", f"is unknown (known: {', '.join(sorted(vkeys))})")
         need(isinstance(body.get("set", {}), dict), f"variants.{name}.set", "must map dotted keys to values")
-        from phiforge.render import BASE_STYLES
-
         need(body.get("style", "completion") in BASE_STYLES, f"variants.{name}.style",
              f"must be one of {BASE_STYLES}")
         variants.append(Variant(name=str(name), **body))
@@ -126,8 +127,6 @@ def from_dict(raw: Any, source: str) -> Experiment:
     for k in suite_raw:
         need(k in skeys, f"suite.{k}", f"is unknown (known: {', '.join(sorted(skeys))})")
     suite = Suite(**suite_raw)
-    from phiforge import benchmarks
-
     for b in suite.benchmarks:
         need(b in benchmarks.BENCHMARKS, f"suite.benchmarks.{b}", f"is not a benchmark ({', '.join(benchmarks.BENCHMARKS)})")
     exp = Experiment(**{**raw, "variants": variants, "suite": suite})
