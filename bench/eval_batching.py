@@ -31,7 +31,8 @@ import torch  # noqa: E402
 
 from phiforge.answers import answers_equal, extract_answer  # noqa: E402
 from phiforge.config import load_recipe  # noqa: E402
-from phiforge.evaluate import clean_output, contest, prompt_ids  # noqa: E402
+from phiforge.choice import prompt_ids  # noqa: E402
+from phiforge.evaluate import clean_output, contest  # noqa: E402
 from phiforge.generate import generate  # noqa: E402
 
 
@@ -71,7 +72,7 @@ def main() -> None:
     problems, _ = contest(recipe, set())
     model, tok, what = load(args.run, recipe, args.model, problems)
     style = "chat" if args.model in ("sft", "dpo") else "completion"
-    prompts = [prompt_ids(tok, p, style) for p in problems]
+    prompts = [prompt_ids(tok, p.question, style) for p in problems]
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     common = dict(max_new_tokens=recipe.eval.max_new_tokens, pad_id=tok.pad_id,
                   stop_ids=[tok.im_end_id, tok.endoftext_id], temperature=0.0)

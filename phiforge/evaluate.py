@@ -26,7 +26,7 @@ from phiforge.errors import PhiforgeError
 from phiforge.generate import generate
 from phiforge.model import Phi3
 from phiforge.problems import Problem
-from phiforge.render import first_answer, question_prompt
+from phiforge.render import first_answer
 from phiforge.rundir import RunDir, atomic_write_json, atomic_write_text
 from phiforge.synth import read_column, sample_problem
 from phiforge.tokenizer import ChatTokenizer
@@ -55,12 +55,6 @@ def contest(recipe: Recipe, seen_questions: set[str]) -> tuple[list[Problem], in
     return problems, dropped
 
 
-def prompt_ids(tok: ChatTokenizer, problem: Problem, style: str) -> list[int]:
-    if style == "chat":
-        return tok.chat_prompt(problem.question)
-    return tok.encode(question_prompt(problem.question, style))
-
-
 def clean_output(text: str, style: str) -> str:
     return (text if style == "chat" else first_answer(text)).strip()
 
@@ -85,7 +79,7 @@ def majority(answers: list[str | None]) -> str | None:
 def score_model(model: Phi3, tok: ChatTokenizer, problems: list[Problem], style: str, recipe: Recipe) -> tuple[dict, list[dict]]:
     cfg = recipe.eval
     stop = tok.stop_ids
-    prompts = [prompt_ids(tok, p, style) for p in problems]
+    prompts = [choice.prompt_ids(tok, p.question, style) for p in problems]  # a tokenizer serves as the engine
     common = dict(max_new_tokens=cfg.max_new_tokens, pad_id=tok.pad_id, stop_ids=stop, batch_size=cfg.batch_size)
     greedy = generate(model, prompts, temperature=0.0, progress=True, **common)
     k = cfg.maj_k
