@@ -252,9 +252,11 @@ class OrganicConfig:
     its best web pages rewritten into textbook passages."""
 
     seed: int = 0
-    # feed -> the most UTF-8 bytes it contributes (0 = all): stdlib_code, stdlib_docs, package_pages, pydoc_topics
-    feeds: dict[str, int] = field(default_factory=lambda: {"stdlib_code": 2_000_000, "stdlib_docs": 500_000,
-                                                           "package_pages": 0, "pydoc_topics": 0})
+    # feed -> the most UTF-8 bytes it contributes (0 = all): stdlib_code, stdlib_docs, package_pages, pydoc_topics.
+    # package_pages is opt-in: it reads whatever is installed, so a default corpus with it would change with the
+    # environment; the default feeds depend on the Python version alone.
+    feeds: dict[str, int] = field(default_factory=lambda: {"stdlib_code": 2_000_000, "stdlib_docs": 0,
+                                                           "pydoc_topics": 0})
     local: list[LocalTextConfig] = field(default_factory=list)
     compression_z: float = 4.0  # a page whose log zlib ratio is this many robust SDs from its feed's median is corrupt
     dedup_threshold: float = 0.8  # estimated Jaccard of word 5-gram sets at which two pages are near-duplicates

@@ -6,7 +6,8 @@ Without a hub, the organic text every Python machine has is:
 - `stdlib_code`: the CPython standard library's `.py` files (code);
 - `stdlib_docs`: each standard-library module's docstrings gathered into one page (web-like reference pages);
 - `package_pages`: the long description of every installed distribution, the page PyPI shows for it (web pages:
-  READMEs with badges, licences, changelogs and duplicates, the mess a web filter exists for);
+  READMEs with badges, licences, changelogs and duplicates, the mess a web filter exists for); not in the default
+  feeds, because it changes with whatever is installed;
 - `pydoc_topics`: `pydoc_data.topics`, the language reference's chapters (book-like);
 - a local folder of `.txt`/`.md`, `.jsonl` or `.parquet` files (`organic.local`), as any source.
 
