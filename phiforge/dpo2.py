@@ -5,12 +5,11 @@ answers each of them: `teacher` with the synthetic reference solution (the paper
 and `dpo` with `samples_per_policy` sampled solutions each. A judge scores every response (faults, then 1-5 for
 accuracy, style and detail); every two responses to one prompt that the judge tells apart make a pair, chosen = the
 higher accuracy, else the higher mean. The PTS-DPO model is then trained on these full-response pairs, against its
-own log-probs before the round as the reference.
+own log-probs before the round as the reference. With `sft.init` the policies are the run's transformers folders,
+and so is the result.
 """
 
 from __future__ import annotations
-
-import sys
 
 import json
 from collections import defaultdict
@@ -47,8 +46,8 @@ def questions(recipe, run) -> list[dict]:
 
 def responses(recipe, run, items: list[dict], tok) -> list[list[dict]]:
     """Per question, every policy's responses: text, token ids (stop token kept when it stopped), finished."""
-    from phiforge.checkpoint import load_model
     from phiforge.generate import generate
+    from phiforge.sft import load_policy
     from phiforge.train import device
 
     cfg = recipe.dpo2
@@ -59,7 +58,7 @@ def responses(recipe, run, items: list[dict], tok) -> list[list[dict]]:
                 ids = tok.encode(item["reference"]) + [tok.im_end_id]
                 out[i].append({"policy": "teacher", "text": item["reference"], "ids": ids, "finished": True})
             continue
-        model = load_model(run.stage_dir(policy) / "model")[0].to(device()).eval()
+        model = load_policy(recipe, run, policy, cfg.dtype)[0].to(device()).eval()
         k = cfg.samples_per_policy
         prompts = [tok.chat_prompt(item["question"]) for item in items for _ in range(k)]
         sampled = generate(model, prompts, max_new_tokens=cfg.max_response_tokens, pad_id=tok.pad_id,
@@ -72,20 +71,13 @@ def responses(recipe, run, items: list[dict], tok) -> list[list[dict]]:
 
 
 def run(recipe, run) -> dict:
-    from phiforge.checkpoint import export_model, load_model
     from phiforge.dpo import train_on_pairs
     from phiforge.rundir import atomic_write_json, atomic_write_text
+    from phiforge.sft import load_policy
     from phiforge.train import device
 
     cfg = recipe.dpo2
-    if recipe.sft.init:
-        # Its policies, teacher responses and judge all assume phiforge's checkpoints and tokenizer. Skipped, not
-        # failed, so `phiforge run` goes on to score the SFT and DPO models; eval and the report say so.
-        why = (f"judge-guided DPO runs on phiforge's own models only; sft.init ({recipe.sft.init}) makes the "
-               "post-trained model a transformers one")
-        print(f"[phiforge] dpo2: skipped: {why}", file=sys.stderr, flush=True)
-        return {"skipped": why}
-    model, mcfg, tok = load_model(run.stage_dir("dpo") / "model")
+    model, tok, save = load_policy(recipe, run, "dpo", cfg.dtype)  # phiforge's, or sft.init's transformers model
     items = questions(recipe, run)
     answered = responses(recipe, run, items, tok)
     judge = make_judge(cfg, run)
@@ -115,7 +107,7 @@ def run(recipe, run) -> dict:
     model.to(device())
     steps, history = train_on_pairs(model, pairs, cfg, tok.pad_id)
     out = run.stage_dir("dpo2")
-    export_model(model, mcfg, tok, out / "model")
+    save(model, out / "model")
     atomic_write_text(out / "pairs.jsonl", "".join(lines))
     atomic_write_json(out / "history.json", {"train": history})
     last = history[-1] if history else {}
@@ -130,6 +122,5 @@ def run(recipe, run) -> dict:
 
 def outputs(run) -> list[Path]:
     out = run.stage_dir("dpo2")
-    made = [out / "model", out / "pairs.jsonl", out / "history.json"]
-    return [p for p in made if p.exists()]  # none when skipped (sft.init)
+    return [out / "model", out / "pairs.jsonl", out / "history.json"]
 

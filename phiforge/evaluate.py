@@ -151,7 +151,8 @@ def candidates(recipe: Recipe, run: RunDir) -> list[tuple[str, Callable, str]]:
 
         return [("init", lambda: hf_posttrain.load(recipe.sft.init), "completion"),
                 ("sft", lambda: load_policy(recipe, run, "sft")[:2], "chat"),
-                ("dpo", lambda: load_policy(recipe, run, "dpo")[:2], "chat")]
+                ("dpo", lambda: load_policy(recipe, run, "dpo")[:2], "chat"),
+                ("dpo2", lambda: load_policy(recipe, run, "dpo2")[:2], "chat")]
     tok = ChatTokenizer.load(run.stage_dir("tokenizer"))
 
     def untrained():

@@ -70,6 +70,18 @@ def inputs_of(recipe: Recipe, stage: Stage) -> tuple[str, ...]:
     return tuple(fn(recipe)) if fn else stage.inputs
 
 
+def needed(recipe: Recipe) -> set[str]:
+    """The stages the last one (the report) reads under this recipe, directly or through others: with sft.init,
+    not the tokenizer, pretraining or midtraining, whose model nothing would use."""
+    todo, seen = [STAGES[-1].name], set()
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += inputs_of(recipe, BY_NAME[name])
+    return seen
+
+
 def stage_key(recipe: Recipe, run: RunDir, stage: Stage) -> tuple[str, dict]:
     return recipe.section_hash(*stage.sections) if stage.sections else "", {
         i: run.output_digest(i) for i in inputs_of(recipe, stage)
@@ -142,8 +154,11 @@ def run_pipeline(recipe: Recipe, out: Path, force: list[str] = (), only: list[st
             run.invalidate(name)
     distributed.barrier()
     t0 = time.perf_counter()
+    wanted = needed(recipe) if only is None else set(only)
     for stage in STAGES:
-        if only is not None and stage.name not in only:
+        if stage.name not in wanted:
+            if only is None:
+                log(f"{stage.name}: not needed by this recipe, skipped")
             continue
         if is_current(recipe, run, stage):
             log(f"{stage.name}: unchanged, skipped")

@@ -227,7 +227,8 @@ def fake_run(root, n_sft: int = 6, n_pts: int = 2):
 
 def test_sft_pts_dpo_stages_on_sft_init(base_dir, tmp_path):
     """The stages themselves, sft.init set: SFT, PTS (rollouts through transformers) and DPO each leave a
-    transformers folder, dpo2 skips itself with the reason, and eval scores the folder as given, SFT and DPO."""
+    transformers folder, judge-guided DPO trains the DPO model into another, and eval scores the folder as given and
+    all three."""
     import json
 
     from phiforge.pipeline import BY_NAME, run_stage
@@ -262,11 +263,18 @@ def test_sft_pts_dpo_stages_on_sft_init(base_dir, tmp_path):
     assert m["pairs"] >= 1 and m["steps"] >= 1
     out = transformers.AutoModelForCausalLM.from_pretrained(run.stage_dir("dpo") / "model")
     assert out.generation_config.pad_token_id not in out.generation_config.eos_token_id
-    # judge-guided DPO is phiforge-only: skipped with the reason, so eval still scores what post-training made
-    assert "sft.init" in run_stage(recipe, run, BY_NAME["dpo2"])["skipped"]
+    # judge-guided DPO: the teacher's reference beats a random policy's reply, so there are pairs to train on
+    m = run_stage(recipe, run, BY_NAME["dpo2"])
+    assert m["pairs"] >= 1 and m["steps"] >= 1 and m["chosen_by_policy"].get("teacher", 0) >= 1, m
+    before = transformers.AutoModelForCausalLM.from_pretrained(run.stage_dir("dpo") / "model")
+    after = transformers.AutoModelForCausalLM.from_pretrained(run.stage_dir("dpo2") / "model")
+    assert after.generation_config.pad_token_id not in after.generation_config.eos_token_id
+    moved = [n for (n, a), b in zip(after.named_parameters(), before.parameters()) if not torch.equal(a, b)]
+    assert moved, "judge-guided DPO left every weight as it was"
     metrics = run_stage(recipe, run, BY_NAME["eval"])
     summary = json.loads((run.stage_dir("eval") / "summary.json").read_text())
-    assert list(summary["models"]) == ["init", "sft", "dpo"] and set(summary["paired"]) == {"dpo_vs_sft", "sft_vs_init"}
+    assert list(summary["models"]) == ["init", "sft", "dpo", "dpo2"]
+    assert set(summary["paired"]) == {"dpo2_vs_dpo", "dpo_vs_sft", "sft_vs_init"}
     assert summary["models"]["init"]["prompt_style"] == "completion" and 0 <= metrics["sft"]["greedy"] <= 1
-    assert set(summary["amc"]["models"]) == {"init", "sft", "dpo"}
+    assert set(summary["amc"]["models"]) == {"init", "sft", "dpo", "dpo2"}
     assert set(summary["benchmarks"]["models"]) <= {"init", "sft"}

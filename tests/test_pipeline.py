@@ -159,3 +159,15 @@ def test_corrupt_checkpoint_is_one_line(done_run, tmp_path):
     (ckpt / "optimizer.pt").write_bytes(b"not a pickle")
     line = one_line_error(phiforge("pretrain", recipe, "--out", out))
     assert ckpt.name in line and "optimizer.pt" in line
+
+
+def test_a_transformers_start_skips_the_stages_only_phiforge_models_need(tmp_path):
+    """With sft.init the run post-trains a transformers folder: the tokenizer, pretraining and midtraining would
+    make a model nothing reads, so `phiforge run` leaves them out; without it every stage runs."""
+    from phiforge.config import recipe_from_dict
+    from phiforge.pipeline import needed
+
+    assert needed(recipe_from_dict({})) == {s.name for s in STAGES}
+    (tmp_path / "config.json").write_text("{}")
+    left_out = {s.name for s in STAGES} - needed(recipe_from_dict({"sft": {"init": str(tmp_path)}}))
+    assert left_out == {"tokenizer", "pretrain", "midtrain"}
