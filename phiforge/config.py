@@ -49,6 +49,7 @@ class SynthWorkflowsConfig:
 
     seeds: dict[str, int] = field(default_factory=dict)  # workflow -> seeds it starts from, e.g. {rewrite: 20}
     into: Literal["pretrain", "sft"] = "pretrain"  # which corpus the kept samples join
+    shard_seeds: int = 500  # seeds per LLM shard: what one worker makes and a crashed run resumes from
     temperature: float = 0.7
     max_tokens: int = 512
     exercises: int = 3  # rewrite: exercises asked for per passage
@@ -591,6 +592,7 @@ def _check_workflows(s: SynthConfig, need) -> None:
     for name, n in w.seeds.items():
         need(name in WORKFLOWS, f"synth.workflows.seeds.{name}", f"is not a workflow ({', '.join(WORKFLOWS)})")
         need(n >= 0, f"synth.workflows.seeds.{name}", "must be >= 0")
+    need(w.shard_seeds >= 1, "synth.workflows.shard_seeds", "must be >= 1")
     if any(w.seeds.values()):
         need(t.kind != "programmatic", "synth.teacher.kind",
              "is programmatic, which cannot run LLM workflows: set it to http or local, or empty synth.workflows.seeds")

@@ -10,7 +10,8 @@ The programmatic shards are independent units, datatrove-style: each is written 
 killed run resumes where it stopped, `synth.workers` processes can make them at once, and a cluster can run
 `python -m phiforge.synth RECIPE --out RUN --rank R --world-size W` as separate jobs before `phiforge run` finds
 every shard done and merges. Which worker made a shard changes nothing in it. The LLM workflows
-(phiforge/synth_llm.py) run after the shards, in this process.
+(phiforge/synth_llm.py) come after the programmatic shards, in shards of `synth.workflows.shard_seeds` seeds with
+markers of their own, so they too resume shard by shard and split over ranks.
 """
 
 from __future__ import annotations
@@ -157,23 +158,34 @@ def make_shard(cfg: SynthConfig, out: Path, task: tuple) -> dict:
 
 
 def run_rank(recipe: Recipe, run: RunDir, rank: int, world_size: int) -> int:
-    """The programmatic shards of one worker out of world_size (every world_size-th, from rank), skipping those
-    already finished: a cluster job's unit. Returns how many it made. `run` later finds them done and merges."""
+    """The shards of one worker out of world_size (every world_size-th programmatic shard, then every
+    world_size-th LLM shard, from rank), skipping those already finished: a cluster job's unit. Returns how many it
+    made. `run` later finds them done and merges."""
+    from phiforge import synth_llm
+
     if not 0 <= rank < world_size:
         raise PhiforgeError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
+    cfg = recipe.synth
     out = run.stage_dir("synth")
     out.mkdir(parents=True, exist_ok=True)
     made = 0
-    for task in shard_tasks(recipe.synth)[rank::world_size]:
-        made += finished(recipe.synth, out, task) is None
-        make_shard(recipe.synth, out, task)
-    return made
+    for task in shard_tasks(cfg)[rank::world_size]:
+        made += finished(cfg, out, task) is None
+        make_shard(cfg, out, task)
+    mine = [t for t in synth_llm.llm_tasks(cfg)[rank::world_size] if synth_llm.finished(cfg, out, t) is None]
+    if mine:
+        teacher = synth_llm.teacher_for(cfg, out)
+        for task in mine:
+            synth_llm.make_shard(cfg, out, task, teacher)
+    return made + len(mine)
 
 
 def _remove_stale(cfg: SynthConfig, out: Path, tasks: list[tuple]) -> None:
     """Shards of an earlier config that this one does not make (fewer samples, workflows dropped) must not be read
-    as part of it; LLM shards are always rewritten."""
-    keep = {_name(t) for t in tasks}
+    as part of it."""
+    from phiforge.synth_llm import llm_tasks, shard_name
+
+    keep = {_name(t) for t in tasks} | {shard_name(cfg, t) for t in llm_tasks(cfg)}
     for p in out.glob("*.parquet"):
         if p.name not in keep:
             p.unlink()
@@ -270,8 +282,9 @@ def main(argv: list[str] | None = None) -> None:
     from phiforge.config import load_recipe
 
     ap = argparse.ArgumentParser(prog="python -m phiforge.synth",
-                                 description="Make one worker's share of the synth stage's programmatic shards (a "
-                                             "cluster job); `phiforge run` then finds them done and merges.")
+                                 description="Make one worker's share of the synth stage's shards, programmatic "
+                                             "and LLM (a cluster job); `phiforge run` then finds them done and "
+                                             "merges.")
     ap.add_argument("recipe")
     ap.add_argument("--out", required=True, help="the run folder")
     ap.add_argument("--rank", type=int, required=True)

@@ -348,8 +348,8 @@ def test_synth_stage_adds_llm_samples_and_a_data_card_without_touching_the_progr
         mine = [p for p in synth.shards(b, kind) if "-llm-" not in p.name]
         assert [p.read_bytes() for p in mine] == [p.read_bytes() for p in synth.shards(a, kind)]
     llm_shards = sorted(p.name for p in b.stage_dir("synth").glob("*-llm-*.parquet"))
-    assert llm_shards == ["pretrain-llm-plurality.parquet", "pretrain-llm-reverse_code.parquet",
-                          "pretrain-llm-rewrite.parquet"]
+    assert llm_shards == ["pretrain-llm-plurality-00000.parquet", "pretrain-llm-reverse_code-00000.parquet",
+                          "pretrain-llm-rewrite-00000.parquet"]
     assert pq.read_schema(b.stage_dir("synth") / llm_shards[0]) == synth.PRETRAIN_SCHEMA
     card = {row["workflow"]: row for row in metrics["data_card"]}
     assert card["programmatic"]["kept"] == metrics["kept"] and card["rewrite"]["teacher"] == "local:tiny"
@@ -372,6 +372,47 @@ def test_synth_stage_adds_llm_samples_and_a_data_card_without_touching_the_progr
     c = card["plurality"]
     assert f"| plurality | local:tiny | 1 | 1 | {c['kept']} | {100 * c['accept_rate']:.1f}% |" in report
     assert "| programmatic | programmatic |" in report
+
+
+def test_llm_shards_split_over_ranks_resume_one_by_one_and_match_a_single_process(tmp_path, monkeypatch):
+    """LLM workflows in shards of synth.workflows.shard_seeds: two cluster ranks make the same shard bytes as one
+    process, `phiforge run` afterwards sends no request, and a shard whose marker is lost is the only one redone."""
+    from conftest import MICRO
+    from phiforge import synth, synth_llm
+    from phiforge.config import recipe_from_dict
+    from phiforge.rundir import RunDir
+
+    teachers = []
+
+    def scripted(cfg, cache_dir=None):
+        teachers.append(Scripted(lambda r, msg: EXERCISES))
+        return teachers[-1]
+
+    monkeypatch.setattr(synth_llm, "make_teacher", scripted)
+    recipe = recipe_from_dict({**MICRO, "synth": {
+        **MICRO["synth"], "n_pretrain": 20, "n_sft": 5,
+        "teacher": {"kind": "http", "url": "http://127.0.0.1:9/v1", "model": "m"},
+        "workflows": {"seeds": {"rewrite": 5}, "shard_seeds": 2}}})
+    one, two = RunDir.create(tmp_path / "one"), RunDir.create(tmp_path / "two")
+    card = {r["workflow"]: r for r in synth.run(recipe, one)["data_card"]}
+    names = [synth_llm.shard_name(recipe.synth, t) for t in synth_llm.llm_tasks(recipe.synth)]
+    assert names == [f"pretrain-llm-rewrite-{i:05d}.parquet" for i in range(3)]
+    assert card["rewrite"]["seeds"] == 5 and card["rewrite"]["kept"] >= 5
+
+    made = [synth.run_rank(recipe, two, rank, 2) for rank in (0, 1)]
+    assert sum(made) == len(synth.shard_tasks(recipe.synth)) + 3
+    sent = len(teachers)
+    merged = {r["workflow"]: r for r in synth.run(recipe, two)["data_card"]}["rewrite"]
+    assert {**merged, "seconds": 0} == {**card["rewrite"], "seconds": 0}
+    assert len(teachers) == sent, "the merge made a teacher although every shard was done"
+    for name in names:
+        assert (one.stage_dir("synth") / name).read_bytes() == (two.stage_dir("synth") / name).read_bytes()
+
+    (two.stage_dir("synth") / ".done" / f"{names[1]}.json").unlink()
+    synth.run(recipe, two)
+    redone = [r.seed for r in teachers[-1].seen]
+    assert len(teachers) == sent + 1 and len(set(redone)) == 2  # the two seeds of shard 1, nothing else
+    assert (one.stage_dir("synth") / names[1]).read_bytes() == (two.stage_dir("synth") / names[1]).read_bytes()
 
 
 def test_a_cut_off_answer_counts_only_when_it_was_boxed():
