@@ -95,8 +95,21 @@ class CausalLM(nn.Module):
         super().__init__()
         self.hf = hf
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, return_hidden: bool = False) -> torch.Tensor:
+        if return_hidden:  # the backbone alone: no [B, T, V] logits (262,144 wide for Gemma 3)
+            return self.hf.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
         return self.hf(input_ids=input_ids, use_cache=False).logits
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits from `forward(ids, return_hidden=True)`, as the model's own forward makes them (Gemma's final
+        soft-capping included)."""
+        logits = self.hf.get_output_embeddings()(hidden)
+        cap = getattr(self.hf.config.get_text_config(), "final_logit_softcapping", None)
+        return logits if cap is None else torch.tanh(logits / cap) * cap
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_output_embeddings().out_features
 
     @property
     def max_seq_len(self) -> int:

@@ -429,8 +429,10 @@ class Phi3(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, *, position_ids: torch.Tensor | None = None,
                 kv_cache: KVCache | None = None, attention_mask: torch.Tensor | None = None,
-                last_only: bool = False) -> torch.Tensor:
-        """Logits [B, T, V] ([B, 1, V] with last_only, which spares prefill a [B, T, V] tensor).
+                last_only: bool = False, return_hidden: bool = False) -> torch.Tensor:
+        """Logits [B, T, V] ([B, 1, V] with last_only, which spares prefill a [B, T, V] tensor); with return_hidden
+        the final normed hidden states [B, T, d] instead, for a caller that needs logits at a few positions only
+        (`head` makes them).
 
         attention_mask: bool [B, S], True for real tokens, over all S = cached + new key positions.
         """
@@ -465,7 +467,16 @@ class Phi3(nn.Module):
             x = layer(x, cos, sin, mask, causal, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(T)
-        return self.lm_head(self.model.norm(x[:, -1:] if last_only else x))
+        h = self.model.norm(x[:, -1:] if last_only else x)
+        return h if return_hidden else self.lm_head(h)
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits from `forward(..., return_hidden=True)`'s hidden states."""
+        return self.lm_head(hidden)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.cfg.vocab_size
 
     @staticmethod
     def _build_mask(key_valid: torch.Tensor | None, T: int, offset: int, device: torch.device) -> torch.Tensor:

@@ -105,3 +105,26 @@ def test_bad_pairs_are_user_errors():
     pairs = make_pairs(3)
     with pytest.raises(PhiforgeError, match="shape"):
         train_dpo(model, pairs, torch.zeros(2, 2), steps=1, batch_size=1, pad_id=PAD)
+
+
+def test_large_logits_go_through_the_head_in_chunks_with_the_same_values_and_gradients(monkeypatch):
+    """When a batch's [B, T, V] logits would pass CHUNK_ELEMENTS, only the completion positions go through the head,
+    a few rows at a time and recomputed in backward: same log-probs and gradients as the whole-logits path."""
+    import phiforge.dpo as dpo
+
+    prompts = [[3, 4, 5], [7], [9, 10, 11, 12, 13]]
+    completions = [[6], [8, 9, 10, 11, 12, 13], [14, 15]]
+    runs = {}
+    for name, budget in (("whole", dpo.CHUNK_ELEMENTS), ("chunked", 3 * CFG.vocab_size)):  # 3 rows per chunk
+        monkeypatch.setattr(dpo, "CHUNK_ELEMENTS", budget)
+        model = tiny()
+        seen = []
+        model.lm_head.register_forward_hook(lambda m, args, out: seen.append(tuple(out.shape)))
+        logps = sequence_logps(model, prompts, completions, PAD)
+        logps.sum().backward()
+        runs[name] = logps.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, seen
+    assert runs["whole"][2] == [(3, 6, CFG.vocab_size)]
+    assert runs["chunked"][2] == [(3, CFG.vocab_size)] * 3 * 2  # 9 targets in 3 chunks, each run again in backward
+    assert torch.allclose(runs["chunked"][0], runs["whole"][0], atol=1e-6)
+    for n, g in runs["whole"][1].items():
+        assert torch.allclose(runs["chunked"][1][n], g, atol=1e-6), n

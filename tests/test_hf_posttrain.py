@@ -278,3 +278,28 @@ def test_sft_pts_dpo_stages_on_sft_init(base_dir, tmp_path):
     assert summary["models"]["init"]["prompt_style"] == "completion" and 0 <= metrics["sft"]["greedy"] <= 1
     assert set(summary["amc"]["models"]) == {"init", "sft", "dpo", "dpo2"}
     assert set(summary["benchmarks"]["models"]) <= {"init", "sft"}
+
+
+def test_head_on_hidden_states_is_the_models_own_logits_with_soft_capping(base_dir, tmp_path):
+    """DPO's chunked path calls the backbone and then `head`: it must give the logits transformers' forward gives,
+    including Gemma's final soft-capping when the config has one."""
+    import phiforge.dpo as dpo
+
+    capped = tmp_path / "capped"
+    hf = transformers.AutoModelForCausalLM.from_pretrained(base_dir)
+    hf.config.final_logit_softcapping = 2.0  # small, so that capping visibly changes the logits
+    hf.save_pretrained(capped)
+    base_tokenizer().save_pretrained(capped)
+    model, tok = hf_posttrain.load(capped)
+    ids = torch.tensor([tok.chat_prompt("Add 17 and 25.")])
+    with torch.no_grad():
+        logits = model(ids)
+        assert logits.abs().max() <= 2.0
+        assert torch.allclose(model.head(model(ids, return_hidden=True)), logits, atol=1e-5)
+        whole = sequence_logps(model, [ids[0].tolist()], [tok.encode("17 + 25 = 42.")], tok.pad_id)
+        dpo.CHUNK_ELEMENTS, budget = 2 * model.vocab_size, dpo.CHUNK_ELEMENTS
+        try:
+            chunked = sequence_logps(model, [ids[0].tolist()], [tok.encode("17 + 25 = 42.")], tok.pad_id)
+        finally:
+            dpo.CHUNK_ELEMENTS = budget
+    assert torch.allclose(chunked, whole, atol=1e-5)
