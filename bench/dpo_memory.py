@@ -1,14 +1,15 @@
 """Peak memory of a DPO round on full responses with a large vocabulary: whole [B, T, V] logits vs the chunked head.
 
-One DPO round as the dpo and dpo2 stages run it (reference log-probs once, then training steps, bf16 autocast) on
-Gemma 3 270M (vocabulary 262,144) when `python -m phiforge.refmodel setup` has installed it, over programmatic maths
-chats whose reference solution is chosen and a corrupted one rejected. Each mode runs in a fresh child process and
-reports its peak resident memory (ru_maxrss) above the memory right after loading the model, and its seconds;
-"whole" sets phiforge.dpo.CHUNK_ELEMENTS so high that every batch takes the whole-logits path, "chunked" is the
-default. The two must reach the same losses (checked).
+The two phases of a DPO batch as the dpo and dpo2 stages run them, bf16 autocast, on Gemma 3 270M (vocabulary
+262,144; `python -m phiforge.refmodel setup`): the reference log-probs (no grad), and one training step's forward and
+backward (the optimizer step left out: AdamW's states are the same on both paths). Responses are programmatic worked
+solutions, chosen right and rejected with the last answer corrupted. Each (phase, path) runs in a fresh child
+process and reports its peak resident memory (ru_maxrss) above the phase's start; "whole" sets
+phiforge.dpo.CHUNK_ELEMENTS so high that the batch takes the whole-logits path, "chunked" is the default. The check
+value (the reference log-probs' sum; the gradient norm) must agree between the paths.
 
-    python bench/dpo_memory.py                          # batch 4 pairs, 2 steps
-    python bench/dpo_memory.py --batch-size 8 --steps 1
+    python bench/dpo_memory.py                       # 8 pairs of 3-solution responses
+    python bench/dpo_memory.py --batch-size 4 --solutions 1
 """
 
 from __future__ import annotations
@@ -29,32 +30,43 @@ def child(args) -> None:
 
     import phiforge.dpo as dpo
     from phiforge import hf_posttrain
-    from phiforge.config import DPOConfig, OptimConfig
     from phiforge.problems import make_problem
     from phiforge.render import chat
+    from phiforge.train import autocast
 
     model, tok = hf_posttrain.load(args.model)
     if args.mode == "whole":
         dpo.CHUNK_ELEMENTS = 1 << 62
     pairs = []
-    for i in range(args.batch_size * args.steps):
-        p = make_problem("linear_equations", 7, i, 2)
-        right = chat(p)[-1]["content"]
-        wrong = right.replace(str(p.answer), str(p.answer) + "1")
-        pairs.append({"prompt_ids": tok.chat_prompt(p.question), "chosen_ids": tok.encode(right) + [tok.im_end_id],
+    for i in range(args.batch_size):
+        # a response of args.solutions worked solutions, as long as a judged full response can be
+        problems = [make_problem("linear_equations", 7, args.solutions * i + j, 2) for j in range(args.solutions)]
+        right = "\n\n".join(chat(p)[-1]["content"] for p in problems)
+        wrong = right.replace(str(problems[-1].answer), str(problems[-1].answer) + "1")
+        pairs.append({"prompt_ids": tok.chat_prompt(" ".join(p.question for p in problems)),
+                      "chosen_ids": tok.encode(right) + [tok.im_end_id],
                       "rejected_ids": tok.encode(wrong) + [tok.im_end_id]})
     tokens = sum(len(p["prompt_ids"]) + len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in pairs)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    cfg = DPOConfig(beta=0.1, epochs=1, batch_size=args.batch_size, dtype="bf16",
-                    optim=OptimConfig(lr=1e-6, warmup_steps=0, weight_decay=0.0))
     t = time.perf_counter()
-    steps, history = dpo.train_on_pairs(model, pairs, cfg, tok.pad_id)
+    if args.phase == "reference":
+        value = dpo.precompute_reference(model, pairs, pad_id=tok.pad_id, batch_size=args.batch_size, dtype="bf16")
+        value = float(value.sum())
+    else:  # one training step's forward and backward, the optimizer left out: its states do not depend on the path
+        ref = dpo.precompute_reference(model, pairs, pad_id=tok.pad_id, batch_size=args.batch_size, dtype="bf16")
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t = time.perf_counter()
+        model.train()
+        with autocast("bf16", torch.device("cpu")):
+            chosen, rejected = dpo._pair_logps(model, pairs, tok.pad_id)
+        loss = dpo.DPOLoss(0.1)(chosen, rejected, ref[:, 0], ref[:, 1])[0]
+        loss.backward()
+        value = float(sum(p.grad.float().norm() ** 2 for p in model.parameters() if p.grad is not None) ** 0.5)
     seconds = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"mode": args.mode, "vocab": model.vocab_size, "pairs": len(pairs), "tokens": tokens,
-                      "steps": steps, "losses": [h["loss"] for h in history], "seconds": seconds,
-                      "model_mb": base / 1024, "peak_above_model_mb": (peak - base) / 1024,
-                      "threads": torch.get_num_threads()}))
+    print(json.dumps({"mode": args.mode, "phase": args.phase, "vocab": model.vocab_size, "pairs": len(pairs),
+                      "tokens": tokens, "value": value, "seconds": seconds, "model_mb": base / 1024,
+                      "peak_above_mb": (peak - base) / 1024, "threads": torch.get_num_threads()}))
 
 
 def main() -> None:
@@ -62,9 +74,10 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(refmodel.GEMMA_DIR))
-    ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=8, help="pairs per batch (2x rows)")
+    ap.add_argument("--solutions", type=int, default=3, help="worked solutions per response")
     ap.add_argument("--mode", choices=["whole", "chunked"], help=argparse.SUPPRESS)  # the child process
+    ap.add_argument("--phase", choices=["reference", "step"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.mode:
         child(args)
@@ -72,22 +85,23 @@ def main() -> None:
     if not (Path(args.model) / "config.json").is_file():
         raise SystemExit(f"no transformers model at {args.model}: run `python -m phiforge.refmodel setup` first")
     rows = []
-    for mode in ("whole", "chunked"):
-        out = subprocess.run([sys.executable, __file__, "--model", args.model, "--batch-size", str(args.batch_size),
-                              "--steps", str(args.steps), "--mode", mode], capture_output=True, text=True, check=True)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    whole, chunked = rows
-    same = all(abs(a - b) <= 1e-3 * max(1.0, abs(a)) for a, b in zip(whole["losses"], chunked["losses"]))
-    print(f"DPO round on {Path(args.model).name}: vocabulary {whole['vocab']:,}, {whole['pairs']} full-response pairs "
-          f"({whole['tokens']:,} tokens), batch {args.batch_size}, {whole['steps']} steps, bf16 autocast, "
-          f"{whole['threads']} threads; model loaded: {whole['model_mb']:,.0f} MB\n")
-    print("| logits | peak memory above the loaded model (MB) | seconds | losses |")
-    print("|---|---|---|---|")
+    for phase in ("reference", "step"):
+        for mode in ("whole", "chunked"):
+            out = subprocess.run([sys.executable, __file__, "--model", args.model, "--batch-size",
+                                  str(args.batch_size), "--solutions", str(args.solutions), "--mode", mode,
+                                  "--phase", phase], capture_output=True, text=True, check=True)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    r0 = rows[0]
+    print(f"DPO on {Path(args.model).name}: vocabulary {r0['vocab']:,}, {r0['pairs']} full-response pairs in one batch "
+          f"({r0['tokens']:,} tokens), bf16 autocast, {r0['threads']} threads; model loaded: {r0['model_mb']:,.0f} MB\n")
+    print("| phase | logits | peak memory above the start of the phase (MB) | seconds | check value |")
+    print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['mode']} | {r['peak_above_model_mb']:,.0f} | {r['seconds']:.1f} | "
-              f"{', '.join(f'{x:.4f}' for x in r['losses'])} |")
-    print(f"\nchunked / whole peak: {chunked['peak_above_model_mb'] / whole['peak_above_model_mb']:.2f}x; "
-          f"same losses: {same}")
+        print(f"| {r['phase']} | {r['mode']} | {r['peak_above_mb']:,.0f} | {r['seconds']:.1f} | {r['value']:.6g} |")
+    for phase in ("reference", "step"):
+        w, c = (r for r in rows if r["phase"] == phase)
+        print(f"{phase}: chunked / whole peak {c['peak_above_mb'] / max(w['peak_above_mb'], 1):.2f}x, values agree to "
+              f"{abs(c['value'] - w['value']) / max(abs(w['value']), 1e-12):.1e} (relative)")
 
 
 if __name__ == "__main__":
