@@ -14,6 +14,7 @@ compare on a busy machine; wall-clock rates are only meaningful on an idle one.
     python bench/http_teacher.py            # the reported run: both transports, cache on
     python bench/http_teacher.py --no-cache --transport aiohttp   # HTTP alone, the default client only
     python bench/http_teacher.py --latency-ms 250   # a slower server
+    python bench/http_teacher.py --transport aiohttp --bare   # next to a bare aiohttp loop, no HTTPTeacher
     python bench/http_teacher.py --quick    # smoke test
 """
 
@@ -89,6 +90,34 @@ def run_once(url: str, concurrency: int, n: int, offset: int, cache_dir: Path | 
     return n / wall, cpu / n, system / n, teacher.stats
 
 
+def run_bare(url: str, concurrency: int, n: int, offset: int) -> tuple[float, float, float, dict]:
+    """The same n requests through a bare aiohttp loop (one session, `concurrency` workers, no cache, no retries,
+    no parsing beyond json.loads): the transport's own ceiling on this machine, for HTTPTeacher to be compared with."""
+    import aiohttp
+
+    async def go() -> list[str]:
+        texts: list[str | None] = [None] * n
+        todo = iter(range(n))
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+            async def worker() -> None:
+                for i in todo:
+                    body = json.dumps({"model": "stub", "messages": [{"role": "user", "content": f"Question {i}"}],
+                                       "temperature": 1.0, "max_tokens": 32, "seed": offset + i}).encode()
+                    async with session.post(f"{url}/chat/completions", data=body,
+                                            headers={"Content-Type": "application/json"}) as r:
+                        texts[i] = json.loads(await r.read())["choices"][0]["message"]["content"]
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return texts
+
+    t, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+    texts = asyncio.run(go())
+    wall, after = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF)
+    system = after.ru_stime - before.ru_stime
+    assert texts == [f"reply to seed {offset + i}" for i in range(n)], "lost or reordered answers"
+    return n / wall, (after.ru_utime - before.ru_utime + system) / n, system / n, {"requests": n, "retries": 0}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--latency-ms", type=float, default=50.0)
@@ -100,6 +129,8 @@ def main() -> None:
     ap.add_argument("--no-cache", action="store_true", help="HTTP alone: no disk cache")
     ap.add_argument("--transport", choices=["aiohttp", "httpx", "both"], default="both",
                     help="HTTPTeacher's transport: aiohttp (the default client), httpx (the one before), or both")
+    ap.add_argument("--bare", action="store_true", help="also a bare aiohttp loop without HTTPTeacher (row 'bare "
+                    "aiohttp'): what the machine allows a client at all")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--serve-stub", action="store_true", help=argparse.SUPPRESS)  # the child process
     args = ap.parse_args()
@@ -110,6 +141,8 @@ def main() -> None:
     if args.quick:
         args.concurrency, args.seconds, args.repeats = [1, 8], 0.5, 1
     transports = ["aiohttp", "httpx"] if args.transport == "both" else [args.transport]
+    if args.bare:
+        transports.append("bare aiohttp")
 
     # Every run's cache stays until the end: on ext4, files created just after thousands were deleted cost up to 30
     # times the CPU (the inode allocator skips recently deleted inodes), so removing each run's folder before the next
@@ -123,8 +156,13 @@ def main() -> None:
         def cache_dir(name: str) -> Path | None:
             return None if args.no_cache else Path(folders.name) / name
 
+        def one(t: str, c: int, n: int, offset: int):
+            if t == "bare aiohttp":
+                return run_bare(url, c, n, offset)
+            return run_once(url, c, n, offset, cache_dir(f"{t}-{offset}"), t)
+
         for t in transports:
-            run_once(url, 2, 4, 0, cache_dir(f"warm-up-{t}"), t)  # imports, first connections
+            one(t, 2, 4, 0)  # imports, first connections
         rows, offset = [], 10
         for c in args.concurrency:
             ideal = c / latency
@@ -132,7 +170,7 @@ def main() -> None:
             runs = {t: [] for t in transports}
             for _ in range(args.repeats):
                 for t in transports:  # interleaved, so that a change in the machine's load hits both alike
-                    rate, cpu, system, stats = run_once(url, c, n, offset, cache_dir(f"{t}-{offset}"), t)
+                    rate, cpu, system, stats = one(t, c, n, offset)
                     offset += n
                     assert stats["requests"] == n and stats["retries"] == 0, stats
                     runs[t].append((rate, cpu, system))
