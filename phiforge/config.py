@@ -211,7 +211,7 @@ class DPO2Config(DPOConfig):
     judge_model: str = ""  # http: the served model's name; local: a checkpoint folder
 
 
-# What the eval stage scores, in order; with sft.init: the transformers folder as given ("init"), sft and dpo.
+# What the eval stage scores, in order; with sft.init: the transformers folder as given ("init"), sft, dpo and dpo2.
 EVAL_MODELS = ("untrained", "pretrain", "base", "sft", "dpo", "dpo2", "init")
 
 

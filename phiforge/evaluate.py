@@ -133,14 +133,6 @@ def paired(a: list[dict], b: list[dict]) -> dict:
             "wins": wins, "losses": losses, "p_value": min(1.0, 2 * tail)}
 
 
-def inputs(recipe: Recipe) -> tuple[str, ...]:
-    """The stages eval reads (pipeline.inputs_of): with sft.init, the transformers models of sft and dpo, not
-    phiforge's pretrained ones."""
-    if recipe.sft.init:
-        return ("synth", "decontam", "sft", "pts", "dpo", "dpo2")
-    return ("synth", "decontam", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "dpo2")
-
-
 def candidates(recipe: Recipe, run: RunDir) -> list[tuple[str, Callable, str]]:
     """(name, build -> (model, tokenizer), prompt style) for every model eval scores, in EVAL_MODELS order.
     "base" is the model post-training starts from: the pretrained one after midtraining extended its context, or
@@ -150,9 +142,8 @@ def candidates(recipe: Recipe, run: RunDir) -> list[tuple[str, Callable, str]]:
         from phiforge.sft import load_policy
 
         return [("init", lambda: hf_posttrain.load(recipe.sft.init), "completion"),
-                ("sft", lambda: load_policy(recipe, run, "sft")[:2], "chat"),
-                ("dpo", lambda: load_policy(recipe, run, "dpo")[:2], "chat"),
-                ("dpo2", lambda: load_policy(recipe, run, "dpo2")[:2], "chat")]
+                *((stage, lambda stage=stage: load_policy(recipe, run, stage)[:2], "chat")
+                  for stage in ("sft", "dpo", "dpo2"))]
     tok = ChatTokenizer.load(run.stage_dir("tokenizer"))
 
     def untrained():

@@ -63,11 +63,17 @@ def log(msg: str) -> None:
         print(f"[phiforge] {msg}", file=sys.stderr, flush=True)
 
 
+# The stages that make and feed phiforge's own model: with sft.init, post-training starts from a transformers
+# folder, so no stage reads them.
+OWN_MODEL_STAGES = ("tokenizer", "pretrain", "midtrain")
+
+
 def inputs_of(recipe: Recipe, stage: Stage) -> tuple[str, ...]:
-    """The stages whose outputs `stage` reads under this recipe: `stage.inputs`, or fewer when its module's
-    `inputs(recipe)` says so (sft with sft.init reads a transformers folder instead of the midtrained model)."""
-    fn = stage.fn("inputs")
-    return tuple(fn(recipe)) if fn else stage.inputs
+    """The stages whose outputs `stage` reads under this recipe: `stage.inputs`, without the own-model stages when
+    sft.init names a transformers folder to post-train."""
+    if recipe.sft.init:
+        return tuple(i for i in stage.inputs if i not in OWN_MODEL_STAGES)
+    return stage.inputs
 
 
 def needed(recipe: Recipe) -> set[str]:

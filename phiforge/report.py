@@ -436,13 +436,6 @@ def to_html(blocks: list[tuple], title: str) -> str:
     return "\n".join(out) + "</body></html>\n"
 
 
-def inputs(recipe: Recipe) -> tuple[str, ...]:
-    """The stages the report reads (pipeline.inputs_of): with sft.init there is no phiforge model to pretrain."""
-    if recipe.sft.init:
-        return ("synth", "decontam", "sft", "pts", "dpo", "dpo2", "eval")
-    return ("synth", "decontam", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "dpo2", "eval")
-
-
 def run(recipe: Recipe, run: RunDir) -> dict:
     blocks = build_blocks(recipe, run)
     atomic_write_text(run.root / "report.md", to_markdown(blocks))

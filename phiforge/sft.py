@@ -85,12 +85,6 @@ def train(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], p
     return history
 
 
-def inputs(recipe: Recipe) -> tuple[str, ...]:
-    """The stages SFT reads (pipeline.inputs_of): without the midtrained model when sft.init replaces it, so
-    fine-tuning a transformers folder needs no phiforge pretraining."""
-    return ("synth", "decontam") if recipe.sft.init else ("synth", "decontam", "midtrain")
-
-
 def _load(directory, transformers_folder: bool, dtype: str):
     """A model, its tokenizer, and how to save a further-trained copy the same way: a phiforge checkpoint, or a
     transformers folder (phiforge/hf_posttrain.py, saved in `dtype`)."""
