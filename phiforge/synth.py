@@ -127,17 +127,24 @@ def _name(task: tuple[str, int, int, int]) -> str:
     return f"{task[0]}-{task[1]:05d}.parquet"
 
 
-def _marker(out: Path, task: tuple) -> Path:
-    return out / ".done" / f"{_name(task)}.json"
+def read_marker(out: Path, name: str, key: str) -> dict | None:
+    """The summary in shard `name`'s marker if the shard is there and was made under `key`, else None. Programmatic
+    and LLM shards alike: the marker is written after the shard, so a marker means a complete shard."""
+    try:
+        summary = json.loads((out / ".done" / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if summary.get("key") == key and (out / name).is_file() else None
+
+
+def write_marker(out: Path, name: str, summary: dict) -> None:
+    (out / ".done").mkdir(exist_ok=True)
+    atomic_write_json(out / ".done" / f"{name}.json", summary)
 
 
 def finished(cfg: SynthConfig, out: Path, task: tuple) -> dict | None:
-    """The summary of a shard already made under this config (its marker is written after the shard), else None."""
-    try:
-        summary = json.loads(_marker(out, task).read_text())
-    except (OSError, ValueError):
-        return None
-    return summary if summary.get("key") == shard_key(cfg) and (out / _name(task)).is_file() else None
+    """The summary of a programmatic shard already made under this config, else None."""
+    return read_marker(out, _name(task), shard_key(cfg))
 
 
 def make_shard(cfg: SynthConfig, out: Path, task: tuple) -> dict:
@@ -152,8 +159,7 @@ def make_shard(cfg: SynthConfig, out: Path, task: tuple) -> dict:
                "chars": sum(len(r["text"]) if kind == "pretrain" else sum(len(m["content"]) for m in r["messages"])
                             for r in rows),
                "rejects": rejects}
-    _marker(out, task).parent.mkdir(exist_ok=True)
-    atomic_write_json(_marker(out, task), summary)
+    write_marker(out, _name(task), summary)
     return summary
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from phiforge import seeds as seed_sources
 from phiforge.config import SynthConfig
-from phiforge.rundir import atomic_write_json
 from phiforge.seeds import Seed
 from phiforge.teacher import make_teacher
 from phiforge.workflows import SEED_KIND, WORKFLOWS, Knobs, Record
@@ -86,24 +85,18 @@ def llm_key(cfg: SynthConfig) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _marker(out: Path, cfg: SynthConfig, task: tuple) -> Path:
-    return out / ".done" / f"{shard_name(cfg, task)}.json"
-
-
 def finished(cfg: SynthConfig, out: Path, task: tuple) -> dict | None:
-    """The summary of an LLM shard already made under this config (its marker follows the shard), else None."""
-    try:
-        summary = json.loads(_marker(out, cfg, task).read_text())
-    except (OSError, ValueError):
-        return None
-    return summary if summary.get("key") == llm_key(cfg) and (out / shard_name(cfg, task)).is_file() else None
+    """The summary of an LLM shard already made under this config, else None."""
+    from phiforge.synth import read_marker
+
+    return read_marker(out, shard_name(cfg, task), llm_key(cfg))
 
 
 def make_shard(cfg: SynthConfig, out: Path, task: tuple, teacher) -> dict:
     """Run one workflow on one shard's seeds unless that shard is done; write its kept samples, then its marker
     (counts, teacher tokens, rejects). A seed's requests carry seeds of their own (workflows.request_seed), so
     which shard or worker sends them does not change what an HTTP teacher answers."""
-    from phiforge.synth import PRETRAIN_SCHEMA, SFT_SCHEMA, write_shard
+    from phiforge.synth import PRETRAIN_SCHEMA, SFT_SCHEMA, write_marker, write_shard
 
     if (done := finished(cfg, out, task)) is not None:
         return done
@@ -137,8 +130,7 @@ def make_shard(cfg: SynthConfig, out: Path, task: tuple, teacher) -> dict:
                "seconds": round(seconds, 2), "reasons": dict(Counter(reason_key(r.reason) for r in records
                                                                      if not r.kept)),
                "rejects": rejects}
-    _marker(out, cfg, task).parent.mkdir(exist_ok=True)
-    atomic_write_json(_marker(out, cfg, task), summary)
+    write_marker(out, shard_name(cfg, task), summary)
     return summary
 
 
