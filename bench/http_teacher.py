@@ -4,17 +4,17 @@ The stub runs in a child process: a bare asyncio HTTP/1.1 server (keep-alive, no
 POST /v1/chat/completions with a small chat.completion exactly --latency-ms after the request arrives, and does
 nothing else, so the server is never the bottleneck and the ideal rate at concurrency c is c / latency. The client
 is `HTTPTeacher.complete` as a synth workflow would call it, disk cache on (a fresh folder per run, so every request
-is a miss and is written) unless --no-cache, over requests with distinct seeds, with each --transport (aiohttp, the
-default, and httpx, the client before it) against the same server in the same run, their repeats interleaved so
-that both see the same load. Every figure is the median of --repeats runs. "client CPU ms/req" is this process's
+is a miss and is written) unless --no-cache, over requests with distinct seeds, with each --transport (asyncio:
+phiforge's own HTTP/1.1 client, the default; aiohttp and httpx, the clients before it) against the same server in
+the same run, their repeats interleaved so that all see the same load. Every figure is the median of --repeats runs. "client CPU ms/req" is this process's
 CPU time (all threads, user + system) per request, and its inverse the rate at which the client alone would fill
 one core: where that ceiling is near the ideal, the client, not the concurrency, is what limits. CPU time is what to
 compare on a busy machine; wall-clock rates are only meaningful on an idle one.
 
-    python bench/http_teacher.py            # the reported run: both transports, cache on
-    python bench/http_teacher.py --no-cache --transport aiohttp   # HTTP alone, the default client only
+    python bench/http_teacher.py            # the reported run: all three transports, cache on
+    python bench/http_teacher.py --no-cache --transport asyncio   # HTTP alone, the default client only
     python bench/http_teacher.py --latency-ms 250   # a slower server
-    python bench/http_teacher.py --transport aiohttp --bare   # next to a bare aiohttp loop, no HTTPTeacher
+    python bench/http_teacher.py --transport asyncio aiohttp --bare   # and a bare aiohttp loop, no HTTPTeacher
     python bench/http_teacher.py --quick    # smoke test
 """
 
@@ -75,7 +75,7 @@ async def serve_stub(latency: float) -> None:
 
 
 def run_once(url: str, concurrency: int, n: int, offset: int, cache_dir: Path | None,
-             transport: str = "aiohttp") -> tuple[float, float, float, dict]:
+             transport: str = "asyncio") -> tuple[float, float, float, dict]:
     """(requests/s, client CPU seconds per request, the kernel's share of them, teacher stats) of one `complete` call
     over n fresh requests, caching into cache_dir (None: no cache)."""
     requests = [ChatRequest.user(f"Question {i}: what is {i} + {i}?", temperature=1.0, max_tokens=32, seed=offset + i)
@@ -127,8 +127,10 @@ def main() -> None:
     ap.add_argument("--cache-root", default=".", help="where the runs' cache folders are made, and removed at the "
                     "end (default: the current folder, as a run folder's cache would be)")
     ap.add_argument("--no-cache", action="store_true", help="HTTP alone: no disk cache")
-    ap.add_argument("--transport", choices=["aiohttp", "httpx", "both"], default="both",
-                    help="HTTPTeacher's transport: aiohttp (the default client), httpx (the one before), or both")
+    ap.add_argument("--transport", nargs="+", choices=["asyncio", "aiohttp", "httpx"],
+                    default=["asyncio", "aiohttp", "httpx"],
+                    help="HTTPTeacher's transports to run: asyncio (phiforge.http1, the default client), aiohttp "
+                    "and httpx (the ones before it); all three unless named")
     ap.add_argument("--bare", action="store_true", help="also a bare aiohttp loop without HTTPTeacher (row 'bare "
                     "aiohttp'): what the machine allows a client at all")
     ap.add_argument("--quick", action="store_true")
@@ -140,13 +142,11 @@ def main() -> None:
         return
     if args.quick:
         args.concurrency, args.seconds, args.repeats = [1, 8], 0.5, 1
-    transports = ["aiohttp", "httpx"] if args.transport == "both" else [args.transport]
+    transports = list(args.transport)
     if args.bare:
         transports.append("bare aiohttp")
 
-    # Every run's cache stays until the end: on ext4, files created just after thousands were deleted cost up to 30
-    # times the CPU (the inode allocator skips recently deleted inodes), so removing each run's folder before the next
-    # made the cache look far dearer than in a real run, which only adds files.
+    # Every run's cache (one log file each) stays until the end, as a run folder's would.
     folders = tempfile.TemporaryDirectory(prefix=".http-teacher-bench-", dir=args.cache_root)
     proc = subprocess.Popen([sys.executable, __file__, "--serve-stub", "--latency-ms", str(args.latency_ms)],
                             stdout=subprocess.PIPE, text=True)
@@ -187,7 +187,7 @@ def main() -> None:
     print(f"\nHTTPTeacher vs a stub server answering after {args.latency_ms:g} ms, disk cache {cache}; median of "
           f"{args.repeats} runs of n requests; {os.cpu_count()} cores, load average {load}\n")
     # client ceiling: the rate at which one core runs out, 1 / (client CPU per request); kernel: the system time in
-    # that CPU (socket sends, and the cache's file creations, which cost 0.05-0.8 ms each on a busy disk)
+    # that CPU (socket sends and receives, and the cache's appends)
     head = ("concurrency", "transport", "requests", "req/s", "ideal req/s", "achieved", "client CPU ms/req",
             "of it kernel", "client ceiling req/s")
     print(" | ".join(head))

@@ -6,10 +6,10 @@
     teacher.stats   # {'requests': 100, 'retries': 0, 'cache_hits': 0, 'prompt_tokens': ..., ...}
 
 One asyncio event loop and at most `concurrency` requests in flight (a bounded semaphore, released while a request
-waits to retry) over as many keep-alive connections of one aiohttp session; proxies come from HTTP(S)_PROXY,
-ALL_PROXY and NO_PROXY, as they did with httpx. aiohttp parses HTTP in C: a request costs the client about 0.17 ms
-of CPU against httpx's 0.7 ms (`transport="httpx"` keeps the old client, for comparison in bench/http_teacher.py),
-so one core drives thousands of requests a second. Cache entries are written by a helper thread, off the event loop.
+waits to retry) over as many keep-alive connections. The transport is phiforge's own HTTP/1.1 client
+(`phiforge.http1`, about 0.06 ms of CPU a request), or aiohttp where HTTP(S)_PROXY / ALL_PROXY route the URL through
+a proxy (NO_PROXY honoured; 0.15 ms a request); `transport=` picks one by name, httpx (0.7 ms) included, for
+bench/http_teacher.py to compare.
 A request is retried, up to `max_retries` times, on 408/429/500/502/503/504, a timeout, a connection error, or a 200
 whose body is not a whole chat completion (truncated or malformed JSON). The wait before retry k is the server's
 Retry-After when it sends one, else "full jitter", uniform in [0, min(max_backoff_s, backoff_s * 2**k)], so that
@@ -27,12 +27,11 @@ Results come back in request order, exactly one per request.
 from __future__ import annotations
 
 import asyncio
+import collections
 import email.utils
 import functools
 import json
-import queue
 import random
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -113,8 +112,30 @@ def env_proxy(url: str) -> str | None:
     return proxies.get(parts.scheme) or proxies.get("all")
 
 
+class _Asyncio:
+    """phiforge's own HTTP/1.1 client (`phiforge.http1`): the default where no proxy applies."""
+
+    timeouts = (asyncio.TimeoutError,)
+    errors = (OSError,)  # refused, reset, TLS failures, and http1.ProtocolError (closed mid-response, not HTTP)
+
+    def __init__(self, url: str, n_slots: int, timeout_s: float, headers: dict[str, str]):
+        from phiforge.http1 import Http1Pool
+
+        if env_proxy(url) is not None:
+            raise TeacherError(f"transport 'asyncio' speaks to {url} directly, but the environment names a proxy "
+                               f"for it; use transport 'aiohttp' (or 'auto')")
+        self.pool = Http1Pool(url, timeout_s, headers)
+
+    async def post(self, data: bytes) -> tuple[int, bytes, str | None, str]:
+        status, reason, headers, body = await self.pool.post(data)
+        return status, body, headers.get("retry-after"), reason
+
+    async def aclose(self) -> None:
+        await self.pool.aclose()
+
+
 class _Aiohttp:
-    """One aiohttp session with a keep-alive connection per slot (the default transport)."""
+    """One aiohttp session with a keep-alive connection per slot (the default where a proxy applies)."""
 
     def __init__(self, url: str, n_slots: int, timeout_s: float, headers: dict[str, str]):
         import aiohttp  # here, not at the top: modules that only need RETRY_STATUSES skip its 0.1 s import
@@ -173,31 +194,12 @@ def _httpx_ssl_context():
     return httpx.create_ssl_context()
 
 
-TRANSPORTS = {"aiohttp": _Aiohttp, "httpx": _Httpx}
+TRANSPORTS = {"asyncio": _Asyncio, "aiohttp": _Aiohttp, "httpx": _Httpx}
 
 
-class _CacheWriter:
-    """Cache entries written by one helper thread that drains a queue: a slow disk (up to 1 ms a file in this
-    machine's /tmp) never stalls the event loop, and handing an entry over costs the loop a queue put, not a future."""
-
-    def __init__(self, cache: DiskCache):
-        self.cache, self.queue, self.error = cache, queue.SimpleQueue(), None
-        self.thread = threading.Thread(target=self._drain, name="phiforge-cache", daemon=True)
-        self.thread.start()
-
-    def put(self, key: str, canonical: dict, completion: Completion) -> None:
-        self.queue.put((key, canonical, completion))
-
-    def _drain(self) -> None:
-        while (item := self.queue.get()) is not None:
-            try:
-                self.cache.put(*item)
-            except Exception as e:  # e.g. a full disk: reported once the batch is done
-                self.error = self.error or e
-
-    def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
+def auto_transport(url: str) -> str:
+    """phiforge's own client, unless the environment routes `url` through a proxy, which aiohttp speaks to."""
+    return "aiohttp" if env_proxy(url) is not None else "asyncio"
 
 
 class HTTPTeacher:
@@ -206,15 +208,16 @@ class HTTPTeacher:
     def __init__(self, base_url: str, model: str, api_key: str | None = None, *, concurrency: int = 8,
                  max_retries: int = 6, timeout_s: float = 60.0, cache_dir: Path | str | None = None,
                  backoff_s: float = 0.5, max_backoff_s: float = 30.0, name: str | None = None,
-                 transport: str = "aiohttp"):
+                 transport: str = "auto"):
         if concurrency < 1 or max_retries < 0 or timeout_s <= 0 or backoff_s < 0:
             raise TeacherError(f"HTTPTeacher needs concurrency >= 1, max_retries >= 0, timeout_s > 0 and "
                                f"backoff_s >= 0; got {concurrency}, {max_retries}, {timeout_s}, {backoff_s}")
-        if transport not in TRANSPORTS:
-            raise TeacherError(f"HTTPTeacher transport must be one of {sorted(TRANSPORTS)}, not {transport!r}")
-        self.transport = transport
+        if transport != "auto" and transport not in TRANSPORTS:
+            raise TeacherError(f"HTTPTeacher transport must be 'auto' or one of {sorted(TRANSPORTS)}, "
+                               f"not {transport!r}")
         self.base_url, self.model = base_url.rstrip("/"), model
         self.url = self.base_url + "/chat/completions"
+        self.transport = auto_transport(self.url) if transport == "auto" else transport
         self.api_key, self.concurrency, self.max_retries, self.timeout_s = api_key, concurrency, max_retries, timeout_s
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self.cache = DiskCache(cache_dir) if cache_dir is not None else None
@@ -257,26 +260,49 @@ class HTTPTeacher:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        loop = asyncio.get_running_loop()
 
         async def answer(key: str, canonical: dict, positions: list[int]) -> None:
             request = requests[positions[0]]
-            completion = await self._post(slots, transport, request)
+            completion = await self._post(slots, transport, request, on_wait=spawn)
             for p in positions:
                 results[p] = completion
-            if writer is not None and request.deterministic:
-                writer.put(key, canonical, completion)
+            if self.cache is not None and request.deterministic:
+                try:
+                    self.cache.put(key, canonical, completion)  # an append: cheaper than handing it to a thread
+                except OSError as e:  # e.g. a full disk
+                    raise TeacherError(f"cannot write the teacher cache under {self.cache.root}: {e}") from e
+
+        # One worker per slot takes requests from a queue, rather than a task per request waiting on the semaphore:
+        # at 64 in flight the tasks and their wake-ups cost as much CPU as the HTTP itself. A request that waits to
+        # retry lets its slot go and starts a worker, so the queue keeps moving.
+        queue = collections.deque((k, c, ps) for k, (c, ps) in todo.items())
+        errors: list[Exception] = []
+        workers: set[asyncio.Task] = set()
+
+        async def worker() -> None:
+            while queue:
+                try:
+                    await answer(*queue.popleft())
+                except Exception as e:  # a TeacherError, or a bug: reported once the batch is done
+                    errors.append(e)
+
+        def spawn() -> None:
+            if queue:
+                workers.add(asyncio.ensure_future(worker()))
 
         transport = TRANSPORTS[self.transport](self.url, n_slots, self.timeout_s, headers)
-        writer = _CacheWriter(self.cache) if self.cache is not None else None
         try:
-            outcomes = await asyncio.gather(*(answer(k, c, ps) for k, (c, ps) in todo.items()),
-                                            return_exceptions=True)
+            for _ in range(n_slots):
+                spawn()
+            while workers:
+                done, _ = await asyncio.wait(workers)
+                workers.difference_update(done)
+                for task in done:
+                    task.result()  # a cancellation, or an error outside answer()
         finally:
+            for task in workers:
+                task.cancel()
             await transport.aclose()
-            if writer is not None:
-                await loop.run_in_executor(None, writer.close)
-        errors = [e for e in outcomes if isinstance(e, BaseException)]
         if errors:
             self.stats["failed"] += len(errors)
             first = next((e for e in errors if not isinstance(e, TeacherError)), errors[0])
@@ -284,13 +310,12 @@ class HTTPTeacher:
                 raise first  # a bug or a cancellation, not the server's doing
             raise TeacherError(f"{len(errors)} of {len(todo)} requests failed (the others are cached); "
                                f"first: {first}", url=first.url, status=first.status)
-        if writer is not None and writer.error is not None:
-            e = writer.error
-            raise TeacherError(f"cannot write the teacher cache under {self.cache.root}: {type(e).__name__}: {e}")
         return results
 
-    async def _post(self, slots: asyncio.BoundedSemaphore, transport: _Aiohttp | _Httpx,
-                    request: ChatRequest) -> Completion:
+    async def _post(self, slots: asyncio.BoundedSemaphore, transport: _Asyncio | _Aiohttp | _Httpx,
+                    request: ChatRequest, on_wait=lambda: None) -> Completion:
+        """The request's completion, trying up to 1 + max_retries times; on_wait() runs as it lets its slot go to
+        wait before a retry."""
         body = {"model": self.model, "messages": list(request.messages), "temperature": request.temperature,
                 "max_tokens": request.max_tokens}
         if request.seed is not None:  # omitted rather than null: some servers reject null fields
@@ -324,6 +349,7 @@ class HTTPTeacher:
             except _Malformed as e:
                 last = f"HTTP 200 with a malformed body: {e}"
             if attempt < self.max_retries:
+                on_wait()
                 await asyncio.sleep(retry_after if retry_after is not None
                                     else backoff_delay(attempt, self.backoff_s, self.max_backoff_s, self.rng))
         raise TeacherError(f"POST {self.url} failed after {self.max_retries + 1} attempts; last: {last}",

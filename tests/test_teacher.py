@@ -39,8 +39,9 @@ N = 40
 SCHEDULE = {1: "429", 4: "500", 6: "truncated", 9: "hang", 13: "503", 17: "truncated", 21: "429", 26: "502",
             30: "hang", 35: "500"}
 TIMEOUT_S = 2.0  # the client's; a "hang" outlasts it. Real replies of the tiny model take tens of milliseconds.
-# The default client and the one before it, which bench/http_teacher.py compares it with: every fault test runs both.
-transports = pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+# phiforge's own client (the default), and the two before it, which bench/http_teacher.py compares it with: every
+# fault test runs all three.
+transports = pytest.mark.parametrize("transport", ["asyncio", "aiohttp", "httpx"])
 
 
 def serving(app):
@@ -140,6 +141,11 @@ def make_requests(n: int = N) -> list[ChatRequest]:
     return out
 
 
+def cache_lines(root) -> int:
+    """The entries in a cache folder's logs."""
+    return sum(len(path.read_bytes().splitlines()) for path in root.glob("*.jsonl"))
+
+
 def teacher(url: str, cache=None, **kwargs) -> HTTPTeacher:
     kwargs = {"concurrency": 8, "timeout_s": TIMEOUT_S, "backoff_s": 0.01, "max_backoff_s": 0.05, **kwargs}
     return HTTPTeacher(url, "tiny", cache_dir=cache, **kwargs)
@@ -174,7 +180,7 @@ def test_faults_cost_retries_not_samples_and_a_rerun_comes_from_the_cache(urls, 
     assert t.stats["requests"] == proxy.received and t.stats["cache_hits"] == 0 and t.stats["completed"] == N
     assert t.stats["prompt_tokens"] == sum(c.prompt_tokens for c in clean)
     assert t.stats["completion_tokens"] == sum(c.completion_tokens for c in clean)
-    assert len(list((tmp_path / "cache").rglob("*.json"))) == N
+    assert cache_lines(tmp_path / "cache") == N
 
     received = proxy.received
     again = teacher(front, tmp_path / "cache", transport=transport)
@@ -237,26 +243,25 @@ def test_a_client_error_fails_at_once_and_the_rest_of_the_batch_is_kept(urls, pr
 CHILD = """
 import json, os, sys
 from phiforge.http_teacher import HTTPTeacher
-from phiforge.teacher import ChatRequest
+from phiforge.teacher import ChatRequest, DiskCache
 
 url, cache, spec = sys.argv[1:]
-replace, calls = os.replace, [0]
+append, calls = DiskCache._append, [0]
 
-def crash_on_fifth(src, dst):
+def crash_on_fifth(self, line):
     calls[0] += 1
-    if calls[0] == 5:  # the fifth cache entry: half written under its temporary name, then the process dies
-        with open(src, "r+b") as f:
-            f.truncate(os.path.getsize(src) // 2)
+    if calls[0] == 5:  # the fifth cache entry: half of its line written, then the process dies
+        os.write(self.log_fd, line[: len(line) // 2])
         os._exit(3)
-    replace(src, dst)
+    append(self, line)
 
-os.replace = crash_on_fifth
+DiskCache._append = crash_on_fifth
 requests = [ChatRequest(**r) for r in json.loads(spec)]
 HTTPTeacher(url, "tiny", cache_dir=cache, concurrency=4).complete(requests)
 """
 
 
-def test_the_cache_survives_a_crash_mid_write(urls, clean, tmp_path):
+def test_the_cache_survives_a_crash_mid_write(urls, clean, tmp_path, caplog):
     real, _, _ = urls
     cache, requests = tmp_path / "cache", make_requests()
     spec = json.dumps([{"messages": list(r.messages), "temperature": r.temperature, "max_tokens": r.max_tokens,
@@ -264,21 +269,28 @@ def test_the_cache_survives_a_crash_mid_write(urls, clean, tmp_path):
     child = subprocess.run([sys.executable, "-c", CHILD, real, str(cache), spec], capture_output=True, text=True,
                            timeout=120)
     assert child.returncode == 3, child.stderr
-    leftovers = list(cache.rglob(".*.tmp"))
-    assert len(leftovers) == 1 and len(list(cache.rglob("*.json"))) == 4
+    (log,) = cache.glob("*.jsonl")
+    assert cache_lines(cache) == 5 and not log.read_bytes().endswith(b"\n")  # four whole entries and half a fifth
 
     t = teacher(real, cache)
     assert t.complete(requests) == clean
-    assert t.stats["cache_hits"] == 4 and t.stats["requests"] == N - 4
-    assert leftovers[0].exists() and len(list(cache.rglob("*.json"))) == N  # the leftover was never read
+    assert t.stats["cache_hits"] == 4 and t.stats["requests"] == N - 4  # the half line was never read
+    assert len(list(cache.glob("*.jsonl"))) == 2 and cache_lines(cache) == 5 + N - 4
 
-    # A damaged entry (a power cut, a hand edit) is a miss: asked again and rewritten whole.
+    # A damaged entry (a power cut, a hand edit) is a miss, unless an older copy of the key is whole: asked again.
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
     key = request_key(requests[7].canonical("tiny"))
-    DiskCache(cache).path(key).write_text('{"key": "' + key[:10])
-    t = teacher(real, cache)
+    (damaged / "1-host-1.jsonl").write_text('{"key": "' + key + '", "request": {"mo\n')
+    t = teacher(real, damaged)
     assert t.complete(requests) == clean
-    assert t.stats["cache_hits"] == N - 1 and t.stats["requests"] == 1
-    assert DiskCache(cache).get(key, requests[7].canonical("tiny")) == clean[7]
+    assert t.stats["cache_hits"] == 0 and t.stats["requests"] == N
+    assert "ignoring unreadable cache entry" in caplog.text
+    assert DiskCache(damaged).get(key, requests[7].canonical("tiny")) == clean[7]
+    for path in damaged.glob("*.jsonl"):  # the whole copy first, the damaged one newest: the whole one answers
+        if path.name != "1-host-1.jsonl":
+            path.rename(damaged / "0-host-0.jsonl")
+    assert DiskCache(damaged).get(key, requests[7].canonical("tiny")) == clean[7]
 
 
 def test_local_teacher_equals_http_teacher(ckpt, clean):
@@ -352,8 +364,13 @@ def test_proxy_from_the_environment(monkeypatch):
     assert env_proxy("http://api.example.com/v1/chat/completions") == "http://all.example.com:3128"
     assert env_proxy("http://localhost:8000/v1/chat/completions") is None
     assert env_proxy("https://llm.internal/v1/chat/completions") is None
-    with pytest.raises(TeacherError, match="transport must be one of"):
+    with pytest.raises(TeacherError, match="transport must be 'auto' or one of"):
         HTTPTeacher("http://127.0.0.1:9/v1", "m", transport="requests")
+    # phiforge's client speaks to servers directly: where a proxy applies, "auto" takes aiohttp, which speaks to it
+    assert HTTPTeacher("https://api.example.com/v1", "m").transport == "aiohttp"
+    assert HTTPTeacher("http://localhost:8000/v1", "m").transport == "asyncio"
+    with pytest.raises(TeacherError, match="names a proxy"):
+        HTTPTeacher("https://api.example.com/v1", "m", transport="asyncio").complete([ChatRequest.user("x")])
 
 
 def test_retry_after_and_backoff():
