@@ -17,7 +17,7 @@ from torch import nn
 from phiforge.errors import PhiforgeError
 from phiforge.generate import generate, stream_rows
 from phiforge.hf_model import HFChatModel
-from phiforge.model import KVCache
+from phiforge.model import DecodeWeights, KVCache
 from phiforge.rundir import MARKER, RunDir
 from phiforge.tokenizer import ChatTokenizer
 
@@ -129,10 +129,14 @@ def _begin(model: nn.Module, prompts: Sequence[Sequence[int]], pad_id: int, max_
     [B, V] and the `advance` / `select` steps of `generate.stream_rows`. The forward calls are generate's."""
     device = next(model.parameters()).device
 
-    # Per call, not around the loop: an inference_mode block held open across `yield` would leak into the caller.
+    # Per call, not around the loop: a block held open across `yield` would leak into the caller.
+    with torch.inference_mode():
+        weights = DecodeWeights(model)
+
     @torch.inference_mode()
     def forward(*args, **kwargs):
-        return model(*args, **kwargs)
+        with weights:
+            return model(*args, **kwargs)
 
     B, L = len(prompts), max(len(p) for p in prompts)
     total = L + max_new_tokens
