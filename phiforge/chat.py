@@ -17,7 +17,7 @@ from torch import nn
 from phiforge.errors import PhiforgeError
 from phiforge.generate import generate, stream_rows
 from phiforge.hf_model import HFChatModel
-from phiforge.model import DecodeWeights, KVCache
+from phiforge.model import DecodeLinears, KVCache
 from phiforge.rundir import MARKER, RunDir
 from phiforge.tokenizer import ChatTokenizer
 
@@ -130,12 +130,11 @@ def _begin(model: nn.Module, prompts: Sequence[Sequence[int]], pad_id: int, max_
     device = next(model.parameters()).device
 
     # Per call, not around the loop: a block held open across `yield` would leak into the caller.
-    with torch.inference_mode():
-        weights = DecodeWeights(model)
+    linears = DecodeLinears(model)
 
     @torch.inference_mode()
     def forward(*args, **kwargs):
-        with weights:
+        with linears:
             return model(*args, **kwargs)
 
     B, L = len(prompts), max(len(p) for p in prompts)

@@ -9,7 +9,7 @@ from torch import nn
 
 from phiforge.hf_posttrain import CausalLM
 from phiforge.hf_posttrain import sample as hf_sample
-from phiforge.model import DecodeWeights, KVCache
+from phiforge.model import DecodeLinears, KVCache
 
 
 def sample_next(
@@ -126,7 +126,7 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), DecodeWeights(model):
+        with torch.inference_mode(), DecodeLinears(model):
             bar = None
             if progress:
                 from tqdm.auto import tqdm
@@ -277,7 +277,7 @@ def sample_from_prefix(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), DecodeWeights(model):
+        with torch.inference_mode(), DecodeLinears(model):
             cache = KVCache(model.cfg.n_layers, len(prefix_ids) + max_new_tokens)
             ids = torch.tensor([list(prefix_ids)], dtype=torch.long, device=device)
             logits = model(ids, kv_cache=cache, last_only=True)[:, -1].expand(n, -1)

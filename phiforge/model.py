@@ -292,42 +292,58 @@ class _BlockCausalAttention(torch.autograd.Function):
         return dq.view(B, H, T, D), dk.view(B, H, T, D), dv.view(B, H, T, D)
 
 
-class Linear(nn.Linear):
-    """nn.Linear that multiplies by `weight_t`, a transposed copy of its weight, while `DecodeWeights` sets one."""
+def _onednn_linear_available() -> bool:
+    """oneDNN's fp32 linear (the op inductor's CPU fusions call) exists in this torch build and agrees with
+    F.linear; an internal op, so checked once rather than trusted."""
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+        x, w = torch.randn(3, 2, 16, generator=torch.Generator().manual_seed(0)), torch.randn(8, 16)
+        with torch.inference_mode():
+            return bool(torch.backends.mkldnn.is_available() and
+                        torch.allclose(op(x, w, None, "none", [None], ""), F.linear(x, w), rtol=1e-5, atol=1e-5))
+    except (AttributeError, RuntimeError):
+        return False
 
-    weight_t: torch.Tensor | None = None
+
+ONEDNN_LINEAR = _onednn_linear_available()
+
+
+class Linear(nn.Linear):
+    """nn.Linear that, while `DecodeLinears` switches it on, multiplies fp32 CPU inputs without autograd through
+    oneDNN's linear instead of F.linear (which this torch build sends to MKL)."""
+
+    onednn: bool = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight_t is None or torch.is_grad_enabled():
-            return F.linear(x, self.weight, self.bias)
-        y = x @ self.weight_t
-        return y if self.bias is None else y + self.bias
+        if self.onednn and x.dtype == torch.float32 and not torch.is_grad_enabled():
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [None], "")
+        return F.linear(x, self.weight, self.bias)
 
 
-class DecodeWeights:
-    """Contiguous [in, out] copies of a Phi3's Linear weights, used by its forward passes inside `with` blocks.
+class DecodeLinears:
+    """Inside `with` blocks, a Phi3's linears run through oneDNN on CPU in fp32 without autograd: the generation
+    engine's forward passes.
 
-    On CPU, x @ W with W stored [in, out] runs faster than F.linear's x @ W.T with W stored [out, in], most of all at
-    the few rows of a decode step: over the 17 matrices of bench/generate.py's model, 2.4x at one row, 1.4x at 4-16,
-    1.1x at 64 and 1.05x at prefill sizes (this machine's oneDNN/MKL; measured cycling through all 17, as a decode
-    step does). The copies cost one more set of weights for the length of a generation and a few milliseconds to
-    make, so generation makes them once and enters the block around each forward call. Elsewhere (CUDA, whose GEMMs
-    take either layout at full speed) there are none, and the block changes nothing.
+    On this machine (AMD EPYC, torch's MKL build) MKL's fp32 GEMM is slow at the few rows of a decode step: over the
+    17 weight matrices of bench/generate.py's model, cycled as a decode step does, oneDNN takes 0.99 / 1.79 / 2.58 /
+    5.67 / 30.5 ms at 1 / 4 / 16 / 64 / 512 rows against F.linear's 2.47 / 4.42 / 4.81 / 9.09 / 38.5 ms (2.5x to
+    1.26x); results differ from F.linear in the last bits only (fp32 accumulation order). Only for generation:
+    training runs under bf16 autocast (already oneDNN), and scoring passes keep F.linear so a policy and its
+    reference compute alike. The weights themselves are used as they are, so nothing is copied.
     """
 
     def __init__(self, model: nn.Module):
-        self.pairs: list[tuple[Linear, torch.Tensor]] = []
-        if next(model.parameters()).device.type == "cpu":
-            self.pairs = [(m, m.weight.detach().t().contiguous()) for m in model.modules() if isinstance(m, Linear)]
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        self.modules = [m for m in model.modules() if isinstance(m, Linear)] if ONEDNN_LINEAR and on_cpu else []
 
-    def __enter__(self) -> DecodeWeights:
-        for module, weight_t in self.pairs:
-            module.weight_t = weight_t
+    def __enter__(self) -> DecodeLinears:
+        for module in self.modules:
+            module.onednn = True
         return self
 
     def __exit__(self, *exc) -> None:
-        for module, _ in self.pairs:
-            module.weight_t = None
+        for module in self.modules:
+            module.onednn = False
 
 
 class Attention(nn.Module):

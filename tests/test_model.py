@@ -8,7 +8,7 @@ import torch
 from phiforge.errors import PhiforgeError
 from phiforge.generate import generate, sample_next
 from phiforge.model import (
-    DecodeWeights, KVCache, ModelConfig, Phi3, config_from_hf_dict, hf_config_dict, load_pretrained, save_pretrained,
+    DecodeLinears, KVCache, ModelConfig, Phi3, config_from_hf_dict, hf_config_dict, load_pretrained, save_pretrained,
 )
 
 transformers = pytest.importorskip("transformers")
@@ -141,37 +141,26 @@ def test_greedy_matches_full_forward_argmax(model):
     assert out == seq[len(prompt) :]
 
 
-def test_decode_weights_match_linear_leave_training_alone_and_follow_weight_updates(model):
+def test_decode_linears_match_f_linear_and_leave_autograd_alone(model):
+    from phiforge.model import ONEDNN_LINEAR
+
+    assert ONEDNN_LINEAR  # the CPU builds phiforge installs have oneDNN: without it generation silently slows down
     ids = _ids(3, 10)
     with torch.no_grad():
         plain = model(ids)
-        with DecodeWeights(model) as weights:
-            assert len(weights.pairs) == 4 * CFG.n_layers + 1
-            assert all(m.weight_t.shape == m.weight.shape[::-1] and m.weight_t.is_contiguous() for m, _ in weights.pairs)
+        with DecodeLinears(model) as linears:
+            assert len(linears.modules) == 4 * CFG.n_layers + 1 and all(m.onednn for m in linears.modules)
             decoded = model(ids)
-    assert all(m.weight_t is None for m, _ in weights.pairs)
+    assert not any(m.onednn for m in linears.modules)
     assert (decoded - plain).abs().max() < 1e-4
-    # With gradients on, the copies are not used: they would silently take no gradient.
-    with DecodeWeights(model):
-        model.lm_head.weight.grad = None
+    # With gradients on, oneDNN's op is not used: it has no backward here.
+    with DecodeLinears(model):
         model(ids).square().mean().backward()
     inside = model.lm_head.weight.grad.clone()
     model.lm_head.weight.grad = None
     model(ids).square().mean().backward()
     assert torch.equal(inside, model.lm_head.weight.grad)
     model.zero_grad(set_to_none=True)
-    # A generation after an in-place update (an optimiser step) decodes with the new weights.
-    trained = Phi3(CFG).eval()
-    trained.load_state_dict(model.state_dict())
-    before = generate(trained, [PROMPTS[2]], max_new_tokens=6, pad_id=PAD)[0]
-    with torch.no_grad():
-        trained.lm_head.weight.copy_(trained.lm_head.weight.roll(1, dims=0))
-    after = generate(trained, [PROMPTS[2]], max_new_tokens=6, pad_id=PAD)[0]
-    seq = list(PROMPTS[2])
-    with torch.no_grad():
-        for _ in range(6):
-            seq.append(int(trained(torch.tensor([seq]))[0, -1].argmax()))
-    assert after == seq[len(PROMPTS[2]):] != before
 
 
 def test_stop_token_ends_row(model):
