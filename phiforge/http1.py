@@ -139,7 +139,7 @@ class _Connection(asyncio.Protocol):
             self._fail(ProtocolError(f"unsupported Content-Encoding {encoding!r}"))
             return
         self.used = True
-        if not keep_alive:
+        if not keep_alive or self.buffer:  # bytes past the response: the framing is lost, so is the connection
             self.close()
         self.future.set_result((status, reason, headers, body))
 

@@ -120,6 +120,10 @@ def test_connection_close_and_stale_keep_alive_open_a_new_connection():
     # 1: closed by header; 2: closed after answering; 3 on a fresh one, then 4 finds it dropped: resent on a 4th
     assert connections == 4 and len(requests) == 5
 
+    # bytes beyond a response (a server that answered twice): the answer stands, the connection is not reused
+    out, connections, _ = run([ok(b"one") + ok(b"stray"), ok(b"two")], [b"1", b"2"])
+    assert [r[3] for r in out] == [b"one", b"two"] and connections == 2
+
 
 def test_broken_servers_are_protocol_errors():
     cut = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part"
