@@ -334,7 +334,9 @@ class DecodeLinears:
 
     def __init__(self, model: nn.Module):
         on_cpu = next(model.parameters()).device.type == "cpu"
-        self.modules = [m for m in model.modules() if isinstance(m, Linear)] if ONEDNN_LINEAR and on_cpu else []
+        # Plain weights only: an FSDP-sharded one (a DTensor) is whole only inside its block's own forward hooks.
+        self.modules = [m for m in model.modules() if isinstance(m, Linear) and type(m.weight.data) is torch.Tensor
+                        ] if ONEDNN_LINEAR and on_cpu else []
 
     def __enter__(self) -> DecodeLinears:
         for module in self.modules:
