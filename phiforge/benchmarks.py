@@ -260,13 +260,12 @@ class PhiforgeEngine:
         import torch
 
         from phiforge.dpo import token_logps
-        from phiforge.model import DecodeLinears
 
         out: list[tuple[float, int]] = [(0.0, 0)] * len(prompts)
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.inference_mode(), DecodeLinears(self.model):
+            with torch.inference_mode():
                 for idx in _length_batches(prompts, continuations, batch_size, "logprobs"):
                     logps, _ = token_logps(self.model, [prompts[i] for i in idx], [continuations[i] for i in idx],
                                            self.tok.pad_id)

@@ -321,15 +321,15 @@ class Linear(nn.Linear):
 
 
 class DecodeLinears:
-    """Inside `with` blocks, a Phi3's linears run through oneDNN on CPU in fp32 without autograd: the forward passes
-    of generation and of evaluation's scoring.
+    """Inside `with` blocks, a Phi3's linears run through oneDNN on CPU in fp32 without autograd: the generation
+    engine's forward passes.
 
     On this machine (AMD EPYC, torch's MKL build) MKL's fp32 GEMM is slow at the few rows of a decode step: over the
     17 weight matrices of bench/generate.py's model, cycled as a decode step does, oneDNN takes 0.99 / 1.79 / 2.58 /
     5.67 / 30.5 ms at 1 / 4 / 16 / 64 / 512 rows against F.linear's 2.47 / 4.42 / 4.81 / 9.09 / 38.5 ms (2.5x to
-    1.26x); results differ from F.linear in the last bits only (fp32 accumulation order). For generation and
-    evaluation's scoring: training runs under bf16 autocast (already oneDNN), and DPO's passes keep F.linear so a
-    policy and its reference compute alike. The weights themselves are used as they are, so nothing is copied.
+    1.26x); results differ from F.linear in the last bits only (fp32 accumulation order). Only for generation:
+    training runs under bf16 autocast (already oneDNN), and scoring passes keep F.linear so a policy and its
+    reference compute alike. The weights themselves are used as they are, so nothing is copied.
     """
 
     def __init__(self, model: nn.Module):
