@@ -264,27 +264,26 @@ class Http1Pool:
         else:
             connection = await self._connect()
         try:
-            result = await connection.request(head, body)
+            result = await self._exchange(connection, head, body)
         except ProtocolError:
-            self.open.discard(connection)
             if not (connection.used and not connection.received_any):
                 raise
             connection = await self._connect()  # a stale keep-alive: once more on a fresh connection
-            try:
-                result = await connection.request(head, body)
-            except BaseException:
-                connection.close()
-                self.open.discard(connection)
-                raise
-        except BaseException:
-            connection.close()
-            self.open.discard(connection)
-            raise
+            result = await self._exchange(connection, head, body)
         if connection.closed:
             self.open.discard(connection)
         else:
             self.idle.append(connection)
         return result
+
+    async def _exchange(self, connection: _Connection, head: bytes, body: bytes):
+        """One request on `connection`; a connection that failed (or was cancelled mid-answer) is dropped."""
+        try:
+            return await connection.request(head, body)
+        except BaseException:
+            connection.close()
+            self.open.discard(connection)
+            raise
 
     async def aclose(self) -> None:
         for connection in self.open:

@@ -35,7 +35,7 @@ import random
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -313,7 +313,7 @@ class HTTPTeacher:
         return results
 
     async def _post(self, slots: asyncio.BoundedSemaphore, transport: _Asyncio | _Aiohttp | _Httpx,
-                    request: ChatRequest, on_wait=lambda: None) -> Completion:
+                    request: ChatRequest, on_wait: Callable[[], None]) -> Completion:
         """The request's completion, trying up to 1 + max_retries times; on_wait() runs as it lets its slot go to
         wait before a retry."""
         body = {"model": self.model, "messages": list(request.messages), "temperature": request.temperature,

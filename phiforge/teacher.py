@@ -200,7 +200,6 @@ class DiskCache:
             self.log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
             self.log_number = len(self.logs)
             self.logs.append(path)
-            self.readers[self.log_number] = os.open(path, os.O_RDONLY)
         self._append(line)
         self._note(key, (self.log_number, self.log_offset, len(line)))
         self.log_offset += len(line)
