@@ -18,7 +18,7 @@ from test_mixture import SHARES, _docs
 
 
 def test_stage_writes_sources_with_provenance_and_decontam_checks_them(tmp_path):
-    raw = {**MICRO, "organic": {"feeds": {"stdlib_code": 60000, "package_pages": 150000, "pydoc_topics": 80000},
+    raw = {**MICRO, "organic": {"feeds": {"stdlib_code": 60000, "stdlib_docs": 150000, "pydoc_topics": 80000},
                                 "max_labels": 200}, "decontam": {"benchmarks": ["humaneval"]}}
     recipe = recipe_from_dict(raw)
     run = prepare(recipe, tmp_path / "run")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import types
 
 import pytest
 
@@ -47,6 +48,8 @@ def test_incomplete_folder_is_named_and_left_alone(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("module", list(refmodel.MODULES))
 def test_not_installed_names_the_pip_command(tmp_path, monkeypatch, module):
+    for other in refmodel.MODULES:  # the others importable whatever this environment has, so only `module` is missing
+        monkeypatch.setitem(sys.modules, other, types.ModuleType(other))
     monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
     with pytest.raises(PhiforgeError) as e:
         refmodel.setup(tmp_path / "gemma")
