@@ -1,0 +1,64 @@
+"""phiforge.runcompare: the first stage whose outputs differ between two runs, and whether recipe, inputs or the
+machine made the difference."""
+
+from __future__ import annotations
+
+from phiforge import machine, runcompare
+from phiforge.pipeline import STAGES
+from phiforge.rundir import RunDir
+
+
+def fake_run(root, outputs: dict[str, str], machines: dict[str, dict] = {}, configs: dict[str, str] = {}):
+    """A completed run whose stage `s` wrote one file with digest outputs.get(s, "same")."""
+    run = RunDir.create(root)
+    prev = ""
+    for stage in STAGES:
+        digest = outputs.get(stage.name, "same")
+        (run.stage_dir(stage.name)).mkdir(parents=True, exist_ok=True)
+        path = run.stage_dir(stage.name) / "out.bin"
+        path.write_text(digest)
+        run.write_manifest(stage.name, {"config_hash": configs.get(stage.name, "c"), "input_hashes": {"prev": prev},
+                                        "machine": machines.get(stage.name, {"cpu": "X"})}, [path])
+        prev = run.output_digest(stage.name)
+    return run
+
+
+def test_identical_runs_have_no_divergence(tmp_path):
+    diffs = runcompare.compare(fake_run(tmp_path / "a", {}), fake_run(tmp_path / "b", {}))
+    assert {d.state for d in diffs} == {"same"} and runcompare.first_divergence(diffs) is None
+    assert "every completed stage made the same bytes" in runcompare.format_table(diffs)
+
+
+def test_machine_made_divergence_is_told_from_what_follows_it(tmp_path):
+    a = fake_run(tmp_path / "a", {}, {"pretrain": {"cpu": "AMD EPYC", "aten_capability": "AVX512"}})
+    b = fake_run(tmp_path / "b", {"pretrain": "other bits"},
+                 {"pretrain": {"cpu": "Intel Xeon", "aten_capability": "AVX512"}})
+    diffs = {d.stage: d for d in runcompare.compare(a, b)}
+    assert [s.name for s in STAGES if diffs[s.name].state == "differs"] == ["pretrain"]
+    first = runcompare.first_divergence(list(diffs.values()))
+    assert (first.stage, first.why, first.files) == ("pretrain", "machine", ("pretrain/out.bin",))
+    assert first.machine == ("cpu: AMD EPYC | Intel Xeon",)
+    assert diffs["midtrain"].state == "same"  # same bytes written, though its input digest differs
+    table = runcompare.format_table(list(diffs.values()))
+    assert "first divergence: pretrain (machine)" in table and "machine cpu: AMD EPYC | Intel Xeon" in table
+
+
+def test_recipe_and_input_differences_are_named(tmp_path):
+    a = fake_run(tmp_path / "a", {})
+    b = fake_run(tmp_path / "b", {"synth": "x", "organic": "y"}, configs={"synth": "other"})
+    diffs = {d.stage: d for d in runcompare.compare(a, b)}
+    assert (diffs["synth"].why, diffs["organic"].why) == ("recipe", "inputs")
+    assert diffs["decontam"].state == "same"
+
+
+def test_an_incomplete_stage_is_missing(tmp_path):
+    a, b = fake_run(tmp_path / "a", {}), fake_run(tmp_path / "b", {})
+    b.invalidate("eval")
+    diffs = {d.stage: d for d in runcompare.compare(a, b)}
+    assert diffs["eval"].state == "missing" and str(b.root) in diffs["eval"].why
+
+
+def test_machine_description_names_the_kernel_choices():
+    info = machine.describe()
+    assert info["cpu"] and info["threads"] >= 1 and info["aten_capability"] and info["torch"]
+    assert set(info["cpu_flags"]) <= {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
