@@ -6,6 +6,7 @@ import json
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -14,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from phiforge.chat import TextStream, load_chat_model, resolve_model_dir, stream_generate, stream_tokens
+from phiforge.chat import (TextStream, fit_messages, load_chat_model, printable, resolve_model_dir, stream_generate,
+                           stream_tokens, text_problem)
 from phiforge.checkpoint import export_model
 from phiforge.cli import main
 from phiforge.errors import PhiforgeError
@@ -201,9 +203,103 @@ def test_chat_cli_through_a_terminal(ckpt):
         model, tok, _ = load_chat_model(ckpt)
         prompt = tok.encode_chat([{"role": "system", "content": "Answer in one word."},
                                   {"role": "user", "content": "what is 6 times 7?"}], add_generation_prompt=True)[0]
-        expected = tok.decode(generate(model, [prompt], max_new_tokens=12, pad_id=tok.pad_id)[0])
+        expected = printable(tok.decode(generate(model, [prompt], max_new_tokens=12, pad_id=tok.pad_id)[0]))
         assert f"assistant> {expected} [stopped at 12 tokens]" in reply
         term.send("/quit")
+        assert term.proc.wait(timeout=30) == 0
+    finally:
+        if term.proc.poll() is None:
+            term.proc.kill()
+        os.close(term.fd)
+
+
+def test_text_problem_refuses_surrogates_and_control_characters_but_tab_newline_and_return():
+    controls = [chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)]]
+    for c in controls:
+        refused = text_problem(f"ok {c}") is not None
+        assert refused == (c not in "\t\n\r"), hex(ord(c))
+        # what is refused on the way in is what generated text shows as U+FFFD, so a reply is always sendable
+        assert printable(c) == ("\ufffd" if refused else c)
+    assert text_problem("Héllo wörld ✓ 東京 \ufffd\U0001f600 \u2028") is None
+    assert printable("Héllo\x1b[31m\x00") == "Héllo\ufffd[31m\ufffd"
+    assert text_problem("ab\x00") == "control character U+0000 at character 2"
+    assert text_problem("a\ud800") == "lone surrogate U+D800 at character 1"
+    assert text_problem(b"ok \xff".decode("utf-8", "surrogateescape"), raw_bytes=True) == \
+        "invalid UTF-8 byte 0xFF at character 3"
+
+
+def test_fit_messages_drops_the_fewest_oldest_turns(loaded):
+    _, tok = loaded
+    system = [{"role": "system", "content": "Be brief."}]
+    turns = [[{"role": "user", "content": f"question {i} about the cat on the mat"},
+              {"role": "assistant", "content": f"answer {i}: the train leaves at 9 and arrives at 12"}]
+             for i in range(12)]
+    messages = system + [m for t in turns for m in t] + [{"role": "user", "content": "and now?"}]
+    full = len(tok.encode_chat(messages, add_generation_prompt=True)[0])
+    max_len, max_tokens = 200, 40
+    assert full > max_len  # the test needs a conversation that does not fit
+    prompt, budget, dropped = fit_messages(tok, messages, max_len, max_tokens)
+    kept = system + messages[1 + dropped:]
+    assert prompt == tok.encode_chat(kept, add_generation_prompt=True)[0]
+    assert dropped % 2 == 0 and 0 < dropped < len(messages) - 2  # whole turns; the system message and question stay
+    assert budget == min(max_tokens, max_len - len(prompt)) and budget >= min(max_tokens, max_len // 4)
+    # one turn fewer dropped would not have left the reply its room: no more is dropped than needed
+    one_less = tok.encode_chat(system + messages[1 + dropped - 2:], add_generation_prompt=True)[0]
+    assert max_len - len(one_less) < min(max_tokens, max_len // 4)
+    # a conversation that fits is left whole; one whose last question alone is too long keeps just that question
+    assert fit_messages(tok, messages[-3:], max_len, max_tokens)[2] == 0
+    huge = system + turns[0] + [{"role": "user", "content": "the cat " * 300}]
+    prompt, budget, dropped = fit_messages(tok, huge, max_len, max_tokens)
+    assert dropped == 2 and budget <= 0 and prompt == tok.encode_chat(system + huge[-1:], add_generation_prompt=True)[0]
+
+
+def chat_process(ckpt: Path, *args: str, stdin: bytes) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "phiforge.cli", "chat", str(ckpt), *args], input=stdin,
+                          capture_output=True, env=env, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def small_ckpt(tmp_path_factory) -> Path:
+    """A 64-token context: a few turns outgrow it."""
+    return make_checkpoint(tmp_path_factory.mktemp("chat-small") / "model", max_seq_len=64)
+
+
+def test_chat_survives_any_input(small_ckpt):
+    bad = [b"caf\xe9 latin-1", b"\xed\xa0\x80 an encoded surrogate", b"nul \x00 inside", b"\x1b[31m red"]
+    good = [f"tell me about the cat number {i}".encode() for i in range(6)]
+    lines = [g for pair in zip(good, bad + [b"", b"/nonsense"]) for g in pair]
+    out = chat_process(small_ckpt, "--max-tokens", "8", "--temperature", "0", stdin=b"\n".join(lines) + b"\n")
+    text = out.stdout.decode()
+    assert out.returncode == 0 and "Traceback" not in text + out.stderr.decode(), text + out.stderr.decode()
+    refusals = [line for line in text.splitlines() if "(not sent: " in line]
+    assert len(refusals) == 4
+    assert "invalid UTF-8 byte 0xE9 at character 3" in refusals[0]
+    assert "invalid UTF-8 byte 0xED at character 0" in refusals[1]
+    assert "control character U+0000 at character 4" in refusals[2]
+    assert "control character U+001B at character 0" in refusals[3]
+    assert text.count("[stopped at 8 tokens]") == 6  # every good line got its reply, after the bad ones too
+    assert "dropped to fit the model's context" in text  # six turns outgrow 64 tokens; chat went on regardless
+    assert "\x1b" not in text and "\x00" not in text  # nothing typed or generated reached the terminal raw
+
+
+def test_ctrl_c_stops_a_reply_and_the_chat_goes_on(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "model", max_seq_len=1600)
+    term = Terminal([sys.executable, "-m", "phiforge.cli", "chat", str(ckpt), "--max-tokens", "1500"])
+    try:
+        term.expect("you> ")
+        term.send("talk for a long time")
+        term.expect("assistant> ")
+        term.proc.send_signal(signal.SIGINT)  # 1500 tokens take seconds: this lands mid-reply
+        reply = term.expect("you> ")
+        assert "[interrupted]" in reply and "[stopped at" not in reply
+        term.proc.send_signal(signal.SIGINT)  # at the prompt: the line goes, the conversation stays
+        assert "(Ctrl-D or /quit leaves)" in term.expect("you> ")
+        term.send("/temp 0")
+        assert "(temperature 0, greedy)" in term.expect("you> ")
+        os.write(term.fd, b"\xff\xfe\n")  # not UTF-8, typed through the terminal's line editing
+        assert "(not sent: the line has invalid UTF-8 byte 0xFF" in term.expect("you> ")
+        os.write(term.fd, b"\x04")  # Ctrl-D: EOF
         assert term.proc.wait(timeout=30) == 0
     finally:
         if term.proc.poll() is None:
