@@ -29,11 +29,13 @@ STAGE_PREFERENCE = ("dpo2", "dpo", "sft", "midtrain", "pretrain")
 
 HELP = "commands: /reset (forget the conversation), /temp X, /system TEXT (empty to clear), /help, /quit"
 
-# What text may not carry into a model: lone surrogates (never valid Unicode; they are also how bytes that are not
-# UTF-8 arrive, read with errors="surrogateescape") and the control characters (Unicode category Cc) other than tab,
-# newline and carriage return. No prose or code needs those; NUL truncates text in C code and ESC drives the
-# terminal that shows a conversation. Generated text shows them as U+FFFD (`printable`), as it shows bytes that are
-# not UTF-8, so that a reply sent back as history is always accepted.
+# Text a client sends is Unicode without lone surrogates (never valid; they are also how bytes that are not UTF-8
+# arrive, read with errors="surrogateescape") and without the control characters (Unicode category Cc) other than
+# tab, newline and carriage return: no prose or code needs them, NUL truncates text in C code and ESC drives the
+# terminal that shows a conversation. A model may still generate them; its replies are passed on as generated (a
+# served model scores as the checkpoint does), shown on a terminal as U+FFFD (`printable`), and accepted back as
+# history in the assistant's turns.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _UNSENDABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 _SHOWN = {c: "\ufffd" for c in [*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0xA0)]}
 
@@ -242,10 +244,11 @@ class TextStream:
         return delta
 
 
-def text_problem(text: str, *, raw_bytes: bool = False) -> str | None:
-    """What keeps text from a model (see _UNSENDABLE), as "control character U+0000 at character 3", or None.
-    raw_bytes: the text was read with errors="surrogateescape", so U+DC80-U+DCFF are bytes that are not UTF-8."""
-    found = _UNSENDABLE.search(text)
+def text_problem(text: str, *, raw_bytes: bool = False, generated: bool = False) -> str | None:
+    """Why a client may not send text (see _UNSENDABLE), as "control character U+0000 at character 3", or None.
+    raw_bytes: the text was read with errors="surrogateescape", so U+DC80-U+DCFF are bytes that are not UTF-8.
+    generated: the text is a model's reply sent back, which may hold the control characters it generated."""
+    found = (_SURROGATE if generated else _UNSENDABLE).search(text)
     if found is None:
         return None
     code = ord(found.group())
@@ -259,7 +262,7 @@ def text_problem(text: str, *, raw_bytes: bool = False) -> str | None:
 
 
 def printable(text: str) -> str:
-    """Generated text as shown and kept: the characters `text_problem` refuses become U+FFFD, one for one."""
+    """Generated text as a terminal shows it: the control characters `text_problem` refuses become U+FFFD."""
     return text.translate(_SHOWN)
 
 
@@ -380,8 +383,7 @@ class Conversation:
         print(printable(text.flush()) + note, flush=True)
         if n:
             print(f"({n} tokens, {n / max(time.perf_counter() - t0, 1e-9):.1f} tokens/s)", flush=True)
-        # Kept as shown: the history the model sees next is what the user saw.
-        self.history += [user, {"role": "assistant", "content": printable(text.text)}]
+        self.history += [user, {"role": "assistant", "content": text.text}]
 
 
 def chat_loop(model: nn.Module, tok: ChatTokenizer, *, temperature: float = 0.7, top_p: float = 0.95,
