@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long a request waits for others to batch with (default: 10)")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                    help="server log level; info logs every request (default: warning)")
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on /v1 requests (default: $PHIFORGE_API_KEY, which "
+                        "unlike this flag stays out of the process list; none if unset)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests for Host NAME (repeatable): a DNS name or proxy that reaches the server; "
+                        "other names are refused, against DNS rebinding (default: the --host address, and localhost "
+                        "names on loopback)")
     p = sub.add_parser("benchmark", help="score a model on real benchmarks (GSM8K-100, CHAMP, HumanEval)",
                        description="Score a model on benchmarks read from installed registry packages: greedy or "
                                    "sampled, pass@k, per-sample JSONL.")

@@ -1,9 +1,15 @@
 """`phiforge serve`: an OpenAI-compatible HTTP server (chat completions, completions, models) and a chat web page.
 
 Requests are not run one by one: they wait in a queue for a few milliseconds so that those arriving together share
-one batched call of the engine (`generate`, or its step-wise twin `chat.stream_generate` for streamed replies). The
-model runs in a single worker thread, so the event loop keeps answering (health checks, disconnects, 429s) while a
-batch decodes, and the model never sees two forward passes at once.
+one batched call of the step-wise engine (`chat.stream_generate`), plain and streamed replies alike. The model runs in
+a single worker thread, so the event loop keeps answering (health checks, disconnects, 429s) while a batch decodes,
+and the model never sees two forward passes at once. A request whose client hangs up, streamed or not, leaves its
+batch at the next step.
+
+Who may send requests (Host, Origin, API key) is `serve_access`'s business; this module refuses what no model should
+read: a body that is not `application/json`, and text with lone surrogates, bytes that are not UTF-8 or control
+characters other than tab, newline and carriage return (`chat.text_problem`), each a 400 naming its field. Replies
+go out as the model generated them, control characters included, so an assistant turn sent back may hold them.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import re
 import socket
 import sys
 import time
@@ -22,11 +30,13 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.responses import FileResponse, JSONResponse, StreamingResponse
+from starlette.middleware import Middleware
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from phiforge.chat import TextStream, generate_batch, load_named_models, openai_messages, stream_generate
+from phiforge.chat import TextStream, fit_messages, load_named_models, openai_messages, stream_generate, text_problem
 from phiforge.errors import PhiforgeError
+from phiforge.serve_access import LOOPBACK, Access, Guard, openai_error
 
 log = logging.getLogger("phiforge.serve")
 STATIC = Path(__file__).parent / "static"
@@ -78,8 +88,7 @@ class ApiError(Exception):
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
 
     def response(self) -> JSONResponse:
-        body = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
-        return JSONResponse({"error": body}, status_code=self.status)
+        return openai_error(self.status, self.message, type=self.type, param=self.param, code=self.code)
 
 
 class Server:
@@ -126,13 +135,13 @@ class Server:
                 # one batch (a client's retry racing its original, say) would draw two different rows of one stream.
                 sampling = () if job.temperature == 0 else ("seeded", id(job)) if job.seed is not None \
                     else (job.temperature, job.top_p)
-                groups.setdefault((job.served.name, job.stream, *sampling), []).append(job)
+                groups.setdefault((job.served.name, *sampling), []).append(job)
         for group in groups.values():
             self.stats["batches"] += 1
             self.stats["batched_requests"] += len(group)
             self.stats["max_batch"] = max(self.stats["max_batch"], len(group))
             try:
-                (self._run_streams if group[0].stream else self._run_plain)(group)
+                self._run_group(group)
             except Exception as e:  # a bug must fail these requests, not kill the worker and hang every later one
                 log.exception("generation failed")
                 for job in group:
@@ -144,16 +153,9 @@ class Server:
         return dict(max_new_tokens=max(x.max_tokens for x in group), pad_id=tok.pad_id,
                     stop_ids=tok.stop_ids, temperature=j.temperature, top_p=j.top_p, seed=j.seed)
 
-    def _run_plain(self, group: list[Job]) -> None:
-        outs = generate_batch(group[0].served.model, [j.prompt for j in group], batch_size=len(group),
-                        **self._engine_args(group))
-        for job, out in zip(group, outs):
-            # The batch decodes to its longest request's budget; each request keeps only its own.
-            text = TextStream(job.served.tok, job.stop)
-            n = text.extend(out[:job.max_tokens])
-            self._finish(job, text, n, "stop" if text.stopped or len(out) < job.max_tokens else "length")
-
-    def _run_streams(self, group: list[Job]) -> None:
+    def _run_group(self, group: list[Job]) -> None:
+        """Decode the group step by step, streamed or not: a row leaves the batch once its request is done (its own
+        budget or a stop string reached) or cancelled (its client hung up), so no step is spent for nobody."""
         texts = [TextStream(j.served.tok, j.stop) for j in group]
         counts = [0] * len(group)
 
@@ -167,7 +169,7 @@ class Server:
                 if job.done:
                     continue
                 counts[i] += 1
-                if delta := texts[i].push(token):
+                if (delta := texts[i].push(token)) and job.stream:
                     self._post(job, ("delta", delta))
                 if texts[i].stopped or counts[i] >= job.max_tokens:
                     self._finish(job, texts[i], counts[i], "stop" if texts[i].stopped else "length")
@@ -213,17 +215,17 @@ class Server:
         self.queue.put_nowait(job)
 
     async def json_body(self, request) -> dict:
+        # Only JSON is read, so that a web page cannot send a request through a plain HTML form (whose types,
+        # text/plain among them, a browser sends cross-site without asking the server first).
+        kind = request.headers.get("content-type")
+        if not _is_json(kind):
+            raise ApiError(415, f"the body must be JSON sent as Content-Type: application/json, got "
+                                f"{'no Content-Type' if kind is None else repr(kind)}", code="unsupported_media_type")
         declared = request.headers.get("content-length", "")
         if (declared.isdigit() and int(declared) > self.limits.max_body_bytes
                 or len(raw := await request.body()) > self.limits.max_body_bytes):
             raise ApiError(413, f"request body over {self.limits.max_body_bytes} bytes")
-        try:
-            body = json.loads(raw)
-        except ValueError as e:
-            raise ApiError(400, f"request body is not valid JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, f"request body must be a JSON object, got {type(body).__name__}")
-        return body
+        return _parse_body(raw)
 
     def pick_model(self, body: dict) -> Served:
         name = body.get("model")
@@ -233,6 +235,35 @@ class Server:
             raise ApiError(404, f"model {name!r} is not served here; available: {', '.join(self.models)}",
                            param="model", code="model_not_found")
         return self.models[name]
+
+    def asked_tokens(self, body: dict, chat: bool) -> tuple[str, int | None]:
+        """The field that sets the reply's length, and its valid value (None when absent)."""
+        key = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
+        max_tokens = body.get(key)
+        if max_tokens is None:
+            return key, None
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ApiError(400, f"'{key}' must be a positive integer, got {max_tokens!r}", param=key)
+        if max_tokens > self.limits.max_tokens:
+            raise ApiError(400, f"'{key}' is {max_tokens}; this server allows at most {self.limits.max_tokens}",
+                           param=key)
+        return key, max_tokens
+
+    def chat_prompt(self, body: dict, served: Served) -> tuple[list[int], int | None]:
+        """The prompt of a chat request, and how many of its messages were left out to fit the context: with
+        "truncation": "auto" (the web page's), the oldest turns go by terminal chat's rule (`chat.fit_messages`);
+        without it, as OpenAI's API does, a conversation that does not fit is an error (None: nothing was tried)."""
+        truncation = _field(body, "truncation", "disabled", lambda x: x in ("auto", "disabled"),
+                            "'auto' or 'disabled'")
+        try:
+            messages = openai_messages(body.get("messages"))
+            if truncation == "disabled":
+                return served.tok.encode_chat(messages, add_generation_prompt=True)[0], None
+            wanted = self.asked_tokens(body, chat=True)[1] or self.limits.max_tokens
+            prompt, _, dropped = fit_messages(served.tok, messages, served.max_len, wanted)
+            return prompt, dropped
+        except PhiforgeError as e:
+            raise ApiError(400, str(e), param="messages") from None
 
     def make_job(self, body: dict, served: Served, prompt: list[int], chat: bool) -> Job:
         unsupported = [k for k in ("logprobs", "echo", "tools", "functions", "suffix") if body.get(k)]
@@ -247,15 +278,9 @@ class Server:
             raise ApiError(400, f"the prompt is {len(prompt)} tokens; model {served.name!r} has a context of "
                                 f"{served.max_len} tokens", param="messages" if chat else "prompt",
                            code="context_length_exceeded")
-        key = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
-        max_tokens = body.get(key)
+        key, max_tokens = self.asked_tokens(body, chat)
         if max_tokens is None:
             max_tokens = min(self.limits.max_tokens, room)
-        elif isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-            raise ApiError(400, f"'{key}' must be a positive integer, got {max_tokens!r}", param=key)
-        elif max_tokens > self.limits.max_tokens:
-            raise ApiError(400, f"'{key}' is {max_tokens}; this server allows at most {self.limits.max_tokens}",
-                           param=key)
         elif max_tokens > room:
             raise ApiError(400, f"the prompt ({len(prompt)} tokens) plus {key} ({max_tokens}) exceeds model "
                                 f"{served.name!r}'s context of {served.max_len} tokens", param=key,
@@ -266,23 +291,27 @@ class Server:
         return Job(served, prompt, max_tokens,
                    temperature=_field(body, "temperature", 1.0, lambda x: type(x) in real and 0 <= x <= 2, "in [0, 2]"),
                    top_p=_field(body, "top_p", 1.0, lambda x: type(x) in real and 0 < x <= 1, "in (0, 1]"),
-                   seed=_field(body, "seed", None, lambda x: type(x) is int, "an integer"),
+                   # torch's generator takes a 64-bit seed, signed or not
+                   seed=_field(body, "seed", None, lambda x: type(x) is int and -2**63 <= x < 2**64,
+                               "an integer in [-2**63, 2**64)"),
                    stop=[stop] if isinstance(stop, str) else stop,
                    stream=_field(body, "stream", False, lambda x: type(x) is bool, "true or false"))
 
-    async def respond(self, body: dict, job: Job, chat: bool):
+    async def respond(self, request, body: dict, job: Job, chat: bool, headers: dict | None = None):
         self.submit(job)
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         head = {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
                 "model": job.served.name}
         if not job.stream:
-            event = await job.events.get()
+            event = await _final_event(job, request)
+            if event is None:  # the client hung up: nobody reads this
+                return Response(status_code=499)
             if event[0] == "error":
                 raise ApiError(500, event[1], type="server_error")
             _, text, n, reason = event
             choice = {"index": 0, **({"message": {"role": "assistant", "content": text}} if chat else {"text": text}),
                       "logprobs": None, "finish_reason": reason}
-            return JSONResponse({**head, "choices": [choice], "usage": _usage(len(job.prompt), n)})
+            return JSONResponse({**head, "choices": [choice], "usage": _usage(len(job.prompt), n)}, headers=headers)
         options = body.get("stream_options") or {}
         usage = isinstance(options, dict) and options.get("include_usage") is True
         head["object"] = "chat.completion.chunk" if chat else "text_completion"
@@ -316,7 +345,83 @@ class Server:
                 job.cancelled = job.cancelled or not job.done
 
         return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
+
+
+async def _final_event(job: Job, request) -> tuple | None:
+    """A plain request's last event, or None if its client hangs up first; the job is then cancelled, so the worker
+    drops its row at the next step (or never starts it) instead of decoding for nobody."""
+    answer = asyncio.ensure_future(job.events.get())
+    gone = asyncio.ensure_future(_hung_up(request.receive))
+    done = set()
+    try:
+        done, _ = await asyncio.wait((answer, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        answer.cancel()
+        gone.cancel()
+        if answer not in done:  # hung up, or this handler was cancelled (the server stopping)
+            job.cancelled = True
+    return answer.result() if answer in done else None
+
+
+async def _hung_up(receive) -> None:
+    """Returns once the client disconnects. The body is read by then, so the server has nothing else to deliver."""
+    while (await receive())["type"] != "http.disconnect":
+        await asyncio.sleep(0.05)  # not a spin, should a server hand out empty body messages
+
+
+_MESSAGE = re.compile(r"messages\[\d+\]")
+
+
+def _is_json(content_type: str | None) -> bool:
+    """Whether a Content-Type says JSON in UTF-8 (the only encoding JSON may have on the wire, RFC 8259)."""
+    media, *params = (content_type or "").lower().split(";")
+    charsets = [v.strip().strip('"') for k, _, v in (p.partition("=") for p in params) if k.strip() == "charset"]
+    return media.strip() == "application/json" and all(c in ("utf-8", "utf8") for c in charsets)
+
+
+def _parse_body(raw: bytes) -> dict:
+    """A request body as a JSON object whose every string (and key) is text a model may read, else a 400."""
+    try:
+        text, raw_bytes = raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        # Read anyway, the bad bytes as surrogates, so that the error can name the field that holds them.
+        text, raw_bytes = raw.decode("utf-8", "surrogateescape"), True
+    try:
+        body = json.loads(text)
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply") from None
+    except ValueError as e:
+        raise ApiError(400, f"request body is not valid JSON{' (nor UTF-8)' if raw_bytes else ''}: {e}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, f"request body must be a JSON object, got {type(body).__name__}")
+    if bad := _bad_text(body, raw_bytes):
+        path, problem = bad
+        raise ApiError(400, f"{path} has {problem}; text must be UTF-8 without lone surrogates or control characters "
+                            "other than tab, newline and carriage return (an assistant's turn may hold those it "
+                            "generated)", param=path, code="invalid_text")
+    return body
+
+
+def _bad_text(body: dict, raw_bytes: bool) -> tuple[str, str] | None:
+    """(path, problem) of the first string or key in a JSON value that `text_problem` refuses, or None. The content
+    of an assistant's message is a model's reply sent back: the control characters a model generates pass there."""
+    todo = [("", body, False)]
+    while todo:  # a loop, not recursion: the depth is the client's to choose
+        path, value, generated = todo.pop()
+        if isinstance(value, str):
+            if problem := text_problem(value, raw_bytes=raw_bytes, generated=generated):
+                return path, problem
+        elif isinstance(value, dict):
+            for key in value:
+                if problem := text_problem(key, raw_bytes=raw_bytes):
+                    return f"a key of {path or 'the body'}", problem
+            reply = value.get("role") == "assistant" and _MESSAGE.fullmatch(path) is not None
+            todo += [(f"{path}.{k}" if path else k, v, generated or reply and k == "content")
+                     for k, v in reversed(value.items())]
+        elif isinstance(value, list):
+            todo += [(f"{path}[{i}]", v, generated) for i, v in reversed(list(enumerate(value)))]
+    return None
 
 
 def _field(body: dict, key: str, default, ok, what: str):
@@ -351,8 +456,9 @@ def _completion_prompt(body: dict, served: Served) -> list[int]:
     raise ApiError(400, f"'prompt' must be one string or one list of token ids below {vocab}", param="prompt")
 
 
-def build_app(server: Server):
-    """The Starlette application for a Server; the lifespan starts and stops its batching loop."""
+def build_app(server: Server, access: Access | None = None):
+    """The Starlette application for a Server; the lifespan starts and stops its batching loop. `access` says which
+    requests may reach it (default: Host names of loopback, no API key)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -368,17 +474,17 @@ def build_app(server: Server):
     async def chat_completions(request):
         body = await server.json_body(request)
         served = server.pick_model(body)
-        try:
-            prompt = served.tok.encode_chat(openai_messages(body.get("messages")), add_generation_prompt=True)[0]
-        except PhiforgeError as e:
-            raise ApiError(400, str(e), param="messages") from None
-        return await server.respond(body, server.make_job(body, served, prompt, chat=True), chat=True)
+        prompt, dropped = server.chat_prompt(body, served)
+        # The page drops the same messages from its own history, so that it keeps sending what the model sees.
+        headers = None if dropped is None else {"Phiforge-Dropped-Messages": str(dropped)}
+        return await server.respond(request, body, server.make_job(body, served, prompt, chat=True), chat=True,
+                                    headers=headers)
 
     async def completions(request):
         body = await server.json_body(request)
         served = server.pick_model(body)
-        return await server.respond(body, server.make_job(body, served, _completion_prompt(body, served), chat=False),
-                                    chat=False)
+        return await server.respond(request, body, server.make_job(body, served, _completion_prompt(body, served),
+                                                                   chat=False), chat=False)
 
     async def models(request):
         cards = [{"id": m.name, "object": "model", "created": m.created, "owned_by": "phiforge",
@@ -392,7 +498,9 @@ def build_app(server: Server):
                              "queued": server.queue.qsize(), "mean_batch": mean, **s})
 
     async def page(request):
-        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+        # Never inside another site's frame, where that site could trick the user into sending what it wants.
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache", "X-Frame-Options": "DENY",
+                                                            "Content-Security-Policy": "frame-ancestors 'none'"})
 
     async def error(request, exc: Exception):
         # Every error in OpenAI's shape, so clients show the message: 404/405 from routing and 500s included.
@@ -405,7 +513,7 @@ def build_app(server: Server):
     routes = [Route("/", page), Route("/health", health), Route("/v1/models", models),
               Route("/v1/chat/completions", chat_completions, methods=["POST"]),
               Route("/v1/completions", completions, methods=["POST"])]
-    app = Starlette(routes=routes, lifespan=lifespan,
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(Guard, access=access or Access())],
                     exception_handlers={ApiError: error, HTTPException: error, Exception: error})
     app.state.server = server
     return app
@@ -435,18 +543,30 @@ def run_serve(args) -> int:
     for key, least in (("max_tokens", 1), ("max_concurrent", 1), ("max_batch", 1), ("batch_window_ms", 0)):
         if getattr(limits, key) < least:
             raise PhiforgeError(f"--{key.replace('_', '-')} must be >= {least}, got {getattr(limits, key)}")
+    api_key = _api_key(args.api_key)
     server = Server([Served(*m) for m in load_named_models(args.path, args.model)], limits)
     sock = listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
-    if not (host.startswith("127.") or host in ("::1", "localhost")):
-        print(f"phiforge: warning: listening on {host}, beyond this machine; there is no authentication",
-              file=sys.stderr)
+    access = Access.listening(args.host, host, args.allow_host, api_key)
+    if api_key is None and not (host.startswith("127.") or host in LOOPBACK):
+        print(f"phiforge: warning: listening on {host}, beyond this machine, without an API key (set "
+              "PHIFORGE_API_KEY)", file=sys.stderr)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
-    print(f"phiforge: serving {', '.join(server.models)} at {url} (OpenAI API under {url}v1)", flush=True)
-    config = uvicorn.Config(build_app(server), log_level=args.log_level, timeout_graceful_shutdown=5)
+    key_note = ", API key required" if api_key else ""
+    print(f"phiforge: serving {', '.join(server.models)} at {url} (OpenAI API under {url}v1{key_note})", flush=True)
+    config = uvicorn.Config(build_app(server, access), log_level=args.log_level, timeout_graceful_shutdown=5)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown; for a server it is the way out
         pass
     print("phiforge: server stopped", flush=True)
     return 0
+
+
+def _api_key(flag: str | None) -> str | None:
+    """--api-key, else PHIFORGE_API_KEY (empty counts as unset), checked to be a key a header can carry."""
+    key = flag if flag is not None else os.environ.get("PHIFORGE_API_KEY") or None
+    if key is not None and not re.fullmatch(r"[\x21-\x7e]+", key):
+        source = "--api-key" if flag is not None else "PHIFORGE_API_KEY"
+        raise PhiforgeError(f"{source} must be printable ASCII without spaces (it travels in an HTTP header)")
+    return key

@@ -8,6 +8,7 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from phiforge.chat import load_chat_model
+from phiforge.chat import fit_messages, load_chat_model, text_problem
 from phiforge.cli import main
 from phiforge.generate import generate
 from test_chat import make_checkpoint
@@ -29,6 +30,10 @@ uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("starlette")
 
 from phiforge.serve import Limits, Served, Server, build_app, listen  # noqa: E402  (needs starlette, like uvicorn)
+from phiforge.serve_access import Access, host_name  # noqa: E402
+from starlette.applications import Starlette  # noqa: E402
+from starlette.responses import HTMLResponse  # noqa: E402
+from starlette.routing import Route  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 LONG = 1500  # tokens in a generation that a test abandons; long enough that it cannot finish first
@@ -66,9 +71,9 @@ def serving(app, graceful_s: float | None = None):
         sock.close()
 
 
-def running(server: Server):
+def running(server: Server, access: Access | None = None):
     """`phiforge serve`'s app for a Server, on a free loopback port; yields the base URL."""
-    return serving(build_app(server))
+    return serving(build_app(server, access))
 
 
 @pytest.fixture(scope="module")
@@ -248,10 +253,199 @@ def test_concurrent_requests_are_batched_and_correct(served, client, reference):
     assert after["batches"] - before["batches"] < 8 and after["max_batch"] >= 2, after
 
 
+KEY = "sk-test-0123456789"
+
+
+def chat_body(model: str = "other", content: str = "hi", **extra) -> bytes:
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 2,
+                       "temperature": 0, **extra}).encode()
+
+
+def post(url: str, path: str, raw: bytes, headers: dict | None = None) -> httpx.Response:
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    return httpx.post(url + "/v1" + path, content=raw, headers=headers, timeout=30)
+
+
+def refused(r: httpx.Response, status: int, code: str | None = None) -> dict:
+    """The OpenAI-style error of a refused request."""
+    assert r.status_code == status, (r.status_code, r.text)
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert code is None or error["code"] == code, error
+    return error
+
+
+def test_foreign_host_and_origin_are_refused_before_any_generation(served):
+    url, _ = served
+    port = url.rsplit(":", 1)[1]
+    before = wait_idle(url)["requests"]
+    # The tester's attack: a web page's form-style request after DNS rebinding made evil.example mean 127.0.0.1.
+    r = post(url, "/chat/completions", chat_body(), {"Host": "evil.example", "Origin": "http://evil.example",
+                                                     "Content-Type": "text/plain"})
+    assert "evil.example" in refused(r, 403, "host_not_allowed")["message"]
+    for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1.nip.example:{port}", f"localhost.evil:{port}",
+                 "10.1.2.3", f"127.0.0.1:{port}@evil.example", "", f"[::1:{port}"):
+        for path in ("/", "/health", "/v1/models"):
+            refused(httpx.get(url + path, headers={"Host": host}, timeout=10), 403, "host_not_allowed")
+    for host in ("127.0.0.1", f"127.0.0.1:{port}", f"localhost:{port}", "LocalHost.", f"[::1]:{port}"):
+        assert httpx.get(url + "/v1/models", headers={"Host": host}, timeout=10).status_code == 200, host
+
+    for origin in ("http://evil.example", "null", f"http://localhost:{port}", f"http://127.0.0.1:{int(port) + 1}",
+                   f"file://127.0.0.1:{port}", f"http://127.0.0.1:{port}.evil.example"):
+        refused(post(url, "/chat/completions", chat_body(), {"Origin": origin}), 403, "origin_not_allowed")
+    # the page's own requests carry its origin; curl and the OpenAI clients carry none
+    assert post(url, "/chat/completions", chat_body(), {"Origin": f"http://127.0.0.1:{port}"}).status_code == 200
+    assert post(url, "/chat/completions", chat_body()).status_code == 200
+    assert wait_idle(url)["requests"] == before + 2  # nothing refused reached the model
+
+
+def test_host_rule_for_each_listening_address():
+    def allowed(access: Access, *hosts: str) -> list[bool]:
+        return [access.allows_host(host_name(h)) for h in hosts]
+
+    loopback = Access.listening("127.0.0.1", "127.0.0.1")
+    assert allowed(loopback, "localhost", "127.0.0.1:8000", "[::1]:8000", "LocalHost.") == [True] * 4
+    assert allowed(loopback, "evil.example", "10.0.0.5", "[::1", "::1", "localhost:http", "a@localhost") == [False] * 6
+    # every interface: any address typed as a number (rebinding needs a name) and the names allowed by hand
+    everywhere = Access.listening("0.0.0.0", "0.0.0.0", allow_hosts=["chat.example.org"])
+    assert allowed(everywhere, "10.0.0.5:8000", "[fe80::1]", "localhost", "chat.example.org:8000") == [True] * 4
+    assert allowed(everywhere, "evil.example", "myhost.lan") == [False] * 2
+    named = Access.listening("MyHost.lan", "192.168.1.5")
+    assert allowed(named, "myhost.lan:8000", "192.168.1.5") == [True] * 2
+    assert allowed(named, "localhost", "127.0.0.1", "10.0.0.5", "evil.example") == [False] * 4
+
+
+def test_only_json_bodies_are_read(served):
+    url, _ = served
+    for kind in (None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+                 "application/json; charset=latin-1", "application/jsonx"):
+        r = httpx.post(url + "/v1/chat/completions", content=chat_body(),
+                       headers={} if kind is None else {"Content-Type": kind}, timeout=10)
+        assert "application/json" in refused(r, 415, "unsupported_media_type")["message"]
+    for kind in ("application/json; charset=utf-8", "Application/JSON", 'application/json;charset="UTF-8"'):
+        assert post(url, "/chat/completions", chat_body(), {"Content-Type": kind}).status_code == 200, kind
+
+
+# (path, raw body, the field named, the problem named): each is text no model should read
+BAD_TEXT = [
+    ("/chat/completions", b'{"model": "tiny", "messages": [{"role": "user", "content": "hi \\ud800"}]}',
+     "messages[0].content", "lone surrogate U+D800 at character 3"),
+    ("/chat/completions", b'{"model": "tiny", "messages": [{"role": "user", "content": "caf\\u00e9 caf\xe9"}]}',
+     "messages[0].content", "invalid UTF-8 byte 0xE9 at character 8"),
+    ("/chat/completions", b'{"model": "tiny", "messages": [{"role": "system", "content": "ok"}, {"role": "user", '
+                          b'"content": [{"type": "text", "text": "nul \\u0000"}]}]}',
+     "messages[1].content[0].text", "control character U+0000 at character 4"),
+    ("/completions", b'{"model": "tiny", "prompt": "\\u001b[2J"}', "prompt",
+     "control character U+001B at character 0"),
+    ("/completions", b'{"model": "tiny", "prompt": "hi", "stop": ["ok", "\\udfff"]}', "stop[1]",
+     "lone surrogate U+DFFF at character 0"),
+    ("/completions", b'{"model": "tiny\\u0085", "prompt": "hi"}', "model",
+     "control character U+0085 at character 4"),
+    ("/completions", b'{"model": "tiny", "prompt": "hi", "user": {"\\u007f": 1}}', "a key of user",
+     "control character U+007F at character 0"),
+]
+
+
+@pytest.mark.parametrize("path,raw,param,problem", BAD_TEXT, ids=[case[2] for case in BAD_TEXT])
+def test_text_a_model_cannot_read_is_a_400_naming_its_field(served, path, raw, param, problem):
+    error = refused(post(served[0], path, raw), 400, "invalid_text")
+    assert error["param"] == param and error["message"].startswith(f"{param} has {problem}"), error
+
+
+def test_odd_but_valid_requests_are_answered_and_bad_ones_never_a_500(served):
+    url, _ = served
+    # tab, newline and carriage return are text; so is everything printable in any script
+    r = post(url, "/chat/completions", chat_body(content="a\tb\nc\r\nd Héllo 東京 \U0001f600 \u2028"))
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
+    assert post(url, "/chat/completions", chat_body(seed=-1, temperature=1.0)).status_code == 200
+    assert refused(post(url, "/chat/completions", chat_body(seed=2**64, temperature=1.0)), 400)["param"] == "seed"
+    assert "nested too deeply" in refused(post(url, "/completions", b'{"prompt": ' + b"[" * 100_000), 400)["message"]
+    assert "UTF-8" in refused(post(url, "/completions", b'{"prompt": "hi"}\xff'), 400)["message"]
+    assert refused(post(url, "/chat/completions", chat_body(truncation="some")), 400)["param"] == "truncation"
+    assert health(url)["status"] == "ok"
+
+
+def test_an_assistant_turn_may_hold_the_control_characters_a_model_generates(served):
+    url, _ = served
+    # This model's replies hold control characters, passed on as generated (see test_completion_plain_...)
+    first = post(url, "/chat/completions", chat_body("other", "hello", max_tokens=10)).json()
+    reply = first["choices"][0]["message"]["content"]
+    assert text_problem(reply) is not None and text_problem(reply, generated=True) is None
+    turns = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": reply},
+             {"role": "user", "content": "and then?"}]
+    again = {"model": "other", "messages": turns, "max_tokens": 2}
+    r = post(url, "/chat/completions", json.dumps(again).encode())
+    assert r.status_code == 200, r.text
+    # only there: the same text from the user or the system is refused, and no turn may hold a lone surrogate
+    for i, role in ((0, "user"), (0, "system")):
+        bad = [{"role": role, "content": reply}, *turns[1:]]
+        error = refused(post(url, "/chat/completions", json.dumps({**again, "messages": bad}).encode()), 400)
+        assert error["param"] == f"messages[{i}].content" and "control character" in error["message"]
+    bad = [*turns[:1], {"role": "assistant", "content": [{"type": "text", "text": "ok \ud800"}]}, *turns[2:]]
+    error = refused(post(url, "/chat/completions", json.dumps({**again, "messages": bad}).encode()), 400)
+    assert error["param"] == "messages[1].content[0].text" and "lone surrogate" in error["message"]
+
+
+def test_client_disconnect_during_a_plain_request_stops_generation(served):
+    url, _ = served
+    before = wait_idle(url)
+    port = int(url.rsplit(":", 1)[1])
+    body = chat_body("tiny", "talk forever", max_tokens=LONG)
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head + body)
+        deadline = time.monotonic() + 20
+        while not health(url)["active"]:  # accepted, queued or decoding: then hang up
+            assert time.monotonic() < deadline, "the request never arrived"
+            time.sleep(0.01)
+    after = wait_idle(url)  # the worker must drop the row, not decode LONG tokens for nobody
+    assert after["cancelled"] == before["cancelled"] + 1
+    assert after["completion_tokens"] == before["completion_tokens"]
+    assert post(url, "/chat/completions", chat_body()).json()["usage"]["completion_tokens"] == 2
+
+
+@pytest.fixture(scope="module")
+def small_models(checkpoints):
+    """A copy of the 64-token model for servers of their own (their own worker threads, never the module's)."""
+    return [Served("other", checkpoints["other"], *load_chat_model(checkpoints["other"])[:2])]
+
+
+@pytest.fixture(scope="module")
+def keyed(small_models):
+    with running(Server(small_models, Limits(max_tokens=16)), Access(api_key=KEY)) as url:
+        yield url
+
+
+def test_api_key_is_required_on_the_api_and_compared_exactly(keyed):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {KEY}x"},
+                    {"Authorization": f"Bearer {KEY[:-1]}"}, {"Authorization": f"Basic {KEY}"},
+                    {"Authorization": KEY}):
+        r = httpx.get(keyed + "/v1/models", headers=headers, timeout=10)
+        error = refused(r, 401, "invalid_api_key")
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert error["message"].startswith("missing API key" if not headers else "incorrect API key"), error
+    refused(post(keyed, "/chat/completions", chat_body()), 401, "invalid_api_key")
+    assert httpx.get(keyed + "/health", timeout=10).json()["requests"] == 0  # refused before the model
+    # the page (which holds no secret) and health probes need no key; the Host rule comes first
+    assert httpx.get(keyed + "/", timeout=10).status_code == 200
+    assert KEY not in httpx.get(keyed + "/", timeout=10).text
+    refused(httpx.get(keyed + "/v1/models", headers={"Host": "evil.example", "Authorization": f"Bearer {KEY}"},
+                      timeout=10), 403, "host_not_allowed")
+    assert httpx.get(keyed + "/v1/models", headers={"Authorization": f"bearer  {KEY}"}, timeout=10).status_code == 200
+
+    client = openai.OpenAI(base_url=keyed + "/v1", api_key=KEY, max_retries=0, timeout=60)
+    reply = client.chat.completions.create(model="other", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+    assert reply.usage.completion_tokens == 3
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=keyed + "/v1", api_key="sk-wrong", max_retries=0).models.list()
+
+
 def test_web_page_is_served(served):
     r = httpx.get(served[0] + "/", timeout=10)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert "phiforge chat" in r.text and "/v1/chat/completions" in r.text
+    assert r.headers["x-frame-options"] == "DENY"  # no other site may frame it and steer the user's clicks
 
 
 class DevTools:
@@ -323,30 +517,37 @@ PAGE_SCRIPT = """(async () => {
 })()"""
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                    reason=f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium) "
-                           "to test the web page in a real browser")
-def test_web_page_chats_in_headless_chromium(served, reference):
-    url, _ = served
+needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                    reason=f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y "
+                                           "chromium) to test the web page in a real browser")
+
+
+def run_in_page(page_url: str, script: str, timeout: float = 60) -> dict:
+    """Open page_url in headless Chromium, wait until it has loaded, run script (a promise of a JSON string)."""
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         browser = DevTools(profile)
         try:
-            target = browser.call("Target.createTarget", url=url + "/")["targetId"]
+            target = browser.call("Target.createTarget", url=page_url)["targetId"]
             session = browser.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
             deadline = time.monotonic() + 30
             while True:  # wait until the page itself, not the initial about:blank, has loaded
                 state = browser.call("Runtime.evaluate", session, returnByValue=True,
                                      expression="location.href + ' ' + document.readyState")["result"]["value"]
-                if state == f"{url}/ complete":
+                if state == f"{page_url} complete":
                     break
                 assert time.monotonic() < deadline, state
                 time.sleep(0.05)
-            result = browser.call("Runtime.evaluate", session, timeout=60, expression=PAGE_SCRIPT, awaitPromise=True,
+            result = browser.call("Runtime.evaluate", session, timeout=timeout, expression=script, awaitPromise=True,
                                   returnByValue=True)
             assert "exceptionDetails" not in result, result
-            page = json.loads(result["result"]["value"])
+            return json.loads(result["result"]["value"])
         finally:
             browser.close()
+
+
+@needs_chromium
+def test_web_page_chats_in_headless_chromium(served, reference):
+    page = run_in_page(served[0] + "/", PAGE_SCRIPT)
     _, tok = reference["tiny"]
     assert page["user"] == "hello there" and page["cls"] == "msg assistant"
     assert page["text"] == greedy_text(reference, "tiny", tok.chat_prompt("hello there"), 12)
@@ -354,19 +555,135 @@ def test_web_page_chats_in_headless_chromium(served, reference):
     assert "finish: length" in page["stats"]
 
 
+UNTIL = """const until = async (ok, ms) => { const t = Date.now();
+    while (!ok()) {
+      if (Date.now() - t > ms) throw new Error("timed out");
+      await new Promise(r => setTimeout(r, 50));
+    } };"""
+
+LONG_CHAT_SCRIPT = """(async () => {
+  %(until)s
+  const $ = (id) => document.getElementById(id);
+  await until(() => $("model").options.length === 2, 15000);
+  $("model").value = "other";
+  $("temperature").value = "0";
+  $("max-tokens").value = "%(max_tokens)d";
+  const replies = [];
+  for (const question of %(questions)s) {
+    $("input").value = question;
+    $("send").click();
+    await until(() => document.querySelectorAll(".msg[data-done]").length === replies.length + 1, 30000);
+    const reply = [...document.querySelectorAll(".msg[data-done]")].pop();
+    replies.push({cls: reply.className, text: reply.querySelector(".content").textContent});
+  }
+  return JSON.stringify({replies, dropped: document.querySelectorAll(".msg.dropped").length});
+})()"""
+
+
+@needs_chromium
+def test_web_page_keeps_a_long_conversation_within_the_context(served, reference):
+    questions = [f"tell me about the cat number {i}" for i in range(8)]
+    max_tokens = 8
+    page = run_in_page(served[0] + "/", LONG_CHAT_SCRIPT % {"until": UNTIL, "max_tokens": max_tokens,
+                                                           "questions": json.dumps(questions)}, timeout=120)
+    # The same conversation offline: terminal chat's rule, with the replies as the page showed them.
+    model, tok = reference["other"]
+    history, expected, dropped = [], [], 0
+    for q in questions:
+        user = {"role": "user", "content": q}
+        prompt, budget, n = fit_messages(tok, history + [user], model.cfg.max_seq_len, max_tokens)
+        assert budget == max_tokens
+        del history[:n]
+        dropped += n
+        expected.append(greedy_text(reference, "other", prompt, max_tokens))
+        history += [user, {"role": "assistant", "content": expected[-1]}]
+    assert dropped >= 4  # eight turns outgrow the 64-token context several times over
+    assert any(text_problem(e) for e in expected)  # and the page sends back replies with control characters
+    assert [r["cls"] for r in page["replies"]] == ["msg assistant"] * len(questions)  # no turn failed
+    assert [r["text"] for r in page["replies"]] == expected  # and each saw exactly what the rule keeps
+    assert page["dropped"] == dropped  # the page marks what the model no longer sees
+
+
+KEY_PAGE_SCRIPT = """(async () => {
+  %(until)s
+  const $ = (id) => document.getElementById(id);
+  await until(() => document.querySelector(".msg.error"), 15000);
+  const asked = document.querySelector(".msg.error .content").textContent;
+  $("api-key").value = "%(key)s";
+  $("api-key").dispatchEvent(new Event("change"));
+  await until(() => $("model").options.length === 1, 15000);
+  $("temperature").value = "0";
+  $("max-tokens").value = "6";
+  $("input").value = "hello there";
+  $("send").click();
+  await until(() => document.querySelector(".msg.assistant[data-done]"), 30000);
+  const reply = document.querySelector(".msg.assistant");
+  return JSON.stringify({asked, cls: reply.className, text: reply.querySelector(".content").textContent});
+})()"""
+
+
+@needs_chromium
+def test_web_page_works_with_an_api_key(keyed, reference):
+    page = run_in_page(keyed + "/", KEY_PAGE_SCRIPT % {"until": UNTIL, "key": KEY})
+    assert "needs an API key" in page["asked"]  # the page says why it cannot list the models yet
+    _, tok = reference["other"]
+    assert page["cls"] == "msg assistant"
+    assert page["text"] == greedy_text(reference, "other", tok.chat_prompt("hello there"), 6)
+
+
+ATTACK_PAGE = """<!doctype html><script>
+  // What any site may send without asking the server first (a "simple" request): a cross-site text/plain POST.
+  fetch("%(target)s/v1/chat/completions", {method: "POST", mode: "no-cors", headers: {"Content-Type": "text/plain"},
+        body: JSON.stringify({messages: [{role: "user", content: "from another site"}], max_tokens: 3})})
+    .then(() => document.title = "sent", () => document.title = "failed");
+</script>"""
+
+
+def spy(app, seen: list):
+    """app, noting (path, Origin, status) of every HTTP request it answers."""
+    async def asgi(scope, receive, send):
+        async def record(message):
+            if message["type"] == "http.response.start":
+                origin = dict(scope["headers"]).get(b"origin", b"").decode()
+                seen.append((scope["path"], origin, message["status"]))
+            await send(message)
+
+        await app(scope, receive, record if scope["type"] == "http" else send)
+    return asgi
+
+
+@needs_chromium
+def test_another_site_cannot_make_the_server_generate(small_models):
+    server = Server(small_models, Limits(max_tokens=16))
+    seen = []
+    with serving(spy(build_app(server), seen)) as target:
+        async def attack(request):
+            return HTMLResponse(ATTACK_PAGE % {"target": target})
+
+        with serving(Starlette(routes=[Route("/", attack)])) as other:
+            origin = other.replace("127.0.0.1", "localhost")  # another origin, on this machine
+            title = run_in_page(origin + "/", """(async () => { %s
+              await until(() => document.title !== "", 15000); return JSON.stringify(document.title); })()""" % UNTIL)
+    assert title == "sent"  # the browser sent it; a no-cors page never sees the answer, the server's log does
+    assert [s for s in seen if s[0] != "/"] == [("/v1/chat/completions", origin, 403)]
+    assert server.stats["requests"] == 0
+
+
 def test_serve_cli_starts_answers_and_stops(checkpoints, tmp_path, capsys):
     assert main(["serve", str(tmp_path / "missing")]) == 2
     assert main(["serve", str(checkpoints["tiny"]), "--model", "nonsense"]) == 2
     assert main(["serve"]) == 2
+    assert main(["serve", str(checkpoints["tiny"]), "--api-key", "two words"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(line.startswith("phiforge: error: ") for line in err), err
+    assert len(err) == 4 and all(line.startswith("phiforge: error: ") for line in err), err
+    assert "--api-key must be printable ASCII" in err[3]
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PHIFORGE_API_KEY": KEY}
     proc = subprocess.Popen([sys.executable, "-m", "phiforge.cli", "serve", "--model", f"a={checkpoints['other']}",
                              "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         line = proc.stdout.readline()  # blocks until the server prints its address (or dies, giving "")
-        assert line.startswith("phiforge: serving a at http://127.0.0.1:"), line
+        assert line.startswith("phiforge: serving a at http://127.0.0.1:") and "API key required" in line, line
         base = line.split(" at ")[1].split()[0].rstrip("/")
         deadline = time.monotonic() + 30
         while True:
@@ -375,7 +692,9 @@ def test_serve_cli_starts_answers_and_stops(checkpoints, tmp_path, capsys):
                     break
             assert time.monotonic() < deadline and proc.poll() is None, "served process never became healthy"
             time.sleep(0.05)
-        reply = httpx.post(base + "/v1/completions", json={"prompt": "hi", "max_tokens": 4, "temperature": 0},
+        ask = {"prompt": "hi", "max_tokens": 4, "temperature": 0}
+        refused(httpx.post(base + "/v1/completions", json=ask, timeout=30), 401, "invalid_api_key")
+        reply = httpx.post(base + "/v1/completions", json=ask, headers={"Authorization": f"Bearer {KEY}"},
                            timeout=30).json()
         assert reply["model"] == "a" and reply["usage"]["completion_tokens"] == 4
         proc.send_signal(signal.SIGINT)
