@@ -1,15 +1,22 @@
 """The run folder: the only state stages share, written so that a crash never leaves a half-written file.
 
 Every file goes to a temporary name beside its destination and is renamed into place (`os.replace` is atomic on
-POSIX), and a stage counts as complete only once its manifest, written last, says so.
+POSIX), and a stage counts as complete only once its manifest, written last, says so. The manifest records each
+output's sha256, and a rerun checks them, so a file damaged after the fact (a truncated copy, a flipped byte) is
+found and its stage redone instead of being read.
+
+A write that fails for a reason outside phiforge (a full disk, a read-only or forbidden folder) raises an OSError
+naming the destination, not the temporary file, which the CLI turns into one line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -23,20 +30,86 @@ MANIFEST = "manifest.json"
 FORMAT = 1
 
 
+# Errors that say the file system refused a write, not that phiforge is wrong: reported as one line naming the path.
+DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+               errno.EFBIG: "file too large for the file system", errno.EROFS: "the file system is read-only",
+               errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+               errno.EIO: "input/output error (a failing disk?)"}
+
+
+def disk_error(e: BaseException, path: Path | str | None = None) -> OSError | None:
+    """`e` as an OSError naming `path` if it is one of DISK_ERRNOS, else None. Libraries that write from native code
+    raise their own types with the errno only in the text (safetensors: `... (os error 28)`, pyarrow:
+    `[errno 28] ...`), so the text is read too."""
+    code = e.errno if isinstance(e, OSError) else None
+    if code is None:
+        found = re.search(r"os error (\d+)|\[errno (\d+)\]", str(e), re.IGNORECASE)
+        code = int(found.group(1) or found.group(2)) if found else None
+    if code not in DISK_ERRNOS:
+        return None
+    name = path if path is not None else getattr(e, "filename", None)
+    return OSError(code, os.strerror(code), None if name is None else str(name))
+
+
+def describe_disk_error(e: OSError) -> str:
+    """One line for a DISK_ERRNOS error: the path, the cause, and what to do."""
+    where = f"{e.filename}: " if e.filename else ""
+    own = "check the owner and permissions of the folder, or give --out a folder you can write"
+    cause, todo = {
+        errno.ENOSPC: ("cannot write, no space left on the device",
+                       "free some space (or give --out a folder on another disk) and run the same command again; "
+                       "completed stages and checkpoints are kept"),
+        errno.EDQUOT: ("cannot write, disk quota exceeded", "free some space and run the same command again"),
+        errno.EFBIG: ("cannot write, file too large for the file system", "give --out a folder on another disk"),
+        errno.EROFS: ("cannot write, the file system is read-only",
+                      "give --out a writable folder; a complete run folder can still be read (`phiforge run` finds "
+                      "it current, chat, serve, `phiforge report --out RUN --to DIR`)"),
+        errno.EACCES: ("permission denied", own),
+        errno.EPERM: ("operation not permitted", own),
+    }.get(e.errno, (DISK_ERRNOS.get(e.errno, e.strerror or str(e)), "check the disk and run the same command again"))
+    return f"{where}{cause}; {todo}"
+
+
+@contextlib.contextmanager
+def naming(path: Path | str) -> Iterator[None]:
+    """Re-raise a DISK_ERRNOS failure inside the block as an OSError naming `path` (the destination, where the
+    error would name a temporary file or nothing)."""
+    try:
+        yield
+    except Exception as e:
+        err = disk_error(e, path)
+        if err is None:
+            raise
+        raise err from e
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it where Linux allows (setting it races other threads' creates)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            # mkstemp makes the file 0600; the file it becomes is an ordinary one, readable as the umask allows
+            os.fchmod(fd, 0o666 & ~_umask())
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -51,20 +124,22 @@ def atomic_write_json(path: Path, obj) -> None:
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path (file or folder) that is renamed to `path` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    _remove(tmp)
-    try:
-        yield tmp
-        if path.is_dir() and tmp.is_dir():
-            old = path.parent / f".{path.name}.old-{os.getpid()}"
-            os.replace(path, old)
-            os.replace(tmp, path)
-            _remove(old)
-        else:
-            os.replace(tmp, path)
-    finally:
+    with naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
         _remove(tmp)
+        try:
+            yield tmp
+            if path.is_dir() and tmp.is_dir():
+                old = path.parent / f".{path.name}.old-{os.getpid()}"
+                os.replace(path, old)
+                os.replace(tmp, path)
+                _remove(old)
+            else:
+                os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(OSError):  # on a read-only or full disk the cleanup must not hide the cause
+                _remove(tmp)
 
 
 def _remove(p: Path) -> None:
@@ -92,6 +167,9 @@ class RunDir:
 
     def __init__(self, root: Path | str):
         self.root = Path(root)
+        # stage -> outputs digest of the manifest whose files this process hashed (or wrote) and found intact, so
+        # a stage's outputs are hashed once per command however many later stages read them
+        self._intact: dict[str, str] = {}
 
     # -- opening -------------------------------------------------------------------------------------
     @classmethod
@@ -173,13 +251,32 @@ class RunDir:
                 files[str(q.relative_to(self.root))] = file_sha256(q)
         return files
 
-    def outputs_intact(self, manifest: dict) -> bool:
-        """Cheap check that a completed stage's outputs are still on disk with their recorded sizes."""
-        for rel, size in manifest.get("output_sizes", {}).items():
+    def damaged_outputs(self, manifest: dict) -> list[str]:
+        """The outputs of a completed stage that are missing or whose bytes no longer match the sha256 its manifest
+        recorded (sizes first: a changed size needs no hashing)."""
+        sizes = manifest.get("output_sizes", {})
+        bad = []
+        for rel, sha in sorted(manifest.get("output_files", {}).items()):
             p = self.root / rel
-            if not p.is_file() or p.stat().st_size != size:
-                return False
-        return True
+            if not p.is_file() or p.stat().st_size != sizes.get(rel, p.stat().st_size) or file_sha256(p) != sha:
+                bad.append(rel)
+        return bad
+
+    def outputs_intact(self, manifest: dict) -> bool:
+        return not self.damaged_outputs(manifest)
+
+    def check_outputs(self, stage: str) -> list[str]:
+        """damaged_outputs of a completed stage (none for a stage not complete), hashed once per process."""
+        m = self.manifest(stage)
+        if m is None or self._intact.get(stage) == m.get("outputs_digest"):
+            return []
+        bad = self.damaged_outputs(m)
+        if not bad:
+            self._intact[stage] = m.get("outputs_digest")
+        return bad
+
+    def forget_checks(self) -> None:
+        self._intact.clear()
 
     def write_manifest(self, stage: str, manifest: dict, outputs: list[Path]) -> dict:
         files = self.hash_outputs(outputs)
@@ -189,4 +286,5 @@ class RunDir:
         manifest["outputs_digest"] = digest_files(files)
         manifest["status"] = "complete"
         atomic_write_json(self.manifest_path(stage), manifest)
+        self._intact[stage] = manifest["outputs_digest"]
         return manifest
