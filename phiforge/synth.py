@@ -6,8 +6,9 @@ both, so shards can be rebuilt independently and a rerun writes identical bytes.
 question was ever a pretraining document.
 
 The programmatic shards are independent units, datatrove-style: each is written atomically and then a marker
-(.done/<shard>.json: its counts and rejects, and a key of the config that decides its bytes), so a crashed or
-killed run resumes where it stopped, `synth.workers` processes can make them at once, and a cluster can run
+(.done/<shard>.json: its counts and rejects, a key of the config that decides its bytes, and the shard's sha256, so
+a damaged shard counts as not done), so a crashed or killed run resumes where it stopped, `synth.workers`
+processes can make them at once, and a cluster can run
 `python -m phiforge.synth RECIPE --out RUN --rank R --world-size W` as separate jobs before `phiforge run` finds
 every shard done and merges. Which worker made a shard changes nothing in it. The LLM workflows
 (phiforge/synth_llm.py) come after the programmatic shards, in shards of `synth.workflows.shard_seeds` seeds with
@@ -33,7 +34,7 @@ from phiforge.config import Recipe, SynthConfig
 from phiforge.problems import Problem, make_problem
 from phiforge.render import STYLES, chat
 from phiforge.errors import PhiforgeError
-from phiforge.rundir import RunDir, atomic_path, atomic_write_json, atomic_write_text
+from phiforge.rundir import RunDir, atomic_path, atomic_write_json, atomic_write_text, file_sha256
 
 TEACHER = "programmatic"
 VERIFIER = "math-equivalence"
@@ -128,18 +129,22 @@ def _name(task: tuple[str, int, int, int]) -> str:
 
 
 def read_marker(out: Path, name: str, key: str) -> dict | None:
-    """The summary in shard `name`'s marker if the shard is there and was made under `key`, else None. Programmatic
-    and LLM shards alike: the marker is written after the shard, so a marker means a complete shard."""
+    """The summary in shard `name`'s marker if the shard is there, was made under `key` and still has the bytes the
+    marker recorded, else None. Programmatic and LLM shards alike: the marker is written after the shard, so a
+    marker means a complete shard, and its sha256 means a truncated or altered shard is made again, not kept."""
     try:
         summary = json.loads((out / ".done" / f"{name}.json").read_text())
     except (OSError, ValueError):
         return None
-    return summary if summary.get("key") == key and (out / name).is_file() else None
+    if not isinstance(summary, dict) or summary.get("key") != key or not (out / name).is_file():
+        return None
+    return summary if summary.get("sha256") == file_sha256(out / name) else None
 
 
 def write_marker(out: Path, name: str, summary: dict) -> None:
+    """Mark shard `name` (already written) done, with the sha256 of its bytes."""
     (out / ".done").mkdir(exist_ok=True)
-    atomic_write_json(out / ".done" / f"{name}.json", summary)
+    atomic_write_json(out / ".done" / f"{name}.json", {**summary, "sha256": file_sha256(out / name)})
 
 
 def finished(cfg: SynthConfig, out: Path, task: tuple) -> dict | None:
