@@ -1,4 +1,4 @@
-"""Stage `pretrain`: next-token training on the packed corpus, resumable from its last checkpoint.
+"""Stage `pretrain`: next-token training on the packed corpus, resumable from its last intact checkpoint.
 
 The data order is a pure function of (seed, epoch) and the step counter, and each checkpoint holds the model, the
 optimiser, the RNG and that counter, so a resumed run sees exactly the batches the uninterrupted one would have.
@@ -23,10 +23,10 @@ from tqdm import tqdm
 from phiforge.checkpoint import (
     export_model,
     list_checkpoints,
-    load_training_state,
+    newest_intact,
     prune_checkpoints,
-    read_state,
     save_training_state,
+    warn,
 )
 from phiforge import distributed, flops
 from phiforge.config import OptimConfig, Recipe
@@ -245,12 +245,12 @@ def train_loop(name: str, cfg, optim: OptimConfig, mcfg: ModelConfig, tok: ChatT
     opt = build_optimizer(model, optim)
     step, history = 0, {"train": [], "val": []}
     resumed_from = None
-    ckpts = list_checkpoints(ckpt_root)
-    if ckpts and read_state(ckpts[-1]).get("fingerprint") == fingerprint:
-        model_sd, optim_sd, state = load_training_state(ckpts[-1])
+    found = newest_intact(ckpt_root, fingerprint, warn if w.main else lambda _: None)
+    if found is not None:
+        model_sd, optim_sd, state, resumed_from = found
         distributed.load_full_state(model, opt, model_sd, optim_sd)
-        step, history, resumed_from = state["step"], state["history"], ckpts[-1].name
-    elif ckpts and w.main:  # checkpoints of another recipe or other data are of no use here
+        step, history = state["step"], state["history"]
+    elif list_checkpoints(ckpt_root) and w.main:  # of another recipe or other data, or all damaged: of no use here
         shutil.rmtree(ckpt_root, ignore_errors=True)
 
     # One optimiser step consumes grad_accum x world micro-batches; rank r takes every world-th of them, so the
