@@ -316,18 +316,25 @@ class Recipe:
 # ---------------------------------------------------------------------------------------------- loading
 
 
+RECIPE_RULE = ("a bare name (no '/', no .yaml or .yml suffix) is a recipe shipped with phiforge, whatever files or "
+               "folders of that name the working directory holds; anything else is a path to a YAML file "
+               "(./NAME for a file without the suffix)")
+
+
 def resolve_recipe_path(recipe: str | None) -> Path:
-    """A recipe is a YAML path, or the name of one shipped in phiforge/recipes (`tiny`, `phi4-14b`)."""
+    """A recipe is the name of one shipped in phiforge/recipes (`tiny`, `phi4-14b`) or a YAML path: RECIPE_RULE."""
     recipe = recipe or DEFAULT_RECIPE
     path = Path(recipe)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.name != recipe or path.suffix in (".yaml", ".yml"):  # a separator or a YAML suffix: a path
         if not path.is_file():
-            raise PhiforgeError(f"recipe file {path} does not exist")
+            raise PhiforgeError(f"recipe file {recipe} {'is not a file' if path.exists() else 'does not exist'}")
         return path
     shipped = RECIPES_DIR / f"{recipe}.yaml"
     if not shipped.is_file():
         names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
-        raise PhiforgeError(f"no recipe named {recipe!r}; shipped recipes: {', '.join(names)}, or give a .yaml path")
+        hint = f" (for the file {recipe}, give ./{recipe})" if path.is_file() else ""
+        raise PhiforgeError(f"no recipe named {recipe!r}; shipped recipes: {', '.join(names)}, or give a .yaml "
+                            f"path{hint}")
     return shipped
 
 

@@ -72,3 +72,17 @@ def test_section_hash_tracks_only_named_sections():
     b = load_recipe(None, ["eval.n_problems=3"])
     assert a.section_hash("pretrain", "model") == b.section_hash("pretrain", "model")
     assert a.section_hash("eval") != b.section_hash("eval")
+
+
+def test_a_bare_name_is_the_shipped_recipe_whatever_the_working_directory_holds(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").mkdir()  # a run folder, say, named like the recipe
+    assert load_recipe("tiny").name == "tiny"
+    (tmp_path / "mine").write_text("name: mine\n")
+    with pytest.raises(PhiforgeError, match=r"no recipe named 'mine'.*give \./mine"):
+        load_recipe("mine")
+    assert load_recipe("./mine").name == "mine"
+    (tmp_path / "phi4-14b.yaml").write_text("name: local\n")  # a path (the suffix says so) is a path
+    assert load_recipe("phi4-14b.yaml").name == "local" and load_recipe("phi4-14b").name != "local"
+    with pytest.raises(PhiforgeError, match="recipe file ./tiny is not a file"):
+        load_recipe("./tiny")
