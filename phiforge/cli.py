@@ -1,7 +1,7 @@
 """`phiforge`: one subcommand per stage, and `phiforge run` for the whole recipe.
 
-Errors a user can fix (a recipe key, a corrupt checkpoint, a folder that is not a run) print one line naming the
-problem and exit 2; tracebacks are for phiforge's own bugs.
+Errors a user can fix (a recipe key, a corrupt checkpoint, a folder that is not a run, a full disk, a read-only
+or forbidden folder) print one line naming the problem and exit 2; tracebacks are for phiforge's own bugs.
 """
 
 from __future__ import annotations
@@ -25,15 +25,22 @@ EPILOG = """examples:
 """
 
 
-def _recipe_args(p: argparse.ArgumentParser) -> None:
+def _recipe_arg(p: argparse.ArgumentParser, default: str) -> None:
+    from phiforge.config import RECIPE_RULE
+
     p.add_argument("recipe", nargs="?", default=None,
-                   help="recipe name shipped with phiforge (tiny, phi4-14b) or a .yaml path (default: the run "
-                        "folder's recipe.yaml if --out holds one, else tiny)")
+                   help=f"recipe name shipped with phiforge (tiny, phi4-14b) or a .yaml path ({default}); "
+                        f"{RECIPE_RULE}")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value by dotted key, e.g. --set pretrain.optim.lr=1e-3 (repeatable)")
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    _recipe_arg(p, "default: the run folder's recipe.yaml if --out holds one, else tiny")
     p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<recipe name>)")
     p.add_argument("--force", action="append", default=[], metavar="STAGE",
-                   help="redo STAGE and every stage after it even if its inputs are unchanged (repeatable)")
+                   help="redo STAGE and every stage after it from the start (shard markers and checkpoints "
+                        "removed) even if its inputs are unchanged (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,32 +49,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="phiforge",
         description="Train a small Phi-style model the Phi-4 way: verified synthetic data, pretraining, "
-                    "midtraining (context extension), SFT, "
+                    "midtraining (context extension), SFT, DPO on pivotal tokens (PTS), judge-guided DPO, "
                     "evaluation on a fresh contest, and a report. Stages: " + " -> ".join(s.name for s in STAGES),
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("run", help="run every stage of a recipe, skipping those whose inputs are unchanged",
                        description="Run the whole recipe end to end. Completed stages whose config and inputs are "
-                                   "unchanged are skipped; an interrupted run continues where it stopped.")
+                                   "unchanged and whose outputs still match their recorded sha256 are skipped; a "
+                                   "damaged output is redone; an interrupted run continues where it stopped. The "
+                                   "recipe (with --set) is saved as the run folder's recipe.yaml.")
     _recipe_args(p)
     for stage in STAGES:
         p = sub.add_parser(stage.name, help=stage.help,
                            description=f"Run only the {stage.name!r} stage ({stage.help}) in a run folder; the "
-                                       f"stages it reads ({', '.join(stage.inputs) or 'none'}) must have completed.")
+                                       f"stages it reads ({', '.join(stage.inputs) or 'none'}) must have completed. "
+                                       "--set applies to this command only: the run folder's recipe.yaml is "
+                                       "written only if it has none.")
         _recipe_args(p)
+        if stage.name == "report":
+            p.add_argument("--to", type=Path, default=None, metavar="DIR",
+                           help="write report.md, report.html and plots/ into DIR instead, reading the run folder "
+                                "without writing to it (for a read-only or shared run folder)")
     p = sub.add_parser("plan", help="parameters, FLOPs, GPU time and an FSDP2 memory plan for a recipe",
                        description="Build the recipe's model on the meta device and print its size, training FLOPs "
                                    "and a per-GPU memory plan under FSDP2; nothing is trained.")
-    p.add_argument("recipe", nargs="?", default=None)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--gpus", type=int, default=8)
+    _recipe_arg(p, "default: tiny")
+    p.add_argument("--gpus", type=int, default=8, help="GPUs the plan spreads the model over (default: 8)")
     p.add_argument("--gpu", default="H100", help="GPU model for the bf16 peak (H100, H200, A100, ...)")
-    p.add_argument("--gpu-gb", type=float, default=80.0)
+    p.add_argument("--gpu-gb", type=float, default=80.0, help="memory per GPU in GB (default: 80)")
     p.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation for the time estimate")
-    p = sub.add_parser("validate", help="load and check a recipe without running anything")
-    p.add_argument("recipe", nargs="?", default=None)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p = sub.add_parser("validate", help="load and check a recipe without running anything",
+                       description="Load a recipe, apply --set, check every key, type and constraint, and print the "
+                                   "resolved recipe with every default filled in; a bad key or value is one line "
+                                   "naming it. Nothing is run or written.")
+    _recipe_arg(p, "default: tiny")
 
     p = sub.add_parser("chat", help="chat with a trained model in the terminal, replies streamed as generated",
                        description="Chat with a model in the ChatML format. Commands: /reset, /temp X, "
@@ -202,6 +218,17 @@ def run_benchmark(args) -> int:
     return 0
 
 
+def report_to(recipe, run, dest: Path) -> int:
+    """`phiforge report --out RUN --to DIR`: the report of whatever RUN has completed, written into DIR only."""
+    from phiforge import report
+
+    if dest.resolve() == run.root.resolve():
+        raise PhiforgeError(f"--to {dest} is the run folder itself; leave --to out to report into the run folder")
+    done = report.render(recipe, run, dest)
+    print(f"report: {done['report']}")
+    return 0
+
+
 def _resolve(args) -> tuple:
     from phiforge.config import load_recipe
 
@@ -251,12 +278,22 @@ def main(argv: list[str] | None = None) -> int:
 
         recipe, out = _resolve(args)
         if args.command != "run" and BY_NAME[args.command].inputs:
-            RunDir.open(out)  # a later stage on its own needs an existing run folder: say so before anything else
+            run = RunDir.open(out)  # a later stage on its own needs an existing run folder: say so before anything
+            if args.command == "report" and args.to is not None:
+                return report_to(recipe, run, args.to)
         only = None if args.command == "run" else [args.command]
         run_pipeline(recipe, out, force=args.force, only=only)
         return 0
     except PhiforgeError as e:
         print(f"phiforge: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a full disk, a read-only or forbidden folder: the path and the cause, no traceback
+        from phiforge.rundir import describe_disk_error, disk_error
+
+        err = disk_error(e)
+        if err is None:
+            raise
+        print(f"phiforge: error: {describe_disk_error(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("phiforge: interrupted; run the same command again to continue from the last complete step",

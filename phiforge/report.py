@@ -251,8 +251,9 @@ def organic_blocks(run: RunDir, pre: dict) -> list[tuple]:
     return blocks
 
 
-def build_blocks(recipe: Recipe, run: RunDir) -> list[tuple]:
-    plots = run.root / "plots"
+def build_blocks(recipe: Recipe, run: RunDir, dest: Path | None = None) -> list[tuple]:
+    """The report's blocks; its plots are written to `dest`/plots (default: the run folder)."""
+    plots = Path(dest if dest is not None else run.root) / "plots"
     m = {s: run.manifest(s) or {} for s in STAGES_SHOWN}
     blocks: list[tuple] = [("h1", f"phiforge run: {recipe.name}")]
     total = sum(x.get("seconds", 0) for x in m.values())
@@ -436,11 +437,17 @@ def to_html(blocks: list[tuple], title: str) -> str:
     return "\n".join(out) + "</body></html>\n"
 
 
+def render(recipe: Recipe, run: RunDir, dest: Path) -> dict:
+    """Write report.md, report.html and plots/ of the run into `dest`, which may be outside the run folder (`phiforge
+    report --to DIR`: a read-only run folder can still be reported on)."""
+    blocks = build_blocks(recipe, run, dest)
+    atomic_write_text(dest / "report.md", to_markdown(blocks))
+    atomic_write_text(dest / "report.html", to_html(blocks, f"phiforge run: {recipe.name}"))
+    return {"report": str(dest / "report.md"), "plots": len(list((dest / "plots").glob("*.png")))}
+
+
 def run(recipe: Recipe, run: RunDir) -> dict:
-    blocks = build_blocks(recipe, run)
-    atomic_write_text(run.root / "report.md", to_markdown(blocks))
-    atomic_write_text(run.root / "report.html", to_html(blocks, f"phiforge run: {recipe.name}"))
-    return {"report": str(run.root / "report.md"), "plots": len(list((run.root / "plots").glob("*.png")))}
+    return render(recipe, run, run.root)
 
 
 def outputs(run: RunDir) -> list[Path]:
