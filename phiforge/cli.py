@@ -22,6 +22,7 @@ EPILOG = """examples:
   phiforge serve runs/tiny --port 8000          # OpenAI-compatible API and a chat page on 127.0.0.1:8000
   phiforge benchmark runs/tiny --tasks gsm8k100,humaneval --limit 20
   phiforge experiment synthetic-vs-organic      # a Phi-4 claim at small scale: variants x 3 seeds, report + plot
+  phiforge compare runs/tiny other/runs/tiny    # which stage first made different bytes, and why
 """
 
 
@@ -165,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="outside model scored on the same suite: gemma-3-270m or a transformers folder "
                         "(repeatable; replaces the experiment's own list)")
     p.add_argument("--no-references", action="store_true", help="skip the outside reference models")
+
+    p = sub.add_parser("compare", help="the first stage whose outputs differ between two run folders, and why",
+                       description="Compare two run folders stage by stage by their manifests' output hashes: "
+                                   "which stage first made different bytes, and whether the recipe, its inputs or "
+                                   "the machine (CPU, kernels, threads, torch) differed there.")
+    p.add_argument("run_a", type=Path, help="a run folder")
+    p.add_argument("run_b", type=Path, help="another run folder")
     return parser
 
 
@@ -259,6 +267,12 @@ def main(argv: list[str] | None = None) -> int:
             return run_benchmark(args)
         if args.command == "experiment":
             return run_experiment(args)
+        if args.command == "compare":
+            from phiforge.rundir import RunDir
+            from phiforge.runcompare import compare, format_table
+
+            print(format_table(compare(RunDir.open(args.run_a), RunDir.open(args.run_b))))
+            return 0
         if args.command == "validate":
             from phiforge.config import load_recipe, save_recipe
 

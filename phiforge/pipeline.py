@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from phiforge import distributed
+from phiforge import distributed, machine
 from phiforge.config import Recipe, save_recipe
 from phiforge.errors import PhiforgeError
 from phiforge.rundir import RunDir, atomic_write_text
@@ -172,6 +172,7 @@ def run_stage(recipe: Recipe, run: RunDir, stage: Stage) -> dict:
             "started": started,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "seconds": round(seconds, 2),
+            "machine": machine.describe(),  # what the floats depend on beyond the recipe: `phiforge compare`
         }
         run.write_manifest(stage.name, manifest, outputs)
     distributed.barrier()

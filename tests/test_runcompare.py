@@ -62,3 +62,26 @@ def test_machine_description_names_the_kernel_choices():
     info = machine.describe()
     assert info["cpu"] and info["threads"] >= 1 and info["aten_capability"] and info["torch"]
     assert set(info["cpu_flags"]) <= {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+
+
+def test_cli_compare_prints_the_first_divergence(tmp_path, capsys):
+    from phiforge.cli import main
+
+    a = fake_run(tmp_path / "a", {})
+    b = fake_run(tmp_path / "b", {"sft": "z"})
+    assert main(["compare", str(a.root), str(b.root)]) == 0
+    out = capsys.readouterr().out
+    assert "first divergence: sft (machine)" in out and "sft/out.bin" in out
+    assert main(["compare", str(a.root), str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_every_stage_manifest_records_the_machine(tmp_path):
+    from conftest import MICRO
+    from phiforge.config import recipe_from_dict
+    from phiforge.pipeline import BY_NAME, prepare, run_stage
+
+    recipe = recipe_from_dict(MICRO)
+    run = prepare(recipe, tmp_path / "run")
+    run_stage(recipe, run, BY_NAME["synth"])
+    assert run.manifest("synth")["machine"] == machine.describe()
