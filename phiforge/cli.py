@@ -27,11 +27,11 @@ EPILOG = """examples:
 
 
 def _recipe_arg(p: argparse.ArgumentParser, default: str) -> None:
-    from phiforge.config import RECIPE_RULE
+    from phiforge.config import RECIPE_RULE, RECIPES_DIR
 
+    shipped = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
     p.add_argument("recipe", nargs="?", default=None,
-                   help=f"recipe name shipped with phiforge (tiny, phi4-14b) or a .yaml path ({default}); "
-                        f"{RECIPE_RULE}")
+                   help=f"the recipe ({default}): {RECIPE_RULE}; shipped: {shipped}")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value by dotted key, e.g. --set pretrain.optim.lr=1e-3 (repeatable)")
 

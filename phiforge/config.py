@@ -316,8 +316,8 @@ class Recipe:
 # ---------------------------------------------------------------------------------------------- loading
 
 
-RECIPE_RULE = ("a bare name (no '/', no .yaml or .yml suffix) is a recipe shipped with phiforge, whatever files or "
-               "folders of that name the working directory holds; anything else is a path to a YAML file "
+RECIPE_RULE = ("a bare name (no '/', no .yaml or .yml suffix) is a recipe shipped with phiforge, even where the "
+               "working directory holds a file or folder of that name; anything else is a path to a YAML file "
                "(./NAME for a file without the suffix)")
 
 

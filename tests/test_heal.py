@@ -275,5 +275,5 @@ def test_help_names_every_stage_the_recipe_rule_and_validates_descriptions():
     run_help = " ".join(sub["run"].format_help().split())
     assert "a bare name (no '/', no .yaml or .yml suffix) is a recipe shipped with phiforge" in run_help
     validate = " ".join(sub["validate"].format_help().split())
-    assert "check every key, type and constraint" in validate and "recipe name shipped with phiforge" in validate
+    assert "check every key, type and constraint" in validate and "is a recipe shipped with phiforge" in validate
     assert "--to DIR" in sub["report"].format_help()
