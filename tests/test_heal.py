@@ -114,22 +114,17 @@ def losses(run_dir: Path) -> dict:
     return {k: [{f: r[f] for f in ("step", "loss", "lr", "grad_norm") if f in r} for r in v] for k, v in h.items()}
 
 
-@pytest.mark.parametrize("damage", ["garbled weights", "truncated optimizer"])
-def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(healthy, run_copy, damage):
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(healthy, run_copy):
+    """Weights with a few bytes flipped load without complaint in safetensors: only their recorded sha256 tells.
+    (A damaged optimizer.pt in every checkpoint: tests/test_pipeline.py.)"""
     (run_copy / "pretrain" / "manifest.json").unlink()  # as if killed after the last checkpoint
     newest, before = sorted((run_copy / "pretrain" / "checkpoints").iterdir())[-2:][::-1]
-    if damage == "garbled weights":
-        weights = newest / "model.safetensors"
-        flip_bytes(weights, weights.stat().st_size - 64)
-        bad = "model.safetensors"
-    else:
-        opt = newest / "optimizer.pt"
-        opt.write_bytes(opt.read_bytes()[:200])
-        bad = "optimizer.pt"
+    weights = newest / "model.safetensors"
+    flip_bytes(weights, weights.stat().st_size - 64)
     r = phiforge("pretrain", "--out", run_copy)
     assert r.returncode == 0, r.stderr[-3000:]
     warning = next(line for line in r.stderr.splitlines() if "warning:" in line)
-    assert newest.name in warning and bad in warning
+    assert newest.name in warning and "model.safetensors is damaged" in warning
     m = json.loads((run_copy / "pretrain" / "manifest.json").read_text())
     assert m["metrics"]["resumed_from"] == before.name
     assert losses(run_copy) == losses(healthy)  # the same result as the uninterrupted run

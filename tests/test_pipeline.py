@@ -161,7 +161,8 @@ def test_corrupt_models_are_one_line_and_corrupt_checkpoints_are_passed_over(don
     r = phiforge("pretrain", recipe, "--out", out)
     assert r.returncode == 0, r.stderr[-3000:]
     warnings = [line for line in r.stderr.splitlines() if line.startswith("[phiforge] warning: ")]
-    assert len(warnings) == len(ckpts) and all(c.name in w and "optimizer.pt" in w for c, w in zip(ckpts[::-1], warnings))
+    assert len(warnings) == len(ckpts)
+    assert all(c.name in w and "optimizer.pt" in w for c, w in zip(ckpts[::-1], warnings))
     assert json.loads((out / "pretrain" / "manifest.json").read_text())["metrics"]["resumed_from"] is None
     assert losses(out) == losses(reference)
 
