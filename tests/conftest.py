@@ -51,6 +51,18 @@ def micro_recipe(tmp_path) -> Path:
     return write_recipe(tmp_path / "micro.yaml")
 
 
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(recipe, run folder) of one whole micro pipeline run through the CLI, shared by the tests that read a
+    completed run; a test that damages or resumes a run works on a copy."""
+    tmp = tmp_path_factory.mktemp("micro-run")
+    recipe = write_recipe(tmp / "micro.yaml")
+    out = tmp / "run"
+    r = phiforge("run", recipe, "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return recipe, out
+
+
 def phiforge(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """The real CLI in a child process, as a user would run it."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -21,14 +21,9 @@ STAGE_NAMES = [s.name for s in STAGES]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-@pytest.fixture(scope="module")
-def healthy(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("heal")
-    recipe = write_recipe(tmp / "micro.yaml")
-    out = tmp / "run"
-    r = phiforge("run", recipe, "--out", out)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out
+@pytest.fixture
+def healthy(micro_run):
+    return micro_run[1]
 
 
 @pytest.fixture

@@ -19,14 +19,9 @@ def finished_times(run_dir):
         (run_dir / s / "manifest.json").stat().st_mtime_ns) for s in STAGE_NAMES}
 
 
-@pytest.fixture(scope="module")
-def done_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("pipe")
-    recipe = write_recipe(tmp / "micro.yaml")
-    out = tmp / "run"
-    r = phiforge("run", recipe, "--out", out)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return recipe, out
+@pytest.fixture
+def done_run(micro_run):
+    return micro_run
 
 
 def test_run_writes_every_stage_and_a_report(done_run):
