@@ -63,8 +63,9 @@ def correct(folder: Path, model: str) -> list[bool]:
 
 def table(folders: dict[int, Path]) -> str:
     per_seed = {s: measures(json.loads((f / "eval" / "summary.json").read_text())) for s, f in folders.items()}
+    order = ("greedy", "maj", "amc", "gsm8k100", "gsm-symbolic", "deepmind-math")
     columns = sorted({c for rows in per_seed.values() for row in rows.values() for c in row},
-                     key=lambda c: ("greedy", "maj", "amc").index(c) if c in ("greedy", "maj", "amc") else 3)
+                     key=lambda c: (order.index(c) if c in order else len(order), c))
     names = {"greedy": "contest greedy %", "maj": "contest maj %", "amc": "AMC / 150", "gsm8k100": "GSM8K-100 %",
              "deepmind-math": "DeepMind maths %"}
     lines = [f"{len(folders)} seeds ({', '.join(map(str, folders))}); mean ± s.e. over seeds", "",
