@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,14 +83,27 @@ def _make_venv() -> None:
     atomic_write_text(marker, "\n".join(PINS) + "\n")
 
 
+# The generator iterates over sets of strings, so its problems depend on Python's hash seed too: without a fixed
+# PYTHONHASHSEED two set-ups of the same seed drew different problems (and scored models differently).
+HASH_SEED = "0"
+SETTINGS = "phiforge-sets.json"  # how the split's files were made; files made otherwise are made again
+
+
 def _generate(modules, per_module: int, seed: int, split: str) -> Path:
     out = SETS / split
+    settings = {"seed": seed, "per_module": per_module, "pythonhashseed": HASH_SEED, "pins": list(PINS)}
+    marker = out / SETTINGS
+    if not marker.is_file() or json.loads(marker.read_text()) != settings:
+        for old in out.glob("*.jsonl"):
+            old.unlink()
+        atomic_write_text(marker, json.dumps(settings) + "\n")
+    env = {**os.environ, "PYTHONHASHSEED": HASH_SEED}
     for module in modules:
         if (out / f"{module}.jsonl").is_file():  # made by an earlier set-up: generation is seeded, so it would match
             continue
         module_seed = int.from_bytes(hashlib.sha256(f"{seed}:{split}:{module}".encode()).digest()[:4], "big")
         done = subprocess.run([str(python()), "-c", _GENERATOR, split, module, str(per_module), str(module_seed)],
-                              capture_output=True, text=True, timeout=600)
+                              capture_output=True, text=True, timeout=600, env=env)
         if done.returncode != 0:
             raise PhiforgeError(f"mathematics_dataset module {module}: generator failed: {done.stderr[-500:]}")
         atomic_write_text(out / f"{module}.jsonl", done.stdout)
@@ -102,11 +116,11 @@ def available(split: str = "interpolate") -> list[Path]:
 
 
 def load(split: str = "interpolate") -> list[Item]:
-    """Every pre-generated problem of the split; the default modules are generated first if none are."""
-    files = available(split)
-    if not files:
+    """Every pre-generated problem of the split; the default modules are generated first where none were, or where
+    they were made before the generation settings were recorded (those drew other problems on each machine)."""
+    if not (SETS / split / SETTINGS).is_file():
         setup(split=split)
-        files = available(split)
+    files = available(split)
     items = []
     for f in files:
         for n, line in enumerate(f.read_text(encoding="utf-8").splitlines()):

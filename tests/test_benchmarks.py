@@ -249,6 +249,7 @@ def test_deepmind_mathematics_sets_up_on_first_use_and_names_a_bad_line(tmp_path
     def setup(split):  # stands in for the minute of venv and generation
         calls.append(split)
         (tmp_path / split).mkdir()
+        (tmp_path / split / mathds.SETTINGS).write_text("{}")
         (tmp_path / split / "numbers__gcd.jsonl").write_text(
             '{"question": "What is the gcd of 4 and 6?", "answer": "2"}\n{"question": "no answer"}\n')
 
