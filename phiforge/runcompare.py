@@ -13,11 +13,16 @@ from phiforge.pipeline import STAGES
 from phiforge.rundir import RunDir
 
 
+# Outputs that log wall-clock figures (seconds, tokens/s, MFU) beside the losses: two runs that trained the same
+# model still write different bytes there, so a difference confined to them is not a divergence.
+LOGS = ("history.json",)
+
+
 @dataclass(frozen=True)
 class StageDiff:
     stage: str
     state: str  # same | differs | missing
-    why: str = ""  # for differs: recipe, inputs, or machine (same recipe and inputs)
+    why: str = ""  # for differs: recipe, inputs, or machine (same recipe and inputs); for same: logs that differ
     files: tuple[str, ...] = ()  # output files whose bytes differ (or exist in one run only)
     machine: tuple[str, ...] = ()  # machine facts that differ, "key: a | b"
 
@@ -40,6 +45,9 @@ def compare(a: RunDir, b: RunDir) -> list[StageDiff]:
             continue
         fa, fb = ma.get("output_files", {}), mb.get("output_files", {})
         files = tuple(sorted(f for f in set(fa) | set(fb) if fa.get(f) != fb.get(f)))
+        if all(f.rsplit("/", 1)[-1] in LOGS for f in files):
+            out.append(StageDiff(stage.name, "same", "only " + ", ".join(files) + " (wall-clock figures)", files))
+            continue
         if ma.get("config_hash") != mb.get("config_hash"):
             why = "recipe"
         elif ma.get("input_hashes") != mb.get("input_hashes"):
@@ -58,7 +66,7 @@ def first_divergence(diffs: list[StageDiff]) -> StageDiff | None:
 def format_table(diffs: list[StageDiff], max_files: int = 3) -> str:
     lines = [f"{'stage':<10} {'outputs':<8} why"]
     for d in diffs:
-        why = {"same": "", "missing": d.why}.get(d.state, f"{d.why}; {len(d.files)} file(s) differ: "
+        why = {"same": d.why, "missing": d.why}.get(d.state, f"{d.why}; {len(d.files)} file(s) differ: "
                                                 + ", ".join(d.files[:max_files]) + (" ..." if len(d.files) > max_files else ""))
         lines.append(f"{d.stage:<10} {d.state:<8} {why}".rstrip())
     first = first_divergence(diffs)

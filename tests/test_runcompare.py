@@ -85,3 +85,15 @@ def test_every_stage_manifest_records_the_machine(tmp_path):
     run = prepare(recipe, tmp_path / "run")
     run_stage(recipe, run, BY_NAME["synth"])
     assert run.manifest("synth")["machine"] == machine.describe()
+
+
+def test_a_difference_only_in_logged_timings_is_not_a_divergence(tmp_path):
+    a, b = fake_run(tmp_path / "a", {}), fake_run(tmp_path / "b", {})
+    for run, seconds in ((a, 1.0), (b, 2.0)):  # the same model, trained at another speed
+        (run.stage_dir("pretrain") / "history.json").write_text(f'{{"train": [], "seconds": {seconds}}}')
+        m = run.manifest("pretrain")
+        run.write_manifest("pretrain", m, [run.stage_dir("pretrain") / "out.bin",
+                                           run.stage_dir("pretrain") / "history.json"])
+    diffs = {d.stage: d for d in runcompare.compare(a, b)}
+    assert diffs["pretrain"].state == "same" and "pretrain/history.json" in diffs["pretrain"].why
+    assert runcompare.first_divergence(list(diffs.values())) is None
