@@ -7,6 +7,7 @@ import dataclasses
 import json
 import random
 import shutil
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -243,7 +244,15 @@ def _plant(shard, row: int, column: str, value) -> str:
     field = table.schema.field(column)
     table = table.set_column(table.schema.get_field_index(column), field, pa.array(values, field.type))
     pq.write_table(table, shard)
+    _record(RunDir(Path(shard).parents[1]), Path(shard).parent.name)
     return table.column("id")[row].as_py()
+
+
+def _record(run: RunDir, stage: str) -> None:
+    """Record a planted shard in its stage's manifest, as if the stage had written it: later stages refuse inputs
+    whose bytes differ from the manifest."""
+    outputs = BY_NAME[stage].fn("outputs")
+    run.write_manifest(stage, run.manifest(stage), outputs(run) if outputs else [run.stage_dir(stage)])
 
 
 def test_stage_drops_planted_benchmark_items_from_every_training_reader(synth_run, tmp_path, gsm8k):
