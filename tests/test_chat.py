@@ -180,6 +180,18 @@ class Terminal:
     def send(self, line: str) -> None:
         os.write(self.fd, (line + "\n").encode())
 
+    def interrupt_until(self, texts: tuple[str, ...], timeout: float = 60) -> None:
+        """Send Ctrl-C every quarter second until one of texts is printed: on a loaded machine the first one can
+        land before the reply's handler is in place and be lost."""
+        deadline = time.monotonic() + timeout
+        while not any(t in self.out for t in texts):
+            assert time.monotonic() < deadline, f"timed out waiting for {texts!r}; output so far:\n{self.out}"
+            self.proc.send_signal(signal.SIGINT)
+            if select.select([self.fd], [], [], 0.25)[0]:
+                chunk = os.read(self.fd, 4096)
+                assert chunk, f"child exited before printing {texts!r}; output:\n{self.out}"
+                self.out += chunk.decode("utf-8", "replace").replace("\r\n", "\n")
+
 
 def test_chat_cli_through_a_terminal(ckpt):
     term = Terminal([sys.executable, "-m", "phiforge.cli", "chat", str(ckpt), "--max-tokens", "12", "--seed", "0"])
@@ -291,7 +303,7 @@ def test_ctrl_c_stops_a_reply_and_the_chat_goes_on(tmp_path):
         term.expect("you> ")
         term.send("talk for a long time")
         term.expect("assistant> ")
-        term.proc.send_signal(signal.SIGINT)  # 1500 tokens take seconds: this lands mid-reply
+        term.interrupt_until(("[interrupted]", " tokens/s)"))  # 1500 tokens take seconds: it lands mid-reply
         reply = term.expect("you> ")
         assert "[interrupted]" in reply and "[stopped at" not in reply
         # At the prompt the line goes, the conversation stays. A SIGINT that lands after readline printed the
