@@ -70,22 +70,16 @@ def phiforge(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpr
                           cwd=cwd, env=env, timeout=timeout)
 
 
-def benchmark_or_skip(name: str) -> list:
-    """The benchmark's items, set up on first use as phiforge does it; where its data cannot be had (no package
-    registry reachable) the test skips with the reason and the command that provides it, which fails under
-    PHIFORGE_NO_SKIPS=1."""
+def benchmark_items(name: str) -> list:
+    """The benchmark's items, set up on first use as phiforge does it (a set-up that fails fails the test)."""
     from phiforge import benchmarks
-    from phiforge.errors import PhiforgeError
 
-    try:
-        return benchmarks.get(name).load()
-    except PhiforgeError as e:
-        pytest.skip(str(e))
+    return benchmarks.get(name).load()
 
 
 @pytest.fixture
 def gsm8k() -> list:
-    return benchmark_or_skip("gsm8k100")
+    return benchmark_items("gsm8k100")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -9,7 +9,7 @@ import pytest
 from phiforge import benchmarks as B
 from phiforge.errors import PhiforgeError
 
-from conftest import benchmark_or_skip
+from conftest import benchmark_items
 
 
 def test_gsm8k100_gold_solutions_score_all_and_a_constant_none(gsm8k):
@@ -234,7 +234,7 @@ def test_gsm_symbolic_answer_is_recomputed_from_the_template(gsm8k):
 
 
 def test_deepmind_mathematics_gold_scores_all_and_a_constant_little():
-    items = benchmark_or_skip("deepmind-math")  # generated on first use in an environment of its own
+    items = benchmark_items("deepmind-math")  # generated on first use in an environment of its own
     assert len(items) >= 100 and len({i.id for i in items}) == len(items)
     assert all(B.math_correct(i, f"So the answer is \\boxed{{{i.answers[0]}}}.") for i in items)
     assert sum(B.math_correct(i, "\\boxed{0}") for i in items) / len(items) < 0.05
