@@ -30,11 +30,22 @@ MANIFEST = "manifest.json"
 FORMAT = 1
 
 
-# Errors that say the file system refused a write, not that phiforge is wrong: reported as one line naming the path.
-DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-               errno.EFBIG: "file too large for the file system", errno.EROFS: "the file system is read-only",
-               errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
-               errno.EIO: "input/output error (a failing disk?)"}
+# Errors that say the file system refused a write, not that phiforge is wrong: errno -> (cause, what to do), reported
+# as one line naming the path.
+_OWN = "check the owner and permissions of the folder, or give --out a folder you can write"
+DISK_ERRNOS = {
+    errno.ENOSPC: ("cannot write, no space left on the device",
+                   "free some space (or give --out a folder on another disk) and run the same command again; "
+                   "completed stages and checkpoints are kept"),
+    errno.EDQUOT: ("cannot write, disk quota exceeded", "free some space and run the same command again"),
+    errno.EFBIG: ("cannot write, file too large for the file system", "give --out a folder on another disk"),
+    errno.EROFS: ("cannot write, the file system is read-only",
+                  "give --out a writable folder; a complete run folder can still be read (`phiforge run` finds "
+                  "it current, chat, serve, `phiforge report --out RUN --to DIR`)"),
+    errno.EACCES: ("permission denied", _OWN),
+    errno.EPERM: ("operation not permitted", _OWN),
+    errno.EIO: ("input/output error (a failing disk?)", "check the disk and run the same command again"),
+}
 
 
 def disk_error(e: BaseException, path: Path | str | None = None) -> OSError | None:
@@ -54,19 +65,7 @@ def disk_error(e: BaseException, path: Path | str | None = None) -> OSError | No
 def describe_disk_error(e: OSError) -> str:
     """One line for a DISK_ERRNOS error: the path, the cause, and what to do."""
     where = f"{e.filename}: " if e.filename else ""
-    own = "check the owner and permissions of the folder, or give --out a folder you can write"
-    cause, todo = {
-        errno.ENOSPC: ("cannot write, no space left on the device",
-                       "free some space (or give --out a folder on another disk) and run the same command again; "
-                       "completed stages and checkpoints are kept"),
-        errno.EDQUOT: ("cannot write, disk quota exceeded", "free some space and run the same command again"),
-        errno.EFBIG: ("cannot write, file too large for the file system", "give --out a folder on another disk"),
-        errno.EROFS: ("cannot write, the file system is read-only",
-                      "give --out a writable folder; a complete run folder can still be read (`phiforge run` finds "
-                      "it current, chat, serve, `phiforge report --out RUN --to DIR`)"),
-        errno.EACCES: ("permission denied", own),
-        errno.EPERM: ("operation not permitted", own),
-    }.get(e.errno, (DISK_ERRNOS.get(e.errno, e.strerror or str(e)), "check the disk and run the same command again"))
+    cause, todo = DISK_ERRNOS.get(e.errno, (e.strerror or str(e), "check the disk and run the same command again"))
     return f"{where}{cause}; {todo}"
 
 
