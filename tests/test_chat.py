@@ -298,7 +298,10 @@ def test_chat_survives_any_input(small_ckpt):
 
 def test_ctrl_c_stops_a_reply_and_the_chat_goes_on(tmp_path):
     ckpt = make_checkpoint(tmp_path / "model", max_seq_len=1600)
-    term = Terminal([sys.executable, "-m", "phiforge.cli", "chat", str(ckpt), "--max-tokens", "1500"])
+    # greedy: this checkpoint never picks a stop token then, so the reply runs on until interrupted (sampled, it
+    # could stop on its own after a few tokens)
+    term = Terminal([sys.executable, "-m", "phiforge.cli", "chat", str(ckpt), "--max-tokens", "1500",
+                     "--temperature", "0"])
     try:
         term.expect("you> ")
         term.send("talk for a long time")
