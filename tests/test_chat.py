@@ -157,7 +157,10 @@ class Terminal:
     def __init__(self, args: list[str]):
         master, slave = pty.openpty()
         env = {**os.environ, "TERM": "dumb", "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+        # A test run started in the background inherits SIGINT ignored, and Python then never raises
+        # KeyboardInterrupt: give the child the default disposition a terminal user's program has.
+        self.proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True,
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         os.close(slave)
         self.fd, self.out = master, ""
 
