@@ -29,7 +29,7 @@ from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without installing
 
-from phiforge.decontam import (CLEAN, CONTAMINATED_THRESHOLD, INFO_THRESHOLD, BenchmarkIndex, NaiveIndex,  # noqa: E402
+from phiforge.data.decontam import (CLEAN, CONTAMINATED_THRESHOLD, INFO_THRESHOLD, BenchmarkIndex, NaiveIndex,  # noqa: E402
                                normalize)
 
 # Wide slot vocabularies, so that problems from the same templates share fewer 13-grams such as "spends a third of

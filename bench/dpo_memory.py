@@ -1,11 +1,11 @@
 """Peak memory of a DPO round on full responses with a large vocabulary: whole [B, T, V] logits vs the chunked head.
 
 The two phases of a DPO batch as the dpo and dpo2 stages run them, bf16 autocast, on Gemma 3 270M (vocabulary
-262,144; `python -m phiforge.refmodel setup`): the reference log-probs (no grad), and one training step's forward and
+262,144; `python -m phiforge.eval.gemma setup`): the reference log-probs (no grad), and one training step's forward and
 backward (the optimizer step left out: AdamW's states are the same on both paths). Responses are programmatic worked
 solutions, chosen right and rejected with the last answer corrupted. Each (phase, path) runs in a fresh child
 process and reports its peak resident memory (ru_maxrss) above the phase's start; "whole" sets
-phiforge.dpo.CHUNK_ELEMENTS so high that the batch takes the whole-logits path, "chunked" is the default. The check
+phiforge.train.dpo.CHUNK_ELEMENTS so high that the batch takes the whole-logits path, "chunked" is the default. The check
 value (the reference log-probs' sum; the gradient norm) must agree between the paths.
 
     python bench/dpo_memory.py                       # 8 pairs of 3-solution responses
@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a chec
 def child(args) -> None:
     import torch
 
-    import phiforge.dpo as dpo
-    from phiforge import hf_posttrain
-    from phiforge.problems import make_problem
-    from phiforge.render import chat
-    from phiforge.train import autocast
+    import phiforge.train.dpo as dpo
+    from phiforge.lm import hf_posttrain
+    from phiforge.data.problems import make_problem
+    from phiforge.data.render import chat
+    from phiforge.train.optim import autocast
 
     model, tok = hf_posttrain.load(args.model)
     if args.mode == "whole":
@@ -70,7 +70,7 @@ def child(args) -> None:
 
 
 def main() -> None:
-    from phiforge import refmodel
+    from phiforge.eval import gemma as refmodel
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(refmodel.GEMMA_DIR))
@@ -83,7 +83,7 @@ def main() -> None:
         child(args)
         return
     if not (Path(args.model) / "config.json").is_file():
-        raise SystemExit(f"no transformers model at {args.model}: run `python -m phiforge.refmodel setup` first")
+        raise SystemExit(f"no transformers model at {args.model}: run `python -m phiforge.eval.gemma setup` first")
     rows = []
     for phase in ("reference", "step"):
         for mode in ("whole", "chunked"):

@@ -1,7 +1,7 @@
 """Evaluation speed: problems per minute with batched KV-cache generation against one problem at a time.
 
 Both sides run the same model on the same contest problems (the eval stage's fresh contest, drawn from eval.seed)
-through phiforge.generate.generate with greedy decoding, the eval stage's max_new_tokens and its stop tokens; only
+through phiforge.lm.generate.generate with greedy decoding, the eval stage's max_new_tokens and its stop tokens; only
 the batch size differs: 1 is one problem at a time (still with its own KV cache), the others decode that many
 problems together, left-padded. A problem counts when its answer has been generated and extracted. Greedy outputs
 must not depend on batching, so the script also checks that every batch size produced the same answers.
@@ -31,22 +31,22 @@ import torch  # noqa: E402
 
 from phiforge.answers import answers_equal, extract_answer  # noqa: E402
 from phiforge.config import load_recipe  # noqa: E402
-from phiforge.choice import prompt_ids  # noqa: E402
-from phiforge.evaluate import clean_output, contest  # noqa: E402
-from phiforge.generate import generate  # noqa: E402
+from phiforge.eval.choice import prompt_ids  # noqa: E402
+from phiforge.eval.contest import clean_output, contest  # noqa: E402
+from phiforge.lm.generate import generate  # noqa: E402
 
 
 def load(run: Path | None, recipe, model_name: str, problems):
-    from phiforge.tokenizer import ChatTokenizer, train_bpe
+    from phiforge.lm.tokenizer import ChatTokenizer, train_bpe
 
     if run is None:
-        from phiforge.model import Phi3
+        from phiforge.lm.model import Phi3
 
         tok = ChatTokenizer(train_bpe([p.question for p in problems] * 4, vocab_size=512, progress=False))
         recipe.model.vocab_size = tok.vocab_size
         torch.manual_seed(0)
         return Phi3(recipe.model).eval(), tok, "untrained (tiny recipe shape)"
-    from phiforge.checkpoint import load_model
+    from phiforge.lm.checkpoint import load_model
 
     tok = ChatTokenizer.load(run / "tokenizer")
     folder = run / ("midtrain" if model_name == "base" else model_name) / "model"

@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from phiforge import seeds as seed_sources  # noqa: E402
-from phiforge.synth_llm import reason_key  # noqa: E402
-from phiforge.teacher import LocalTeacher  # noqa: E402
-from phiforge.workflows import SEED_KIND, WORKFLOWS, Knobs  # noqa: E402
+from phiforge.data import seed_texts as seed_sources  # noqa: E402
+from phiforge.data.synth_llm import reason_key  # noqa: E402
+from phiforge.lm.teachers import LocalTeacher  # noqa: E402
+from phiforge.data.workflows import SEED_KIND, WORKFLOWS, Knobs  # noqa: E402
 
 TEMPLATES = {
     "turns": ("{{ bos_token }}{% for m in messages %}<start_of_turn>"

@@ -1,4 +1,4 @@
-"""Batched KV-cache sampling speed: phiforge.generate.generate against transformers' generate, same weights.
+"""Batched KV-cache sampling speed: phiforge.lm.generate.generate against transformers' generate, same weights.
 
 A small Phi3 (d_model 256, 4 layers, 4 heads / 2 KV heads, vocab 8192) in fp32, as evaluation runs it. Both get the
 same prompts (varied lengths, left-padded inside a batch), the same max_new_tokens and no stop token, so every row
@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a chec
 
 import torch  # noqa: E402
 
-from phiforge.generate import generate  # noqa: E402
-from phiforge.model import ModelConfig, Phi3, hf_config_dict  # noqa: E402
+from phiforge.lm.generate import generate  # noqa: E402
+from phiforge.lm.model import ModelConfig, Phi3, hf_config_dict  # noqa: E402
 
 BOS, EOS, PAD = 1, 2, 0
 

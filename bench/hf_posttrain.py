@@ -6,7 +6,7 @@ folder's size and its generation_config, transformers' greedy reply to a held-ou
 the DPO reward margin (policy minus reference, chosen minus rejected) before and after. The base model has no chat
 template, so the ChatML tokens are new rows of the embedding: the first steps mostly teach the format.
 
-    python -m phiforge.refmodel setup                      # once: data/models/gemma-3-270m-hf
+    python -m phiforge.eval.gemma setup                      # once: data/models/gemma-3-270m-hf
     python bench/hf_posttrain.py                           # 12 SFT steps, batch 4, on CPU
     python bench/hf_posttrain.py --steps 30 --device cuda
 """
@@ -23,14 +23,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a chec
 
 import torch  # noqa: E402
 
-from phiforge import hf_posttrain, refmodel  # noqa: E402
+from phiforge.lm import hf_posttrain  # noqa: E402
+from phiforge.eval import gemma as refmodel  # noqa: E402
 from phiforge.config import DPOConfig, OptimConfig, SFTConfig  # noqa: E402
-from phiforge.dpo import precompute_reference, sequence_logps, train_on_pairs  # noqa: E402
-from phiforge.generate import generate  # noqa: E402
-from phiforge.problems import make_problem  # noqa: E402
-from phiforge.render import chat  # noqa: E402
-from phiforge.sft import build_example, collate, train  # noqa: E402
-from phiforge.train import cross_entropy  # noqa: E402
+from phiforge.train.dpo import precompute_reference, sequence_logps, train_on_pairs  # noqa: E402
+from phiforge.lm.generate import generate  # noqa: E402
+from phiforge.data.problems import make_problem  # noqa: E402
+from phiforge.data.render import chat  # noqa: E402
+from phiforge.train.sft import build_example, collate, train  # noqa: E402
+from phiforge.train.optim import cross_entropy  # noqa: E402
 
 
 def assistant_loss(model, examples, pad_id, batch: int = 4) -> float:

@@ -34,8 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without installing
 
-from phiforge.http_teacher import HTTPTeacher  # noqa: E402
-from phiforge.teacher import ChatRequest  # noqa: E402
+from phiforge.lm.http_teacher import HTTPTeacher  # noqa: E402
+from phiforge.lm.teachers import ChatRequest  # noqa: E402
 
 
 class Stub(asyncio.Protocol):
@@ -129,7 +129,7 @@ def main() -> None:
     ap.add_argument("--no-cache", action="store_true", help="HTTP alone: no disk cache")
     ap.add_argument("--transport", nargs="+", choices=["asyncio", "aiohttp", "httpx"],
                     default=["asyncio", "aiohttp", "httpx"],
-                    help="HTTPTeacher's transports to run: asyncio (phiforge.http1, the default client), aiohttp "
+                    help="HTTPTeacher's transports to run: asyncio (phiforge.lm.http1, the default client), aiohttp "
                     "and httpx (the ones before it); all three unless named")
     ap.add_argument("--bare", action="store_true", help="also a bare aiohttp loop without HTTPTeacher (row 'bare "
                     "aiohttp'): what the machine allows a client at all")

@@ -39,7 +39,9 @@ from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without installing
 
-from phiforge import dedup, ingest, textfilter  # noqa: E402
+from phiforge.data import dedup  # noqa: E402
+from phiforge.data import ingest  # noqa: E402
+from phiforge.data import textfilter  # noqa: E402
 
 
 def mb(texts) -> float:

@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a chec
 
 import torch  # noqa: E402
 
-from phiforge.checkpoint import load_model  # noqa: E402
+from phiforge.lm.checkpoint import load_model  # noqa: E402
 from phiforge.config import load_recipe  # noqa: E402
-from phiforge.generate import generate, sample_from_prefix  # noqa: E402
-from phiforge.pts import MathOracle, SuccessEstimator, search_query, summarize  # noqa: E402
+from phiforge.lm.generate import generate, sample_from_prefix  # noqa: E402
+from phiforge.train.pts import MathOracle, SuccessEstimator, search_query, summarize  # noqa: E402
 from phiforge.rundir import RunDir  # noqa: E402
-from phiforge.synth import read_column  # noqa: E402
+from phiforge.data.synth import read_column  # noqa: E402
 
 
 def search_cost(run: RunDir, recipe, n_queries: int, verify: int = 0) -> dict:

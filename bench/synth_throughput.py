@@ -22,8 +22,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without installing
 
 from phiforge.answers import verify  # noqa: E402
-from phiforge.problems import DOMAINS, make_problem  # noqa: E402
-from phiforge.render import STYLES  # noqa: E402
+from phiforge.data.problems import DOMAINS, make_problem  # noqa: E402
+from phiforge.data.render import STYLES  # noqa: E402
 
 
 def one_pass(domain: str, n: int, difficulty: int) -> tuple[float, int]:

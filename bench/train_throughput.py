@@ -1,7 +1,7 @@
 """Training-step throughput and MFU: phiforge's Phi3 against transformers' Phi3ForCausalLM, same weights, same run.
 
 One full training step = bf16-autocast forward, fp32 cross-entropy, backward, gradient clipping and an AdamW step
-(phiforge.train.build_optimizer / clip_and_step, identical for all). phiforge's step is exactly `phiforge pretrain`'s
+(phiforge.train.optim.build_optimizer / clip_and_step, identical for all). phiforge's step is exactly `phiforge pretrain`'s
 (Phi3 + train.cross_entropy). The named baseline is transformers' own training path: Phi3ForCausalLM with
 attn_implementation="sdpa" called with labels, so its loss function upcasts the logits and computes the loss, as
 its Trainer does. A third row, transformers' model with phiforge's loss, splits the gain between model and loss.
@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a chec
 
 import torch  # noqa: E402
 
-from phiforge import flops  # noqa: E402
+from phiforge.lm import flops  # noqa: E402
 from phiforge.config import OptimConfig  # noqa: E402
-from phiforge.model import ModelConfig, Phi3, hf_config_dict  # noqa: E402
-from phiforge.train import autocast, build_optimizer, clip_and_step, cross_entropy  # noqa: E402
+from phiforge.lm.model import ModelConfig, Phi3, hf_config_dict  # noqa: E402
+from phiforge.train.optim import autocast, build_optimizer, clip_and_step, cross_entropy  # noqa: E402
 
 BOS, EOS, PAD = 1, 2, 0
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from phiforge.render import solution_text
+from phiforge.data.render import solution_text
 
 _MAX_SYMBOLIC_CHARS = 200
 
@@ -211,7 +211,7 @@ def verify(problem) -> bool:
     """Maths: the rendered worked solution's extracted answer equals the problem's answer. Code: the solution passes
     the problem's unit tests, run in the sandbox."""
     if getattr(problem, "tests", ""):
-        from phiforge.domains_code import verify_code
+        from phiforge.data.domains.code import verify_code
 
         return verify_code(problem, solution_text(problem))
     return answers_equal(extract_answer(solution_text(problem)), problem.answer)

@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="prompts decoded together (default: 32)")
     p.add_argument("--mode", choices=["loglik", "solved_loglik", "generate"], default="loglik",
                    help="multiple choice (amc-synthetic): options by log-likelihood, after the model's own "
-                        "solution, or its generated answer (default: loglik; see phiforge/choice.py)")
+                        "solution, or its generated answer (default: loglik; see phiforge/eval/choice.py)")
     p.add_argument("--hide-options", action="store_true",
                    help="multiple choice, generating modes: ask the bare question, for models never shown an "
                         "option list (phiforge's own)")
@@ -199,7 +199,7 @@ def run_experiment(args) -> int:
 
 
 def run_benchmark(args) -> int:
-    from phiforge import benchmarks
+    from phiforge.eval import benchmarks
     from phiforge.rundir import atomic_write_json, atomic_write_text
 
     engine, model_dir = benchmarks.load_engine(args.path, args.served_model)
@@ -256,11 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         if args.command == "chat":
-            from phiforge.chat import run_chat
+            from phiforge.serve.chat import run_chat
 
             return run_chat(args)
         if args.command == "serve":
-            from phiforge.serve import run_serve
+            from phiforge.serve.server import run_serve
 
             return run_serve(args)
         if args.command == "benchmark":
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "plan":
             from phiforge.config import load_recipe
-            from phiforge.flops import GPU_PEAKS
+            from phiforge.lm.flops import GPU_PEAKS
             from phiforge.plan import describe
 
             if args.gpu not in GPU_PEAKS:

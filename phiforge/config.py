@@ -19,8 +19,8 @@ from typing import Any, Literal
 import yaml
 
 from phiforge.errors import PhiforgeError
-from phiforge.model import ModelConfig
-from phiforge.pts import PTSConfig
+from phiforge.lm.model import ModelConfig
+from phiforge.train.pts import PTSConfig
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "tiny"
@@ -45,7 +45,7 @@ class SynthTeacherConfig:
 
 @dataclass
 class SynthWorkflowsConfig:
-    """Phi-4's LLM workflows (phiforge/workflows.py) on top of the programmatic data; all off by default."""
+    """Phi-4's LLM workflows (phiforge/data/workflows.py) on top of the programmatic data; all off by default."""
 
     seeds: dict[str, int] = field(default_factory=dict)  # workflow -> seeds it starts from, e.g. {rewrite: 20}
     into: Literal["pretrain", "sft"] = "pretrain"  # which corpus the kept samples join
@@ -224,14 +224,14 @@ class EvalConfig:
     temperature: float = 0.7
     top_p: float = 1.0
     batch_size: int = 64
-    # The AMC-style contest (phiforge/amc.py): its own seed, apart from synth.seed and the open contest's seed;
+    # The AMC-style contest (phiforge/eval/amc.py): its own seed, apart from synth.seed and the open contest's seed;
     # 0 questions turns it off. A log-likelihood answer is left blank when its option's probability is below
     # amc_blank_below (0.25 = 1.5 / 6 is where answering stops paying on average).
     amc_seed: int = 2_000_003
     amc_n_problems: int = 100
     amc_blank_below: float = 0.25
     amc_normalize: Literal["sum", "mean"] = "sum"
-    # Real benchmarks (phiforge/benchmarks.py), greedy and zero-shot, on the listed models: n items each, spread
+    # Real benchmarks (phiforge/eval/benchmarks.py), greedy and zero-shot, on the listed models: n items each, spread
     # evenly through the set. One whose data is not installed is reported as skipped, with its install command.
     benchmarks: dict[str, int] = field(default_factory=lambda: {"gsm8k100": 100, "deepmind-math": 160})
     benchmark_models: list[str] = field(default_factory=lambda: ["base", "sft", "dpo2"])
@@ -479,8 +479,8 @@ def validate(r: Recipe, source: str = "recipe") -> None:
     need(s.workers >= 1, "synth.workers", "must be >= 1")
     _check_mixture(s.domains, "synth.domains", need)
     _check_mixture(s.styles, "synth.styles", need)
-    from phiforge.problems import DOMAINS
-    from phiforge.render import STYLES
+    from phiforge.data.problems import DOMAINS
+    from phiforge.data.render import STYLES
 
     for d in s.domains:
         need(d in DOMAINS, f"synth.domains.{d}", f"is not a known domain ({', '.join(DOMAINS)})")
@@ -509,7 +509,7 @@ def validate(r: Recipe, source: str = "recipe") -> None:
     for k in ("val_every", "val_batches", "ckpt_every", "keep_checkpoints", "log_every"):
         need(getattr(p, k) > 0, f"pretrain.{k}", "must be positive")
     dc = r.decontam
-    from phiforge.benchmarks import BENCHMARKS
+    from phiforge.eval.benchmarks import BENCHMARKS
 
     for name in dc.benchmarks:
         need(name in BENCHMARKS, "decontam.benchmarks", f"{name!r} is not a benchmark ({', '.join(BENCHMARKS)})")
@@ -555,7 +555,7 @@ def validate(r: Recipe, source: str = "recipe") -> None:
     need(d.epochs > 0 and d.batch_size > 0, "dpo.epochs/batch_size", "must be positive")
     need(d.optim.lr > 0, "dpo.optim.lr", "must be positive")
     d2 = r.dpo2
-    from phiforge.dpo2 import POLICIES
+    from phiforge.train.judge_dpo import POLICIES
 
     need(len(set(d2.policies)) >= 2 and set(d2.policies) <= set(POLICIES), "dpo2.policies",
          f"must name at least two of {', '.join(POLICIES)}, got {d2.policies}")
@@ -579,7 +579,7 @@ def validate(r: Recipe, source: str = "recipe") -> None:
     need(0 < e.top_p <= 1, "eval.top_p", "must be in (0, 1]")
     need(e.max_new_tokens > 0 and e.batch_size > 0, "eval.max_new_tokens/batch_size", "must be positive")
     _validate_organic(r.organic, r.mixture, need)
-    from phiforge.benchmarks import BENCHMARKS
+    from phiforge.eval.benchmarks import BENCHMARKS
 
     for b, n in e.benchmarks.items():
         need(b in BENCHMARKS, f"eval.benchmarks.{b}", f"is not a benchmark ({', '.join(BENCHMARKS)})")
@@ -593,7 +593,7 @@ def validate(r: Recipe, source: str = "recipe") -> None:
 
 
 def _check_workflows(s: SynthConfig, need) -> None:
-    from phiforge.workflows import WORKFLOWS
+    from phiforge.data.workflows import WORKFLOWS
 
     w, t = s.workflows, s.teacher
     for name, n in w.seeds.items():
@@ -631,7 +631,7 @@ MIXTURE_SOURCES = ("synthetic", "web", "web_rewrite", "code", "acquired")
 
 
 def _validate_organic(o: OrganicConfig, mx: MixtureConfig, need) -> None:
-    from phiforge.ingest import FEEDS
+    from phiforge.data.ingest import FEEDS
 
     for name, cap in o.feeds.items():
         need(name in FEEDS, f"organic.feeds.{name}", f"is not a feed ({', '.join(FEEDS)}; folders go in organic.local)")

@@ -42,7 +42,7 @@ class Variant:
     name: str
     description: str = ""
     set: dict[str, Any] = field(default_factory=dict)
-    style: str = "completion"  # how the base model is prompted: phiforge.render.question_prompt
+    style: str = "completion"  # how the base model is prompted: phiforge.data.render.question_prompt
 
 
 @dataclass
@@ -96,8 +96,8 @@ def load(name_or_path: str) -> Experiment:
 
 
 def from_dict(raw: Any, source: str) -> Experiment:
-    from phiforge import benchmarks
-    from phiforge.render import BASE_STYLES
+    from phiforge.eval import benchmarks
+    from phiforge.data.render import BASE_STYLES
 
     def need(ok: bool, key: str, what: str) -> None:
         if not ok:
@@ -193,10 +193,11 @@ def suite_key(suite: Suite, style: str) -> str:
 
 def score(engine, recipe: Recipe, seen: set[str], suite: Suite, style: str, out: Path) -> dict:
     """The suite's metrics for one model, and every sample as JSONL under `out`."""
-    from phiforge import amc, benchmarks
+    from phiforge.eval import amc
+    from phiforge.eval import benchmarks
     from phiforge.answers import answers_equal, extract_answer
-    from phiforge.evaluate import clean_output, contest, score_amc
-    from phiforge.render import question_prompt
+    from phiforge.eval.contest import clean_output, contest, score_amc
+    from phiforge.data.render import question_prompt
 
     out.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, float] = {}
@@ -234,8 +235,8 @@ def score(engine, recipe: Recipe, seen: set[str], suite: Suite, style: str, out:
 
 def evaluate_run(run: RunDir, recipe: Recipe, suite: Suite, style: str) -> dict:
     """The suite on the run's pretrained model; cached in the run folder until the model or the suite changes."""
-    from phiforge.benchmarks import load_engine
-    from phiforge.synth import read_column
+    from phiforge.eval.benchmarks import load_engine
+    from phiforge.data.synth import read_column
 
     path = run.root / "experiment" / f"{suite_key(suite, style)}.json"
     model_digest = run.output_digest("pretrain")
@@ -255,7 +256,7 @@ def evaluate_run(run: RunDir, recipe: Recipe, suite: Suite, style: str) -> dict:
 
 def reference_folder(name: str) -> Path:
     if name == "gemma-3-270m":
-        from phiforge import refmodel
+        from phiforge.eval import gemma as refmodel
 
         return refmodel.path()
     path = Path(name)
@@ -266,7 +267,7 @@ def reference_folder(name: str) -> Path:
 
 def evaluate_reference(name: str, exp: Experiment, root: Path) -> dict:
     """An outside model on the suite: the base recipe's contests with nothing dropped, since it never saw them."""
-    from phiforge.benchmarks import load_engine
+    from phiforge.eval.benchmarks import load_engine
 
     folder = reference_folder(name)
     slug = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:8]
@@ -283,7 +284,7 @@ def evaluate_reference(name: str, exp: Experiment, root: Path) -> dict:
 def run(exp: Experiment, root: Path, seeds: list[int] | None = None, references: list[str] | None = None) -> dict:
     """Train and score every variant x seed, then write the comparison report; returns the results."""
     seeds = seeds or exp.seeds
-    from phiforge import benchmarks
+    from phiforge.eval import benchmarks
 
     for name in exp.suite.benchmarks:  # a missing data package must stop us before training, not after
         benchmarks.get(name).load()

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from phiforge import distributed, machine
+from phiforge import machine
+from phiforge.train import distributed
 from phiforge.config import Recipe, save_recipe
 from phiforge.errors import PhiforgeError
 from phiforge.rundir import RunDir, atomic_write_text
@@ -39,27 +40,27 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("synth", "synth", ("synth",), (), "generate verified synthetic problems and render them",
+    Stage("synth", "data.synth", ("synth",), (), "generate verified synthetic problems and render them",
           resumable=("synth/.done",)),
-    Stage("organic", "organic", ("organic",), (),
+    Stage("organic", "data.organic", ("organic",), (),
           "real text (stdlib code, reference pages, package pages, books, local folders): cleaned, deduplicated, "
           "filtered by an educational-value classifier, best web pages rewritten"),
-    Stage("decontam", "decontam", ("decontam",), ("synth", "organic"),
+    Stage("decontam", "data.decontam", ("decontam",), ("synth", "organic"),
           "drop training samples that overlap a benchmark (Phi-4's hybrid 13/7-gram test)"),
-    Stage("tokenizer", "tokenizer", ("tokenizer",), ("synth", "decontam"), "train the byte-level BPE tokenizer"),
-    Stage("pretrain", "pretrain", ("model", "pretrain", "mixture"), ("synth", "organic", "decontam", "tokenizer"),
+    Stage("tokenizer", "lm.tokenizer", ("tokenizer",), ("synth", "decontam"), "train the byte-level BPE tokenizer"),
+    Stage("pretrain", "train.pretrain", ("model", "pretrain", "mixture"), ("synth", "organic", "decontam", "tokenizer"),
           "pretrain the model on the Table-5 mixture of synthetic and organic text", distributed=True,
           resumable=("pretrain/checkpoints",)),
-    Stage("midtrain", "midtrain", ("model", "pretrain", "midtrain"), ("synth", "decontam", "tokenizer", "pretrain"),
+    Stage("midtrain", "train.midtrain", ("model", "pretrain", "midtrain"), ("synth", "decontam", "tokenizer", "pretrain"),
           "extend the context: raise the RoPE base, train on long documents mixed with replayed pretraining text",
           distributed=True, resumable=("midtrain/checkpoints",)),
-    Stage("sft", "sft", ("sft",), ("synth", "decontam", "midtrain"),
+    Stage("sft", "train.sft", ("sft",), ("synth", "decontam", "midtrain"),
           "fine-tune on chat conversations (assistant-only loss)"),
-    Stage("pts", "pts", ("pts",), ("synth", "decontam", "sft"), "mine pivotal-token DPO pairs from the SFT policy"),
-    Stage("dpo", "dpo", ("dpo",), ("sft", "pts"), "DPO of the SFT model on the pivotal-token pairs"),
-    Stage("dpo2", "dpo2", ("dpo2", "pts"), ("synth", "decontam", "sft", "dpo"),
+    Stage("pts", "train.pts", ("pts",), ("synth", "decontam", "sft"), "mine pivotal-token DPO pairs from the SFT policy"),
+    Stage("dpo", "train.dpo", ("dpo",), ("sft", "pts"), "DPO of the SFT model on the pivotal-token pairs"),
+    Stage("dpo2", "train.judge_dpo", ("dpo2", "pts"), ("synth", "decontam", "sft", "dpo"),
           "judge-guided DPO: responses of teacher, SFT and DPO judged 1-5, the PTS-DPO model trained on the pairs"),
-    Stage("eval", "evaluate", ("eval", "synth", "model", "pretrain"),
+    Stage("eval", "eval.contest", ("eval", "synth", "model", "pretrain"),
           ("synth", "decontam", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "dpo2"),
           "score untrained, pretrained, base (midtrained), SFT, DPO and judge-DPO models on a fresh contest"),
     Stage("report", "report", (),

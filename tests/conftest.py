@@ -72,7 +72,7 @@ def phiforge(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpr
 
 def benchmark_items(name: str) -> list:
     """The benchmark's items, set up on first use as phiforge does it (a set-up that fails fails the test)."""
-    from phiforge import benchmarks
+    from phiforge.eval import benchmarks
 
     return benchmarks.get(name).load()
 

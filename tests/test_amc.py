@@ -4,11 +4,11 @@ from collections import Counter
 
 import pytest
 
-from phiforge import amc
+from phiforge.eval import amc
 from phiforge.answers import answers_equal
 from phiforge.config import recipe_from_dict
 from phiforge.errors import PhiforgeError
-from phiforge.synth import sample_problem
+from phiforge.data.synth import sample_problem
 
 
 def test_amc_contest_is_fresh_deterministic_and_drops_seen_questions():
@@ -75,7 +75,7 @@ def test_report_shows_the_amc_table_and_plot(tmp_path):
 
 
 def test_amc_contest_is_a_benchmark_any_model_can_take():
-    from phiforge import benchmarks as B
+    from phiforge.eval import benchmarks as B
 
     bench = B.get("amc-synthetic")
     items = bench.load()
@@ -90,9 +90,9 @@ def test_benchmark_cli_scores_the_amc_contest_with_amc_points(tmp_path):
     import torch
 
     from conftest import phiforge
-    from phiforge.checkpoint import export_model
-    from phiforge.model import ModelConfig, Phi3
-    from phiforge.tokenizer import ChatTokenizer, train_bpe
+    from phiforge.lm.checkpoint import export_model
+    from phiforge.lm.model import ModelConfig, Phi3
+    from phiforge.lm.tokenizer import ChatTokenizer, train_bpe
 
     tok = ChatTokenizer(train_bpe([f"What is {a} + {b}? \\boxed{{{a + b}}}" for a in range(30) for b in range(9)],
                                   vocab_size=300, progress=False))

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from phiforge import benchmarks as B
+from phiforge.eval import benchmarks as B
 from phiforge.errors import PhiforgeError
 
 from conftest import benchmark_items
@@ -103,7 +103,7 @@ def test_runner_scores_every_sample_and_aggregates_pass_at_k(monkeypatch):
             out.append(tok.encode(replies[q][k % 2]))
         return out
 
-    monkeypatch.setattr("phiforge.generate.generate", fake_generate)
+    monkeypatch.setattr("phiforge.lm.generate.generate", fake_generate)
     engine = B.PhiforgeEngine(None, tok)
     summary, records = B.evaluate(engine, bench, samples=2, temperature=1.0, ks=(1, 2))
     assert [r["n_correct"] for r in records] == [1, 1, 0]
@@ -118,9 +118,9 @@ def _toy_checkpoint(directory):
     addition benchmark."""
     import torch
 
-    from phiforge.checkpoint import export_model
-    from phiforge.model import ModelConfig, Phi3
-    from phiforge.tokenizer import ChatTokenizer, train_bpe
+    from phiforge.lm.checkpoint import export_model
+    from phiforge.lm.model import ModelConfig, Phi3
+    from phiforge.lm.tokenizer import ChatTokenizer, train_bpe
 
     texts = [f"Exercise: What is {a} + {b}?\nSolution: The answer is \\boxed{{{a + b}}}." for a in range(30)
              for b in range(5)]
@@ -157,8 +157,8 @@ def test_a_served_model_scores_as_the_checkpoint_does(tmp_path):
     as the checkpoint on phiforge's own engine."""
     from test_serve import running
 
-    from phiforge.chat import load_chat_model
-    from phiforge.serve import Limits, Served, Server
+    from phiforge.serve.chat import load_chat_model
+    from phiforge.serve.server import Limits, Served, Server
 
     path, bench = _toy_checkpoint(tmp_path / "m")
     local, _ = B.load_engine(path)
@@ -203,7 +203,7 @@ def test_few_shot_prompts_put_worked_examples_first(tmp_path):
 
 
 def test_gsm_symbolic_variants_are_new_seeded_and_their_gold_scores_all(gsm8k):
-    from phiforge import gsm_symbolic as G
+    from phiforge.eval import gsm_symbolic as G
 
     items, skipped = G.variants()
     # Template 43's #answer: expression repeats a string instead of computing, so it disagrees with its own
@@ -224,7 +224,7 @@ def test_gsm_symbolic_variants_are_new_seeded_and_their_gold_scores_all(gsm8k):
 
 
 def test_gsm_symbolic_answer_is_recomputed_from_the_template(gsm8k):
-    from phiforge import gsm_symbolic as G
+    from phiforge.eval import gsm_symbolic as G
 
     items, _ = G.variants(limit=1, per_template=3)  # the shark template: percent = 100 * k * y / (12 * x)
     assert len(items) == 3 and len({i.question for i in items}) == 3
@@ -242,7 +242,7 @@ def test_deepmind_mathematics_gold_scores_all_and_a_constant_little():
 
 
 def test_deepmind_mathematics_sets_up_on_first_use_and_names_a_bad_line(tmp_path, monkeypatch):
-    from phiforge import mathds
+    from phiforge.eval import deepmind as mathds
 
     calls = []
 

@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from phiforge.chat import (TextStream, fit_messages, load_chat_model, printable, resolve_model_dir, stream_generate,
+from phiforge.serve.chat import (TextStream, fit_messages, load_chat_model, printable, resolve_model_dir, stream_generate,
                            stream_tokens, text_problem)
-from phiforge.checkpoint import export_model
+from phiforge.lm.checkpoint import export_model
 from phiforge.cli import main
 from phiforge.errors import PhiforgeError
-from phiforge.generate import generate
-from phiforge.model import ModelConfig, Phi3
+from phiforge.lm.generate import generate
+from phiforge.lm.model import ModelConfig, Phi3
 from phiforge.rundir import MARKER
-from phiforge.tokenizer import ChatTokenizer, train_bpe
+from phiforge.lm.tokenizer import ChatTokenizer, train_bpe
 
 CORPUS = [
     "The cat sat on the mat and looked at the garden.",

@@ -14,9 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import MICRO
-from phiforge import benchmarks, decontam, synth
+from phiforge.eval import benchmarks
+from phiforge.data import decontam
+from phiforge.data import synth
 from phiforge.config import DecontamConfig, recipe_from_dict
-from phiforge.decontam import (CLEAN, CONTAMINATED, PARTIAL, BenchmarkIndex, NaiveIndex, Verdict, _encode,
+from phiforge.data.decontam import (CLEAN, CONTAMINATED, PARTIAL, BenchmarkIndex, NaiveIndex, Verdict, _encode,
                                decontaminate, normalize)
 from phiforge.errors import PhiforgeError
 from phiforge.pipeline import BY_NAME, prepare, run_stage

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from phiforge.dpo import DPOLoss, precompute_reference, sequence_logps, token_logps, train_dpo
+from phiforge.train.dpo import DPOLoss, precompute_reference, sequence_logps, token_logps, train_dpo
 from phiforge.errors import PhiforgeError
-from phiforge.model import ModelConfig, Phi3
+from phiforge.lm.model import ModelConfig, Phi3
 
 CFG = ModelConfig(vocab_size=40, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, d_ffn=64, max_seq_len=64)
 PAD = 0
@@ -110,7 +110,7 @@ def test_bad_pairs_are_user_errors():
 def test_large_logits_go_through_the_head_in_chunks_with_the_same_values_and_gradients(monkeypatch):
     """When a batch's [B, T, V] logits would pass CHUNK_ELEMENTS, only the completion positions go through the head,
     a few rows at a time and recomputed in backward: same log-probs and gradients as the whole-logits path."""
-    import phiforge.dpo as dpo
+    import phiforge.train.dpo as dpo
 
     prompts = [[3, 4, 5], [7], [9, 10, 11, 12, 13]]
     completions = [[6], [8, 9, 10, 11, 12, 13], [14, 15]]

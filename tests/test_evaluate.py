@@ -2,8 +2,8 @@ import pytest
 
 from phiforge.config import recipe_from_dict
 from phiforge.errors import PhiforgeError
-from phiforge.evaluate import clean_output, contest, majority, paired
-from phiforge.synth import sample_problem
+from phiforge.eval.contest import clean_output, contest, majority, paired
+from phiforge.data.synth import sample_problem
 
 
 def test_majority_pools_equal_forms_and_breaks_ties_by_order():

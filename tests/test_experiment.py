@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from phiforge import experiment as E
-from phiforge.benchmarks import spread
+from phiforge.eval.benchmarks import spread
 from phiforge.errors import PhiforgeError
 from conftest import phiforge, write_recipe
 

@@ -150,9 +150,9 @@ def test_a_full_disk_is_one_line_naming_the_path(tiny_disk, tmp_path):
 def test_a_checkpoint_on_a_full_disk_names_the_checkpoint_not_an_iostream_error(tiny_disk):
     import torch
 
-    from phiforge.checkpoint import save_training_state
-    from phiforge.model import ModelConfig, Phi3
-    from phiforge.tokenizer import ChatTokenizer, train_bpe
+    from phiforge.lm.checkpoint import save_training_state
+    from phiforge.lm.model import ModelConfig, Phi3
+    from phiforge.lm.tokenizer import ChatTokenizer, train_bpe
 
     cfg = ModelConfig(vocab_size=320, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_ffn=64, max_seq_len=64)
     model = Phi3(cfg)

@@ -9,10 +9,10 @@ import openai
 import pytest
 import torch
 
-from phiforge.chat import generate_batch, load_chat_model, stream_generate
+from phiforge.serve.chat import generate_batch, load_chat_model, stream_generate
 from phiforge.errors import PhiforgeError
-from phiforge.hf_model import HFChatModel, is_hf_folder
-from phiforge.serve import Limits, Served, Server
+from phiforge.lm.hf_model import HFChatModel, is_hf_folder
+from phiforge.serve.server import Limits, Served, Server
 
 transformers = pytest.importorskip("transformers")
 from test_chat import make_checkpoint  # noqa: E402

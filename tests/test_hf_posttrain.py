@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from phiforge.config import DPOConfig, OptimConfig, SFTConfig, recipe_from_dict
-from phiforge.dpo import precompute_reference, sequence_logps, train_on_pairs
+from phiforge.train.dpo import precompute_reference, sequence_logps, train_on_pairs
 from phiforge.errors import PhiforgeError
-from phiforge.sft import build_example, collate, train
-from phiforge.train import cross_entropy
+from phiforge.train.sft import build_example, collate, train
+from phiforge.train.optim import cross_entropy
 
 transformers = pytest.importorskip("transformers")
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers  # noqa: E402
 
-from phiforge import hf_posttrain  # noqa: E402
+from phiforge.lm import hf_posttrain  # noqa: E402
 from test_chat import CORPUS  # noqa: E402
 
 CHATS = [
@@ -174,7 +174,7 @@ def test_sft_init_must_be_a_transformers_folder(base_dir, tmp_path):
 
 
 def test_generate_and_rollouts_on_a_transformers_model(base_dir):
-    from phiforge.generate import generate, sample_from_prefix
+    from phiforge.lm.generate import generate, sample_from_prefix
 
     model, tok = hf_posttrain.load(base_dir)
     prompts = [tok.chat_prompt("Add 17 and 25."), tok.chat_prompt("Hi")]
@@ -283,7 +283,7 @@ def test_sft_pts_dpo_stages_on_sft_init(base_dir, tmp_path):
 def test_head_on_hidden_states_is_the_models_own_logits_with_soft_capping(base_dir, tmp_path):
     """DPO's chunked path calls the backbone and then `head`: it must give the logits transformers' forward gives,
     including Gemma's final soft-capping when the config has one."""
-    import phiforge.dpo as dpo
+    import phiforge.train.dpo as dpo
 
     capped = tmp_path / "capped"
     hf = transformers.AutoModelForCausalLM.from_pretrained(base_dir)

@@ -1,4 +1,4 @@
-"""phiforge.http1 against hand-written servers on loopback: every framing a server may choose, byte-by-byte
+"""phiforge.lm.http1 against hand-written servers on loopback: every framing a server may choose, byte-by-byte
 delivery, dead and stale connections, silence, TLS."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import ssl
 
 import pytest
 
-from phiforge.http1 import Http1Pool, ProtocolError
+from phiforge.lm.http1 import Http1Pool, ProtocolError
 
 
 class Script(asyncio.Protocol):

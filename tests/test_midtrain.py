@@ -12,14 +12,15 @@ import torch
 import yaml
 
 from conftest import MICRO
-from phiforge import midtrain, pretrain
-from phiforge.checkpoint import load_model
+from phiforge.train import midtrain
+from phiforge.train import pretrain
+from phiforge.lm.checkpoint import load_model
 from phiforge.config import recipe_from_dict
 from phiforge.errors import PhiforgeError
-from phiforge.model import ModelConfig, Phi3
+from phiforge.lm.model import ModelConfig, Phi3
 from phiforge.pipeline import BY_NAME, is_current, prepare, run_pipeline, run_stage
 from phiforge.rundir import RunDir
-from phiforge.tokenizer import ChatTokenizer
+from phiforge.lm.tokenizer import ChatTokenizer
 
 
 def micro(**overrides) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from phiforge import mixture
+from phiforge.data import mixture
 from phiforge.errors import PhiforgeError
 
 SHARES = {"synthetic": 0.40, "web": 0.15, "web_rewrite": 0.15, "code": 0.20, "acquired": 0.10}

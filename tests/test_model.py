@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from phiforge.errors import PhiforgeError
-from phiforge.generate import generate, sample_next
-from phiforge.model import (
+from phiforge.lm.generate import generate, sample_next
+from phiforge.lm.model import (
     DecodeLinears, KVCache, ModelConfig, Phi3, config_from_hf_dict, hf_config_dict, load_pretrained, save_pretrained,
 )
 
@@ -142,7 +142,7 @@ def test_greedy_matches_full_forward_argmax(model):
 
 
 def test_decode_linears_match_f_linear_and_leave_autograd_alone(model):
-    from phiforge.model import ONEDNN_LINEAR
+    from phiforge.lm.model import ONEDNN_LINEAR
 
     assert ONEDNN_LINEAR  # the CPU builds phiforge installs have oneDNN: without it generation silently slows down
     ids = _ids(3, 10)

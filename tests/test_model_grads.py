@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from phiforge import model as M
-from phiforge.model import ModelConfig, Phi3, hf_config_dict
+from phiforge.lm import model as M
+from phiforge.lm.model import ModelConfig, Phi3, hf_config_dict
 
 transformers = pytest.importorskip("transformers")
 

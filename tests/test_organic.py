@@ -10,10 +10,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import MICRO
-from phiforge import dedup, eduscore, ingest, rewrite, textfilter
+from phiforge.data import dedup
+from phiforge.data import eduscore
+from phiforge.data import ingest
+from phiforge.data import rewrite
+from phiforge.data import textfilter
 from phiforge.config import recipe_from_dict
 from phiforge.errors import PhiforgeError
-from phiforge.teacher import Completion
+from phiforge.lm.teachers import Completion
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from conftest import MICRO
-from phiforge import benchmarks, mixture, organic
+from phiforge.eval import benchmarks
+from phiforge.data import mixture
+from phiforge.data import organic
 from phiforge.config import recipe_from_dict
 from phiforge.pipeline import BY_NAME, prepare, run_stage
-from phiforge.pretrain import PackedTokens, consumed_windows
+from phiforge.train.pretrain import PackedTokens, consumed_windows
 from test_mixture import SHARES, _docs
 
 

@@ -2,8 +2,8 @@ import pytest
 
 from conftest import phiforge
 from phiforge.config import load_recipe
-from phiforge.flops import param_count, train_flops_per_token
-from phiforge.model import Phi3
+from phiforge.lm.flops import param_count, train_flops_per_token
+from phiforge.lm.model import Phi3
 from phiforge.plan import memory_plan, meta_param_count
 
 

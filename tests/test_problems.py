@@ -11,10 +11,10 @@ import sympy
 
 from phiforge import sandbox
 from phiforge.answers import answers_equal, extract_answer, verify
-from phiforge.domains_code import extract_code, verify_code
+from phiforge.data.domains.code import extract_code, verify_code
 from phiforge.errors import PhiforgeError
-from phiforge.problems import DOMAINS, Problem, make_problem
-from phiforge.render import STYLES, chat, exercise, exercise_prompt, solution_text, textbook
+from phiforge.data.problems import DOMAINS, Problem, make_problem
+from phiforge.data.render import STYLES, chat, exercise, exercise_prompt, solution_text, textbook
 
 SIZES = [(1, 300), (3, 100)]
 ORIGINAL = ("arithmetic", "fractions", "linear_equations", "number_theory")

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from phiforge.generate import generate, sample_from_prefix
-from phiforge.model import ModelConfig, Phi3
-from phiforge.pts import (
+from phiforge.lm.generate import generate, sample_from_prefix
+from phiforge.lm.model import ModelConfig, Phi3
+from phiforge.train.pts import (
     MathOracle, PTSConfig, SuccessEstimator, make_pairs, pivotal_token_search, search_query, solution_logprobs,
     split_point, summarize, wilson,
 )

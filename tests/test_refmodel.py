@@ -1,4 +1,4 @@
-"""phiforge.refmodel: the Gemma 3 270M folder's errors and completeness check without any conversion, and (slow,
+"""phiforge.eval.gemma: the Gemma 3 270M folder's errors and completeness check without any conversion, and (slow,
 where the weights package is installed) one real conversion loaded back by transformers."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import types
 
 import pytest
 
-from phiforge import refmodel
+from phiforge.eval import gemma as refmodel
 from phiforge.errors import PhiforgeError
 
 
@@ -32,13 +32,13 @@ def test_missing_folder_names_the_setup_command(tmp_path):
     with pytest.raises(PhiforgeError) as e:
         refmodel.path(tmp_path / "gemma")
     msg = str(e.value)
-    assert "python -m phiforge.refmodel setup" in msg and "is missing" in msg and "\n" not in msg
+    assert "python -m phiforge.eval.gemma setup" in msg and "is missing" in msg and "\n" not in msg
 
 
 def test_incomplete_folder_is_named_and_left_alone(tmp_path, monkeypatch):
     folder = fake_folder(tmp_path / "gemma", skip=(refmodel.TERMS,))
     assert not refmodel.is_complete(folder)
-    with pytest.raises(PhiforgeError, match=f"no {refmodel.TERMS}.*python -m phiforge.refmodel setup"):
+    with pytest.raises(PhiforgeError, match=f"no {refmodel.TERMS}.*python -m phiforge.eval.gemma setup"):
         refmodel.path(folder)
     no_conversion(monkeypatch)
     with pytest.raises(PhiforgeError, match="remove it"):
@@ -79,7 +79,7 @@ def test_cli_path_reports_a_one_line_error(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(refmodel, "GEMMA_DIR", tmp_path / "gemma")
     assert refmodel.main(["path"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "python -m phiforge.refmodel setup" in err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "python -m phiforge.eval.gemma setup" in err
     assert refmodel.main(["fetch"]) == 2
 
 

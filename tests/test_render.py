@@ -3,10 +3,10 @@ import re
 import pytest
 
 from phiforge.answers import extract_answer
-from phiforge.domains_code import extract_code
+from phiforge.data.domains.code import extract_code
 from phiforge.errors import PhiforgeError
-from phiforge.problems import DOMAINS, make_problem
-from phiforge.render import (CHAT_STYLES, FIM_MARKER, STYLES, answer_line, answer_only, chat, code_pair, exercise,
+from phiforge.data.problems import DOMAINS, make_problem
+from phiforge.data.render import (CHAT_STYLES, FIM_MARKER, STYLES, answer_line, answer_only, chat, code_pair, exercise,
                              exercise_prompt, fill_in_the_middle, fill_in_the_middle_text, solution_text, textbook,
                              tutoring_dialogue)
 

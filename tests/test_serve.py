@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from phiforge.chat import fit_messages, load_chat_model, text_problem
+from phiforge.serve.chat import fit_messages, load_chat_model, text_problem
 from phiforge.cli import main
-from phiforge.generate import generate
+from phiforge.lm.generate import generate
 from test_chat import make_checkpoint
 
 openai = pytest.importorskip("openai")
@@ -29,8 +29,8 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("starlette")
 
-from phiforge.serve import Limits, Served, Server, build_app, listen  # noqa: E402  (needs starlette, like uvicorn)
-from phiforge.serve_access import Access, host_name  # noqa: E402
+from phiforge.serve.server import Limits, Served, Server, build_app, listen  # noqa: E402  (needs starlette, like uvicorn)
+from phiforge.serve.access import Access, host_name  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
 from starlette.responses import HTMLResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402

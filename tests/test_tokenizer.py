@@ -1,6 +1,6 @@
 import pytest
 
-from phiforge.tokenizer import IM_END, PAD, SPECIALS, ChatTokenizer, train_bpe
+from phiforge.lm.tokenizer import IM_END, PAD, SPECIALS, ChatTokenizer, train_bpe
 
 CORPUS = [
     "Exercise: What is 47 + 38?\nSolution: Ones: 7 + 8 = 15, write 5 carry 1. The answer is \\boxed{85}.",

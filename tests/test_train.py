@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from phiforge.config import OptimConfig
-from phiforge.model import ModelConfig, Phi3
-from phiforge.sft import build_example, collate
-from phiforge.tokenizer import ChatTokenizer, train_bpe
-from phiforge.train import IGNORE, build_optimizer, clip_and_step, cross_entropy, lr_at
+from phiforge.lm.model import ModelConfig, Phi3
+from phiforge.train.sft import build_example, collate
+from phiforge.lm.tokenizer import ChatTokenizer, train_bpe
+from phiforge.train.optim import IGNORE, build_optimizer, clip_and_step, cross_entropy, lr_at
 
 
 def test_lr_schedule_is_linear_warmup_then_linear_decay():
@@ -28,7 +28,7 @@ def test_weight_decay_skips_norm_gains():
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_loss_goes_down_on_a_tiny_run(dtype):
-    from phiforge.train import autocast
+    from phiforge.train.optim import autocast
 
     torch.manual_seed(0)
     model = Phi3(ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, d_ffn=64, max_seq_len=64))
@@ -57,7 +57,7 @@ def test_cross_entropy_ignores_masked_targets():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_chunked_cross_entropy_matches_composite_loss_and_gradient(dtype):
-    from phiforge import train
+    from phiforge.train import optim as train
 
     g = torch.Generator().manual_seed(0)
     n = 2 * train._CE_ROWS + 37  # several chunks and a ragged last one

