@@ -1,7 +1,7 @@
 """Peak memory of a DPO round on full responses with a large vocabulary: whole [B, T, V] logits vs the chunked head.
 
 The two phases of a DPO batch as the dpo and dpo2 stages run them, bf16 autocast, on Gemma 3 270M (vocabulary
-262,144; `python -m phiforge.eval.gemma setup`): the reference log-probs (no grad), and one training step's forward and
+262,144; `phiforge setup gemma`): the reference log-probs (no grad), and one training step's forward and
 backward (the optimizer step left out: AdamW's states are the same on both paths). Responses are programmatic worked
 solutions, chosen right and rejected with the last answer corrupted. Each (phase, path) runs in a fresh child
 process and reports its peak resident memory (ru_maxrss) above the phase's start; "whole" sets
@@ -70,10 +70,10 @@ def child(args) -> None:
 
 
 def main() -> None:
-    from phiforge.eval import gemma as refmodel
+    from phiforge.eval import gemma
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(refmodel.GEMMA_DIR))
+    ap.add_argument("--model", default=str(gemma.GEMMA_DIR))
     ap.add_argument("--batch-size", type=int, default=8, help="pairs per batch (2x rows)")
     ap.add_argument("--solutions", type=int, default=3, help="worked solutions per response")
     ap.add_argument("--mode", choices=["whole", "chunked"], help=argparse.SUPPRESS)  # the child process
@@ -83,7 +83,7 @@ def main() -> None:
         child(args)
         return
     if not (Path(args.model) / "config.json").is_file():
-        raise SystemExit(f"no transformers model at {args.model}: run `python -m phiforge.eval.gemma setup` first")
+        raise SystemExit(f"no transformers model at {args.model}: run `phiforge setup gemma` first")
     rows = []
     for phase in ("reference", "step"):
         for mode in ("whole", "chunked"):

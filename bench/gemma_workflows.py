@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from phiforge.data import seed_texts as seed_sources  # noqa: E402
+from phiforge.data import seed_texts  # noqa: E402
 from phiforge.data.synth_llm import reason_key  # noqa: E402
 from phiforge.lm.teachers import LocalTeacher  # noqa: E402
 from phiforge.data.workflows import SEED_KIND, WORKFLOWS, Knobs  # noqa: E402
@@ -60,9 +60,9 @@ def main() -> None:
     dump = []
     for name in args.workflows:
         kind = SEED_KIND[name]
-        seeds = (seed_sources.passages(args.seeds, args.seed) if kind == "passages" else
-                 seed_sources.code_seeds(args.seeds, args.seed) if kind == "code" else
-                 seed_sources.question_seeds(args.seeds, args.seed, ["arithmetic", "fractions", "linear_equations",
+        seeds = (seed_texts.passages(args.seeds, args.seed) if kind == "passages" else
+                 seed_texts.code_seeds(args.seeds, args.seed) if kind == "code" else
+                 seed_texts.question_seeds(args.seeds, args.seed, ["arithmetic", "fractions", "linear_equations",
                                                                      "number_theory"]))
         before = dict(teacher.stats)
         t0 = time.perf_counter()

@@ -6,7 +6,7 @@ folder's size and its generation_config, transformers' greedy reply to a held-ou
 the DPO reward margin (policy minus reference, chosen minus rejected) before and after. The base model has no chat
 template, so the ChatML tokens are new rows of the embedding: the first steps mostly teach the format.
 
-    python -m phiforge.eval.gemma setup                      # once: data/models/gemma-3-270m-hf
+    phiforge setup gemma                      # once: data/models/gemma-3-270m-hf
     python bench/hf_posttrain.py                           # 12 SFT steps, batch 4, on CPU
     python bench/hf_posttrain.py --steps 30 --device cuda
 """
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a chec
 import torch  # noqa: E402
 
 from phiforge.lm import hf_posttrain  # noqa: E402
-from phiforge.eval import gemma as refmodel  # noqa: E402
+from phiforge.eval import gemma  # noqa: E402
 from phiforge.config import DPOConfig, OptimConfig, SFTConfig  # noqa: E402
 from phiforge.train.dpo import precompute_reference, sequence_logps, train_on_pairs  # noqa: E402
 from phiforge.lm.generate import generate  # noqa: E402
@@ -56,7 +56,7 @@ def margin(model, pairs, ref, pad_id) -> list[float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(refmodel.GEMMA_DIR))
+    ap.add_argument("--model", default=str(gemma.GEMMA_DIR))
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--chats", type=int, default=16)
@@ -66,7 +66,7 @@ def main() -> None:
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    model, tok = hf_posttrain.load(refmodel.path(Path(args.model)))
+    model, tok = hf_posttrain.load(gemma.path(Path(args.model)))
     model.to(args.device)
     print(f"loaded {args.model} in {time.perf_counter() - t0:.1f}s: {sum(p.numel() for p in model.parameters()):,} "
           f"params, vocab {len(tok.tok)}, pad {tok.pad_id}, stops {tok.stop_ids}, bos {tok.bos}")

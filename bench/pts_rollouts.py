@@ -33,7 +33,7 @@ from phiforge.config import load_recipe  # noqa: E402
 from phiforge.lm.generate import generate, sample_from_prefix  # noqa: E402
 from phiforge.train.pts import MathOracle, SuccessEstimator, search_query, summarize  # noqa: E402
 from phiforge.rundir import RunDir  # noqa: E402
-from phiforge.data.synth import read_column  # noqa: E402
+from phiforge.data.corpus import read_column  # noqa: E402
 
 
 def search_cost(run: RunDir, recipe, n_queries: int, verify: int = 0) -> dict:

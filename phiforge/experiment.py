@@ -30,6 +30,14 @@ import yaml
 from phiforge.config import RECIPES_DIR, Recipe, recipe_from_dict, resolve_recipe_path, set_key
 from phiforge.errors import PhiforgeError
 from phiforge.rundir import RunDir, atomic_write_json, atomic_write_text
+from phiforge.answers import answers_equal, extract_answer
+from phiforge.data.corpus import read_column
+from phiforge.data.render import BASE_STYLES, question_prompt
+from phiforge.eval import amc, benchmarks, gemma
+from phiforge.eval.benchmarks import load_engine
+from phiforge.eval.contest import clean_output, contest, score_amc
+from phiforge.pipeline import is_current, prepare, run_pipeline
+from phiforge.stages import BY_NAME, stage_key
 
 EXPERIMENTS_DIR = RECIPES_DIR / "experiments"
 TRAINED_STAGES = ["synth", "organic", "decontam", "tokenizer", "pretrain"]
@@ -96,8 +104,6 @@ def load(name_or_path: str) -> Experiment:
 
 
 def from_dict(raw: Any, source: str) -> Experiment:
-    from phiforge.eval import benchmarks
-    from phiforge.data.render import BASE_STYLES
 
     def need(ok: bool, key: str, what: str) -> None:
         if not ok:
@@ -163,8 +169,6 @@ def run_key(exp: Experiment, variant: Variant, seed: int) -> str:
 
 def _borrow(run: RunDir, recipe: Recipe, pool: Path) -> None:
     """Copy each shareable stage that a finished sibling run made from the same config and inputs."""
-    from phiforge.pipeline import BY_NAME, is_current, stage_key
-
     for name in SHAREABLE:
         if is_current(recipe, run, BY_NAME[name]):
             continue
@@ -181,8 +185,6 @@ def _borrow(run: RunDir, recipe: Recipe, pool: Path) -> None:
 
 
 def train(recipe: Recipe, out: Path) -> RunDir:
-    from phiforge.pipeline import prepare, run_pipeline
-
     _borrow(prepare(recipe, out), recipe, out.parent)
     return run_pipeline(recipe, out, only=TRAINED_STAGES)
 
@@ -193,11 +195,6 @@ def suite_key(suite: Suite, style: str) -> str:
 
 def score(engine, recipe: Recipe, seen: set[str], suite: Suite, style: str, out: Path) -> dict:
     """The suite's metrics for one model, and every sample as JSONL under `out`."""
-    from phiforge.eval import amc
-    from phiforge.eval import benchmarks
-    from phiforge.answers import answers_equal, extract_answer
-    from phiforge.eval.contest import clean_output, contest, score_amc
-    from phiforge.data.render import question_prompt
 
     out.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, float] = {}
@@ -235,8 +232,6 @@ def score(engine, recipe: Recipe, seen: set[str], suite: Suite, style: str, out:
 
 def evaluate_run(run: RunDir, recipe: Recipe, suite: Suite, style: str) -> dict:
     """The suite on the run's pretrained model; cached in the run folder until the model or the suite changes."""
-    from phiforge.eval.benchmarks import load_engine
-    from phiforge.data.synth import read_column
 
     path = run.root / "experiment" / f"{suite_key(suite, style)}.json"
     model_digest = run.output_digest("pretrain")
@@ -256,9 +251,7 @@ def evaluate_run(run: RunDir, recipe: Recipe, suite: Suite, style: str) -> dict:
 
 def reference_folder(name: str) -> Path:
     if name == "gemma-3-270m":
-        from phiforge.eval import gemma as refmodel
-
-        return refmodel.path()
+        return gemma.path()
     path = Path(name)
     if not (path / "config.json").is_file():
         raise PhiforgeError(f"reference {name!r} is neither 'gemma-3-270m' nor a transformers model folder")
@@ -267,8 +260,6 @@ def reference_folder(name: str) -> Path:
 
 def evaluate_reference(name: str, exp: Experiment, root: Path) -> dict:
     """An outside model on the suite: the base recipe's contests with nothing dropped, since it never saw them."""
-    from phiforge.eval.benchmarks import load_engine
-
     folder = reference_folder(name)
     slug = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:8]
     path = root / "references" / f"{folder.name}-{slug}-{suite_key(exp.suite, 'completion')}.json"
@@ -284,7 +275,6 @@ def evaluate_reference(name: str, exp: Experiment, root: Path) -> dict:
 def run(exp: Experiment, root: Path, seeds: list[int] | None = None, references: list[str] | None = None) -> dict:
     """Train and score every variant x seed, then write the comparison report; returns the results."""
     seeds = seeds or exp.seeds
-    from phiforge.eval import benchmarks
 
     for name in exp.suite.benchmarks:  # a missing data package must stop us before training, not after
         benchmarks.get(name).load()

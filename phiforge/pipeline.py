@@ -13,7 +13,6 @@ import importlib
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -22,88 +21,17 @@ from phiforge.train import distributed
 from phiforge.config import Recipe, save_recipe
 from phiforge.errors import PhiforgeError
 from phiforge.rundir import RunDir, atomic_write_text
+from phiforge.stages import BY_NAME, STAGES, Stage, downstream, inputs_of, needed, stage_key
 
 
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    module: str  # phiforge.<module> holds run(recipe, run) -> metrics, and optionally outputs(run) -> paths
-    sections: tuple[str, ...]  # recipe sections the stage reads: a change to any of them reruns it
-    inputs: tuple[str, ...]  # stages whose outputs it reads: a change to any of them reruns it
-    help: str
-    distributed: bool = False  # under torchrun every rank runs it; other stages run on rank 0 while the rest wait
-    # Run-folder paths of the state a rerun picks up from (shard markers, checkpoints): `--force` removes them.
-    resumable: tuple[str, ...] = ()
-
-    def fn(self, attr: str) -> Callable | None:
-        return getattr(importlib.import_module(f"phiforge.{self.module}"), attr, None)
-
-
-STAGES: tuple[Stage, ...] = (
-    Stage("synth", "data.synth", ("synth",), (), "generate verified synthetic problems and render them",
-          resumable=("synth/.done",)),
-    Stage("organic", "data.organic", ("organic",), (),
-          "real text (stdlib code, reference pages, package pages, books, local folders): cleaned, deduplicated, "
-          "filtered by an educational-value classifier, best web pages rewritten"),
-    Stage("decontam", "data.decontam", ("decontam",), ("synth", "organic"),
-          "drop training samples that overlap a benchmark (Phi-4's hybrid 13/7-gram test)"),
-    Stage("tokenizer", "lm.tokenizer", ("tokenizer",), ("synth", "decontam"), "train the byte-level BPE tokenizer"),
-    Stage("pretrain", "train.pretrain", ("model", "pretrain", "mixture"), ("synth", "organic", "decontam", "tokenizer"),
-          "pretrain the model on the Table-5 mixture of synthetic and organic text", distributed=True,
-          resumable=("pretrain/checkpoints",)),
-    Stage("midtrain", "train.midtrain", ("model", "pretrain", "midtrain"), ("synth", "decontam", "tokenizer", "pretrain"),
-          "extend the context: raise the RoPE base, train on long documents mixed with replayed pretraining text",
-          distributed=True, resumable=("midtrain/checkpoints",)),
-    Stage("sft", "train.sft", ("sft",), ("synth", "decontam", "midtrain"),
-          "fine-tune on chat conversations (assistant-only loss)"),
-    Stage("pts", "train.pts", ("pts",), ("synth", "decontam", "sft"), "mine pivotal-token DPO pairs from the SFT policy"),
-    Stage("dpo", "train.dpo", ("dpo",), ("sft", "pts"), "DPO of the SFT model on the pivotal-token pairs"),
-    Stage("dpo2", "train.judge_dpo", ("dpo2", "pts"), ("synth", "decontam", "sft", "dpo"),
-          "judge-guided DPO: responses of teacher, SFT and DPO judged 1-5, the PTS-DPO model trained on the pairs"),
-    Stage("eval", "eval.contest", ("eval", "synth", "model", "pretrain"),
-          ("synth", "decontam", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "dpo2"),
-          "score untrained, pretrained, base (midtrained), SFT, DPO and judge-DPO models on a fresh contest"),
-    Stage("report", "report", (),
-          ("synth", "decontam", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "dpo2", "eval"),
-          "write report.md/.html and plots"),
-)
-BY_NAME = {s.name: s for s in STAGES}
+def entry(stage: Stage, attr: str) -> Callable | None:
+    """A stage module's `execute` or `outputs`, imported when the stage runs: `phiforge chat` never loads training."""
+    return getattr(importlib.import_module(f"phiforge.{stage.module}"), attr, None)
 
 
 def log(msg: str) -> None:
     if distributed.world().main:
         print(f"[phiforge] {msg}", file=sys.stderr, flush=True)
-
-
-# The stages that make and feed phiforge's own model: with sft.init, post-training starts from a transformers
-# folder, so no stage reads them.
-OWN_MODEL_STAGES = ("tokenizer", "pretrain", "midtrain")
-
-
-def inputs_of(recipe: Recipe, stage: Stage) -> tuple[str, ...]:
-    """The stages whose outputs `stage` reads under this recipe: `stage.inputs`, without the own-model stages when
-    sft.init names a transformers folder to post-train."""
-    if recipe.sft.init:
-        return tuple(i for i in stage.inputs if i not in OWN_MODEL_STAGES)
-    return stage.inputs
-
-
-def needed(recipe: Recipe) -> set[str]:
-    """The stages the last one (the report) reads under this recipe, directly or through others: with sft.init,
-    not the tokenizer, pretraining or midtraining, whose model nothing would use."""
-    todo, seen = [STAGES[-1].name], set()
-    while todo:
-        name = todo.pop()
-        if name not in seen:
-            seen.add(name)
-            todo += inputs_of(recipe, BY_NAME[name])
-    return seen
-
-
-def stage_key(recipe: Recipe, run: RunDir, stage: Stage) -> tuple[str, dict]:
-    return recipe.section_hash(*stage.sections) if stage.sections else "", {
-        i: run.output_digest(i) for i in inputs_of(recipe, stage)
-    }
 
 
 def stale_reason(recipe: Recipe, run: RunDir, stage: Stage) -> str | None:
@@ -152,7 +80,7 @@ def run_stage(recipe: Recipe, run: RunDir, stage: Stage) -> dict:
     t0 = time.perf_counter()
     log(f"{stage.name}: running" + (f" on {w.size} ranks" if w.size > 1 and stage.distributed else ""))
     try:
-        metrics = stage.fn("run")(recipe, run) if (stage.distributed or w.main) else {}
+        metrics = entry(stage, "execute")(recipe, run) if (stage.distributed or w.main) else {}
     except Exception as e:
         if not isinstance(e, (PhiforgeError, OSError)):
             # A reader that hit damaged data raises its library's own error (pyarrow's `ZSTD decompression
@@ -162,7 +90,7 @@ def run_stage(recipe: Recipe, run: RunDir, stage: Stage) -> dict:
         raise
     seconds = time.perf_counter() - t0
     if w.main:
-        outputs_fn = stage.fn("outputs")
+        outputs_fn = entry(stage, "outputs")
         outputs = outputs_fn(run) if outputs_fn else [run.stage_dir(stage.name)]
         manifest = {
             "stage": stage.name,
@@ -179,16 +107,6 @@ def run_stage(recipe: Recipe, run: RunDir, stage: Stage) -> dict:
     distributed.barrier()
     log(f"{stage.name}: done in {seconds:.1f}s")
     return metrics
-
-
-def downstream(names: list[str]) -> list[str]:
-    """The named stages and every stage after the earliest of them."""
-    order = [s.name for s in STAGES]
-    for n in names:
-        if n not in BY_NAME:
-            raise PhiforgeError(f"unknown stage {n!r} (stages: {', '.join(order)})")
-    first = min(order.index(n) for n in names)
-    return order[first:]
 
 
 def prepare(recipe: Recipe, out: Path, save: bool = True) -> RunDir:

@@ -446,7 +446,7 @@ def render(recipe: Recipe, run: RunDir, dest: Path) -> dict:
     return {"report": str(dest / "report.md"), "plots": len(list((dest / "plots").glob("*.png")))}
 
 
-def run(recipe: Recipe, run: RunDir) -> dict:
+def execute(recipe: Recipe, run: RunDir) -> dict:
     return render(recipe, run, run.root)
 
 

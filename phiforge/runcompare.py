@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from phiforge.pipeline import STAGES
+from phiforge.stages import STAGES
 from phiforge.rundir import RunDir
 
 

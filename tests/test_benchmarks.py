@@ -242,22 +242,22 @@ def test_deepmind_mathematics_gold_scores_all_and_a_constant_little():
 
 
 def test_deepmind_mathematics_sets_up_on_first_use_and_names_a_bad_line(tmp_path, monkeypatch):
-    from phiforge.eval import deepmind as mathds
+    from phiforge.eval import deepmind
 
     calls = []
 
     def setup(split):  # stands in for the minute of venv and generation
         calls.append(split)
         (tmp_path / split).mkdir()
-        (tmp_path / split / mathds.SETTINGS).write_text("{}")
+        (tmp_path / split / deepmind.SETTINGS).write_text("{}")
         (tmp_path / split / "numbers__gcd.jsonl").write_text(
             '{"question": "What is the gcd of 4 and 6?", "answer": "2"}\n{"question": "no answer"}\n')
 
-    monkeypatch.setattr(mathds, "SETS", tmp_path)
-    monkeypatch.setattr(mathds, "setup", setup)
+    monkeypatch.setattr(deepmind, "SETS", tmp_path)
+    monkeypatch.setattr(deepmind, "setup", setup)
     with pytest.raises(PhiforgeError, match="numbers__gcd.jsonl:2"):
-        mathds.load()
+        deepmind.load()
     assert calls == ["interpolate"]
     with pytest.raises(PhiforgeError, match="numbers__gcd.jsonl:2"):
-        mathds.load()
+        deepmind.load()
     assert calls == ["interpolate"]  # made once: the second load reads what the first one set up

@@ -86,3 +86,16 @@ def test_a_bare_name_is_the_shipped_recipe_whatever_the_working_directory_holds(
     assert load_recipe("phi4-14b.yaml").name == "local" and load_recipe("phi4-14b").name != "local"
     with pytest.raises(PhiforgeError, match="recipe file ./tiny is not a file"):
         load_recipe("./tiny")
+
+
+def test_the_names_a_recipe_may_use_are_the_registries_keys():
+    from phiforge import config
+    from phiforge.data.ingest import FEEDS
+    from phiforge.data.problems import DOMAINS
+    from phiforge.data.render import STYLES
+    from phiforge.data.workflows import WORKFLOWS
+    from phiforge.eval.benchmarks import BENCHMARKS
+
+    assert config.DOMAINS == tuple(DOMAINS) and config.STYLES == tuple(STYLES)
+    assert config.WORKFLOWS == tuple(WORKFLOWS) and config.FEEDS == tuple(FEEDS)
+    assert config.BENCHMARKS == tuple(BENCHMARKS)

@@ -16,12 +16,13 @@ import pytest
 from conftest import MICRO
 from phiforge.eval import benchmarks
 from phiforge.data import decontam
-from phiforge.data import synth
+from phiforge.eval import contamination
+from phiforge.data import corpus
 from phiforge.config import DecontamConfig, recipe_from_dict
 from phiforge.data.decontam import (CLEAN, CONTAMINATED, PARTIAL, BenchmarkIndex, NaiveIndex, Verdict, _encode,
                                decontaminate, normalize)
 from phiforge.errors import PhiforgeError
-from phiforge.pipeline import BY_NAME, prepare, run_stage
+from phiforge.pipeline import BY_NAME, entry, prepare, run_stage
 from phiforge.rundir import RunDir
 
 ORCHARD = ("An orchard has 14 rows of pear trees with 23 trees in each row. In autumn every tree gives 37 pears, "
@@ -253,7 +254,7 @@ def _plant(shard, row: int, column: str, value) -> str:
 def _record(run: RunDir, stage: str) -> None:
     """Record a planted shard in its stage's manifest, as if the stage had written it: later stages refuse inputs
     whose bytes differ from the manifest."""
-    outputs = BY_NAME[stage].fn("outputs")
+    outputs = entry(BY_NAME[stage], "outputs")
     run.write_manifest(stage, run.manifest(stage), outputs(run) if outputs else [run.stage_dir(stage)])
 
 
@@ -261,7 +262,7 @@ def test_stage_drops_planted_benchmark_items_from_every_training_reader(synth_ru
     recipe, clean = synth_run
     metrics = run_stage(recipe, clean, BY_NAME["decontam"])
     assert metrics["dropped"] == 0 and json.loads((clean.stage_dir("decontam") / "dropped.json").read_text()) == []
-    assert metrics["sources"]["pretrain"]["docs"] == len(synth.read_column(clean, "pretrain", "id"))
+    assert metrics["sources"]["pretrain"]["docs"] == len(corpus.read_column(clean, "pretrain", "id"))
     assert {k: v["items"] for k, v in metrics["benchmarks"].items()} == {"gsm8k100": 100, "gsm-symbolic": 99,
                                                                          "champ": 270, "humaneval": 164}
 
@@ -269,10 +270,10 @@ def test_stage_drops_planted_benchmark_items_from_every_training_reader(synth_ru
     run = RunDir.open(tmp_path / "run")
     gsm = benchmarks.get("gsm8k100").load()[7]
     he = benchmarks.get("humaneval").load()[42]
-    texts = synth.read_column(run, "pretrain", "text")
+    texts = corpus.read_column(run, "pretrain", "text")
     planted_doc = f"Exercise 1: {gsm.question}\nSolution: {gsm.solution}"
-    pre_id = _plant(synth.shards(run, "pretrain")[1], 3, "text", planted_doc)
-    sft_shard = synth.shards(run, "sft")[0]
+    pre_id = _plant(corpus.shards(run, "pretrain")[1], 3, "text", planted_doc)
+    sft_shard = corpus.shards(run, "sft")[0]
     messages = pq.read_table(sft_shard).column("messages")[5].as_py()
     messages[-1]["content"] = "Here is the function:\n" + he.question + he.solution
     sft_id = _plant(sft_shard, 5, "messages", messages)
@@ -285,10 +286,10 @@ def test_stage_drops_planted_benchmark_items_from_every_training_reader(synth_ru
     assert flagged[pre_id]["status"] == flagged[sft_id]["status"] == CONTAMINATED
     assert metrics["sources"]["pretrain"]["flagged"] == metrics["sources"]["sft"]["flagged"] == 1
     # the readers every training stage uses leave the dropped samples out, and only them
-    kept = synth.read_column(run, "pretrain", "text")
+    kept = corpus.read_column(run, "pretrain", "text")
     assert planted_doc not in kept and len(kept) == len(texts) - 1
-    assert len(synth.read_column(run, "pretrain", "text", include_dropped=True)) == len(texts)
-    assert sft_id not in synth.read_column(run, "sft", "id") and pre_id not in synth.read_column(run, "pretrain", "id")
+    assert len(corpus.read_column(run, "pretrain", "text", include_dropped=True)) == len(texts)
+    assert sft_id not in corpus.read_column(run, "sft", "id") and pre_id not in corpus.read_column(run, "pretrain", "id")
 
 
 def test_stage_allow_lists_benchmark_phrasing_common_in_training(synth_run, tmp_path, gsm8k):
@@ -298,7 +299,7 @@ def test_stage_allow_lists_benchmark_phrasing_common_in_training(synth_run, tmp_
     shutil.copytree(clean.root, tmp_path / "run")
     run = RunDir.open(tmp_path / "run")
     stem = " ".join(benchmarks.get("gsm8k100").load()[3].question.split()[:9])
-    ids = [_plant(synth.shards(run, "pretrain")[0], row, "text", f"{stem} {row + 11}?") for row in range(4)]
+    ids = [_plant(corpus.shards(run, "pretrain")[0], row, "text", f"{stem} {row + 11}?") for row in range(4)]
     recipe = dataclasses.replace(recipe, decontam=dataclasses.replace(recipe.decontam, benchmarks=["gsm8k100"]))
     flags = lambda: json.loads((run.stage_dir("decontam") / "dropped.json").read_text())  # noqa: E731
     run_stage(recipe, run, BY_NAME["decontam"])
@@ -329,10 +330,10 @@ def test_missing_benchmark_package_is_skipped_or_an_error(monkeypatch, gsm8k):
         raise PhiforgeError("benchmark data package 'champ_dataset' is not installed; install it with: pip install x")
 
     monkeypatch.setitem(benchmarks.BENCHMARKS, "champ", dataclasses.replace(benchmarks.BENCHMARKS["champ"], load=missing))
-    index, status = decontam.build_harness_index(DecontamConfig(benchmarks=["gsm8k100", "champ"]))
+    index, status = contamination.build_harness_index(DecontamConfig(benchmarks=["gsm8k100", "champ"]))
     assert status["gsm8k100"] == {"items": 100} and "pip install x" in status["champ"]["skipped"]
     with pytest.raises(PhiforgeError, match="decontam.benchmarks: benchmark data package 'champ_dataset'"):
-        decontam.build_harness_index(DecontamConfig(benchmarks=["gsm8k100", "champ"], if_missing="error"))
+        contamination.build_harness_index(DecontamConfig(benchmarks=["gsm8k100", "champ"], if_missing="error"))
     with pytest.raises(PhiforgeError, match="none of decontam.benchmarks"):
-        decontam.build_harness_index(DecontamConfig(benchmarks=["champ"]))
+        contamination.build_harness_index(DecontamConfig(benchmarks=["champ"]))
 

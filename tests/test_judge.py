@@ -81,8 +81,10 @@ def test_bad_dpo2_recipes_name_the_key():
     for overrides, needle in [({"policies": ["sft"]}, "dpo2.policies must name at least two"),
                               ({"policies": ["sft", "gpt4"]}, "dpo2.policies must name at least two"),
                               ({"n_queries": 4}, "dpo2.n_queries (4) plus pts.n_queries (3) must be <= synth.n_pts"),
-                              ({"judge": "http"}, "dpo2.judge_url"),
-                              ({"judge": "local"}, "dpo2.judge_model must name a checkpoint")]:
+                              ({"judge": {"kind": "http"}}, "dpo2.judge.url must be an http(s) URL"),
+                              ({"judge": {"kind": "local"}}, "dpo2.judge.model must be a phiforge or transformers"),
+                              ({"judge": {"kind": "http", "url": "http://x/v1", "model": "m", "retries": -1}},
+                               "dpo2.judge.retries must be >= 0")]:
         raw = yaml.safe_load(yaml.safe_dump(MICRO))
         raw["dpo2"].update(overrides)
         with pytest.raises(PhiforgeError) as e:

@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "phiforge"
 
 # Lowest first: a module may import modules of its own layer or below, never above.
-BASE = {"errors", "rundir", "datahome", "machine", "sandbox", "answers", "config"}
+BASE = {"errors", "rundir", "datahome", "machine", "sandbox", "answers", "config", "stages"}
 TOP = {"cli", "pipeline", "experiment", "report", "runcompare", "plan", "__init__"}
 LAYERS = {"base": 0, "lm": 1, "data": 2, "train": 3, "eval": 4, "serve": 5, "top": 6}
 DEFERRED_OK = {"phiforge.cli"}

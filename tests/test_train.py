@@ -57,10 +57,10 @@ def test_cross_entropy_ignores_masked_targets():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_chunked_cross_entropy_matches_composite_loss_and_gradient(dtype):
-    from phiforge.train import optim as train
+    from phiforge.train import optim
 
     g = torch.Generator().manual_seed(0)
-    n = 2 * train._CE_ROWS + 37  # several chunks and a ragged last one
+    n = 2 * optim._CE_ROWS + 37  # several chunks and a ragged last one
     base = (torch.randn(n, 50, generator=g) * 4).to(dtype)
     y = torch.randint(0, 50, (n,), generator=g)
     y[::5] = IGNORE

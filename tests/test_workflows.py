@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from phiforge.data import seed_texts as seed_sources
+from phiforge.data import seed_texts
 from phiforge.data.seed_texts import Seed
 from phiforge.lm.teachers import Completion, TeacherError
 from phiforge.data.workflows import Knobs, grounding, parse_critique, parse_exercises, parse_qa, plurality, qa, \
@@ -152,7 +152,7 @@ def test_revise_asks_the_critic_greedily_and_the_reviser_with_the_suggestions():
 
 @pytest.fixture(scope="module")
 def code_seed():
-    return seed_sources.code_seeds(1, seed=0)[0]
+    return seed_texts.code_seeds(1, seed=0)[0]
 
 
 def code_rule(code_seed, body):
@@ -242,15 +242,15 @@ def test_qa_keeps_grounded_pairs_only():
 
 
 def test_doc_passages_are_real_bounded_and_deterministic():
-    pool = seed_sources.doc_passages()
+    pool = seed_texts.doc_passages()
     assert len(pool) > 100 and all(300 <= len(p.text) <= 1500 for p in pool)
     assert len({p.id for p in pool}) == len(pool)
-    assert seed_sources.passages(5, 3) == seed_sources.passages(5, 3) != seed_sources.passages(5, 4)
+    assert seed_texts.passages(5, 3) == seed_texts.passages(5, 3) != seed_texts.passages(5, 4)
     assert any('"if" statement' in p.text for p in pool)
 
 
 def test_question_seeds_carry_the_exact_answer_but_the_prompt_does_not():
-    q, = seed_sources.question_seeds(1, 0, ["arithmetic"])
+    q, = seed_texts.question_seeds(1, 0, ["arithmetic"])
     teacher = Scripted(lambda r, m: "\\boxed{1}")
     plurality(teacher, [q], Knobs(k=2))
     assert q.answer and all(q.answer not in r.messages[-1]["content"].replace(q.text, "") for r in teacher.seen)
@@ -261,7 +261,7 @@ def test_every_request_yields_one_record_through_the_http_stack(tmp_path):
     are gibberish, so nearly all are rejected, each with a reason; what matters is that none is lost."""
     pytest.importorskip("uvicorn")
     from phiforge.serve.chat import load_chat_model
-    from phiforge.config import SynthTeacherConfig
+    from phiforge.config import TeacherConfig
     from phiforge.lm.http_teacher import HTTPTeacher
     from phiforge.serve.server import Limits, Served, Server, build_app
     from phiforge.lm.teachers import make_teacher
@@ -275,12 +275,12 @@ def test_every_request_yields_one_record_through_the_http_stack(tmp_path):
     questions = [Seed(f"q{i}", "t", "d", f"What is {i} + {i}?") for i in range(3)]
     knobs = Knobs(max_tokens=8, k=3, rounds=1)
     with serving(build_app(server)) as url:
-        teacher = make_teacher(SynthTeacherConfig(kind="http", url=url + "/v1", model="tiny", concurrency=4),
-                               cache_dir=tmp_path / "cache")
+        teacher = make_teacher(TeacherConfig(kind="http", url=url + "/v1", model="tiny", concurrency=4),
+                               "synth.teacher", cache_dir=tmp_path / "cache")
         assert isinstance(teacher, HTTPTeacher) and teacher.name == "http:tiny"
         results = {"rewrite": rewrite(teacher, passages, knobs), "revise": revise(teacher, passages, knobs),
                    "qa": qa(teacher, passages, knobs), "plurality": plurality(teacher, questions, knobs),
-                   "reverse_code": reverse_code(teacher, seed_sources.code_seeds(2, 0), knobs)}
+                   "reverse_code": reverse_code(teacher, seed_texts.code_seeds(2, 0), knobs)}
         sent = teacher.stats["completed"]
         again = plurality(teacher, questions, knobs)  # a rerun is served from the cache
     for name, records in results.items():
@@ -330,7 +330,7 @@ def test_synth_stage_adds_llm_samples_and_a_data_card_without_touching_the_progr
     import pyarrow.parquet as pq
 
     from conftest import MICRO
-    from phiforge.data import synth
+    from phiforge.data import corpus, shards, synth
     from phiforge.config import recipe_from_dict
     from phiforge.rundir import RunDir
     from test_chat import make_checkpoint
@@ -342,15 +342,15 @@ def test_synth_stage_adds_llm_samples_and_a_data_card_without_touching_the_progr
         **small, "teacher": {"kind": "local", "model": str(ckpt), "batch_size": 4},
         "workflows": {"seeds": {"rewrite": 1, "plurality": 1, "reverse_code": 1}, "max_tokens": 8, "k": 3}}})
     a, b = RunDir.create(tmp_path / "a"), RunDir.create(tmp_path / "b")
-    synth.run(plain, a)
-    metrics = synth.run(llm, b)
+    synth.execute(plain, a)
+    metrics = synth.execute(llm, b)
     for kind in ("pretrain", "sft", "pts"):
-        mine = [p for p in synth.shards(b, kind) if "-llm-" not in p.name]
-        assert [p.read_bytes() for p in mine] == [p.read_bytes() for p in synth.shards(a, kind)]
+        mine = [p for p in corpus.shards(b, kind) if "-llm-" not in p.name]
+        assert [p.read_bytes() for p in mine] == [p.read_bytes() for p in corpus.shards(a, kind)]
     llm_shards = sorted(p.name for p in b.stage_dir("synth").glob("*-llm-*.parquet"))
     assert llm_shards == ["pretrain-llm-plurality-00000.parquet", "pretrain-llm-reverse_code-00000.parquet",
                           "pretrain-llm-rewrite-00000.parquet"]
-    assert pq.read_schema(b.stage_dir("synth") / llm_shards[0]) == synth.PRETRAIN_SCHEMA
+    assert pq.read_schema(b.stage_dir("synth") / llm_shards[0]) == shards.PRETRAIN_SCHEMA
     card = {row["workflow"]: row for row in metrics["data_card"]}
     assert card["programmatic"]["kept"] == metrics["kept"] and card["rewrite"]["teacher"] == "local:tiny"
     rejects = [json.loads(line) for line in (b.stage_dir("synth") / "rejects.jsonl").read_text().splitlines()]
@@ -385,7 +385,7 @@ def test_llm_shards_split_over_ranks_resume_one_by_one_and_match_a_single_proces
 
     teachers = []
 
-    def scripted(cfg, cache_dir=None):
+    def scripted(cfg, key, cache_dir=None):
         teachers.append(Scripted(lambda r, msg: EXERCISES))
         return teachers[-1]
 
@@ -395,7 +395,7 @@ def test_llm_shards_split_over_ranks_resume_one_by_one_and_match_a_single_proces
         "teacher": {"kind": "http", "url": "http://127.0.0.1:9/v1", "model": "m"},
         "workflows": {"seeds": {"rewrite": 5}, "shard_seeds": 2}}})
     one, two = RunDir.create(tmp_path / "one"), RunDir.create(tmp_path / "two")
-    card = {r["workflow"]: r for r in synth.run(recipe, one)["data_card"]}
+    card = {r["workflow"]: r for r in synth.execute(recipe, one)["data_card"]}
     names = [synth_llm.shard_name(recipe.synth, t) for t in synth_llm.llm_tasks(recipe.synth)]
     assert names == [f"pretrain-llm-rewrite-{i:05d}.parquet" for i in range(3)]
     assert card["rewrite"]["seeds"] == 5 and card["rewrite"]["kept"] >= 5
@@ -403,14 +403,14 @@ def test_llm_shards_split_over_ranks_resume_one_by_one_and_match_a_single_proces
     made = [synth.run_rank(recipe, two, rank, 2) for rank in (0, 1)]
     assert sum(made) == len(synth.shard_tasks(recipe.synth)) + 3
     sent = len(teachers)
-    merged = {r["workflow"]: r for r in synth.run(recipe, two)["data_card"]}["rewrite"]
+    merged = {r["workflow"]: r for r in synth.execute(recipe, two)["data_card"]}["rewrite"]
     assert {**merged, "seconds": 0} == {**card["rewrite"], "seconds": 0}
     assert len(teachers) == sent, "the merge made a teacher although every shard was done"
     for name in names:
         assert (one.stage_dir("synth") / name).read_bytes() == (two.stage_dir("synth") / name).read_bytes()
 
     (two.stage_dir("synth") / ".done" / f"{names[1]}.json").unlink()
-    synth.run(recipe, two)
+    synth.execute(recipe, two)
     redone = [r.seed for r in teachers[-1].seen]
     assert len(teachers) == sent + 1 and len(set(redone)) == 2  # the two seeds of shard 1, nothing else
     assert (one.stage_dir("synth") / names[1]).read_bytes() == (two.stage_dir("synth") / names[1]).read_bytes()
@@ -466,33 +466,34 @@ def make_hf_folder(directory):
 @pytest.mark.slow  # importing transformers alone takes several seconds on the 2-core machine
 def test_a_local_teacher_on_a_transformers_base_model_takes_a_recipe_chat_template(tmp_path, monkeypatch):
     pytest.importorskip("transformers")
-    from phiforge.config import SynthTeacherConfig
+    from phiforge.config import TeacherConfig
     from phiforge.lm.teachers import make_teacher
     from test_chat import make_checkpoint
 
     folder = make_hf_folder(tmp_path / "base")
     plain = "{{ bos_token }}{% for m in messages %}{{ m['content'] | trim }}\n\n{% endfor %}"
-    cfg = SynthTeacherConfig(kind="local", model=str(folder), batch_size=4, chat_template=plain,
+    cfg = TeacherConfig(kind="local", model=str(folder), batch_size=4, chat_template=plain,
                              stop_tokens=["<end_of_turn>"])
-    teacher = make_teacher(cfg)
+    teacher = make_teacher(cfg, "synth.teacher")
     assert teacher.name == "local:base" and 4 in teacher.tok.stop_ids and 1 in teacher.tok.stop_ids
     questions = [Seed(f"q{i}", "t", "d", f"What is {i} + 1?") for i in range(2)]
     records = plurality(teacher, questions, Knobs(k=3, max_tokens=4))
     assert [r.seed.id for r in records] == ["q0", "q1"] and all(r.reason for r in records)
     assert teacher.stats["requests"] == 6 and teacher.stats["batches"] == 2  # sampled draws share batches
-    again = plurality(make_teacher(cfg), questions, Knobs(k=3, max_tokens=4))
+    again = plurality(make_teacher(cfg, "synth.teacher"), questions, Knobs(k=3, max_tokens=4))
     assert [r.steps[-1]["answers"] for r in again] == [r.steps[-1]["answers"] for r in records]
     assert [r.reply for r in again] == [r.reply for r in records]  # the same batches sample the same replies
 
     with pytest.raises(TeacherError, match="'<nope>' is not one token"):
-        make_teacher(SynthTeacherConfig(kind="local", model=str(folder), chat_template=plain, stop_tokens=["<nope>"]))
+        make_teacher(TeacherConfig(kind="local", model=str(folder), chat_template=plain, stop_tokens=["<nope>"]),
+                     "synth.teacher")
     ckpt = make_checkpoint(tmp_path / "phi", max_seq_len=256)
     with pytest.raises(TeacherError, match="only be given to a transformers model folder"):
-        make_teacher(SynthTeacherConfig(kind="local", model=str(ckpt), chat_template=plain))
+        make_teacher(TeacherConfig(kind="local", model=str(ckpt), chat_template=plain), "synth.teacher")
     monkeypatch.delenv("PHIFORGE_TEST_KEY", raising=False)
-    with pytest.raises(TeacherError, match="'PHIFORGE_TEST_KEY', which is not set"):
-        make_teacher(SynthTeacherConfig(kind="http", url="http://127.0.0.1:9/v1", model="m",
-                                        api_key_env="PHIFORGE_TEST_KEY"))
+    with pytest.raises(TeacherError, match="organic.teacher.api_key_env names 'PHIFORGE_TEST_KEY', which is not set"):
+        make_teacher(TeacherConfig(kind="http", url="http://127.0.0.1:9/v1", model="m",
+                                   api_key_env="PHIFORGE_TEST_KEY"), "organic.teacher")
 
 
 def test_plurality_sends_the_configured_instruction_or_the_bare_question():

@@ -57,9 +57,10 @@ _ASCII = bytes(c + 32 if 65 <= c <= 90 else c if 48 <= c <= 57 or 97 <= c <= 122
 # Odd, so multiplying by it is a bijection mod 2**64: no word's contribution to a window hash is ever lost.
 _MULT = np.uint64(0x9E3779B97F4A7C15)
 # Simple tabulation hashing of words: the sum mod 2**64 of one fixed random value per (offset in word mod 64, byte).
-# Vectorised over a chunk's bytes it beats a Python dict of per-word hashes (fast index 33 -> 57 MB/s); SHAKE-256
+# Vectorised over a chunk's bytes it beats a Python dict of per-word hashes (bench/decontam_throughput.py); SHAKE-256
 # makes the table, so a saved index stays valid in any process, platform or numpy version.
-_TABLE = np.frombuffer(hashlib.shake_256(b"phiforge.data.decontam words v1").digest(64 * 256 * 8), "<u8")
+# The seed names the module as it was first called: changing it would change every hash.
+_TABLE = np.frombuffer(hashlib.shake_256(b"phiforge.decontam words v1").digest(64 * 256 * 8), "<u8")
 
 
 def normalize(text: str) -> list[str]:
@@ -460,71 +461,3 @@ def training_text(kind: str, row: dict) -> str:
         messages = json.loads(messages) if isinstance(messages, str) else messages
         return "\n".join(m["content"] for m in messages)
     return row["text"] if kind == "pretrain" else row["question"]
-
-
-def build_harness_index(cfg) -> tuple[BenchmarkIndex, dict]:
-    """One index over every benchmark of the harness that is installed: each item's question and reference solution."""
-    from phiforge.eval import benchmarks
-
-    items, status = [], {}
-    for name in cfg.benchmarks:
-        bench = benchmarks.get(name)
-        try:
-            loaded = bench.load()
-        except PhiforgeError as e:
-            if cfg.if_missing == "error":
-                raise PhiforgeError(f"decontam.benchmarks: {e}") from e
-            status[name] = {"items": 0, "skipped": str(e)}
-            continue
-        items += [(name, it.id, f"{it.question}\n{it.solution}") for it in loaded]
-        status[name] = {"items": len(loaded)}
-    if not items:
-        raise PhiforgeError(f"decontam: none of decontam.benchmarks ({', '.join(cfg.benchmarks)}) is installed: "
-                            + "; ".join(s["skipped"] for s in status.values()))
-    index = BenchmarkIndex(items, info_threshold=cfg.info_threshold,
-                           contaminated_threshold=cfg.contaminated_threshold, allow_min_items=cfg.allow_min_items)
-    return index, status
-
-
-def run(recipe, run) -> dict:
-    """Stage `decontam`: every synth training sample and every organic document (each source before it enters the
-    mixture) against the harness's benchmarks; the flagged ones are listed in `dropped.json`, which every training
-    stage's reader leaves out, and shown with their verdicts in `flagged.jsonl`."""
-    import pyarrow.parquet as pq
-
-    from phiforge.data import organic
-    from phiforge.rundir import atomic_write_json, atomic_write_text
-    from phiforge.data.synth import shards
-
-    cfg, out = recipe.decontam, run.stage_dir("decontam")
-    index, bench_status = build_harness_index(cfg)
-    sources = {}
-    for kind in ["pretrain", "sft", "pts", *(f"organic/{s}" for s in organic.SOURCES)]:
-        columns = {"sft": ["id", "messages"], "pts": ["id", "question"]}.get(kind, ["id", "text"])
-        files = organic.shards(run, kind.split("/")[1]) if kind.startswith("organic/") else shards(run, kind)
-        if not files and kind.startswith("organic/"):
-            continue  # a run without the organic stage
-        rows = [r for shard in files for r in pq.read_table(shard, columns=columns).to_pylist()]
-        sources[kind] = [{"id": r["id"], "text": r["text"] if "text" in r else training_text(kind, r)} for r in rows]
-    if cfg.allow_min_train_docs:
-        index.allow_common_train_ngrams((d["text"] for docs in sources.values() for d in docs),
-                                        cfg.allow_min_train_docs)
-    dropped, lines, per_source = [], [], {}
-    for kind, docs in sources.items():
-        _, flagged, stats = decontaminate(docs, index, drop_partial=cfg.drop_partial)
-        per_source[kind] = {k: stats[k] for k in ("docs", "kept", "flagged", "status", "benchmark")}
-        for doc, v in flagged:
-            dropped.append(doc["id"])
-            lines.append(json.dumps({"source": kind, "id": doc["id"], "status": v.status, "reason": v.reason,
-                                     "benchmark": v.benchmark, "item_id": v.item_id, "ratio": round(v.ratio, 4),
-                                     "ngram": v.ngram, "text": doc["text"][:500]}) + "\n")
-    atomic_write_text(out / "flagged.jsonl", "".join(lines))
-    atomic_write_json(out / "dropped.json", sorted(dropped))
-    return {"benchmarks": bench_status, "sources": per_source, "dropped": len(dropped),
-            "allow_listed_ngrams": {str(n): c for n, c in index.allowed.items()},
-            "thresholds": {"info": cfg.info_threshold, "contaminated": cfg.contaminated_threshold}}
-
-
-def outputs(run) -> list[Path]:
-    out = run.stage_dir("decontam")
-    return [out / "dropped.json", out / "flagged.jsonl"]

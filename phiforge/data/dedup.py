@@ -89,8 +89,8 @@ class MinHasher:
             if len(nonempty):
                 x = np.concatenate([sh[start + i] for i in nonempty])
                 offsets = np.concatenate([[0], np.cumsum(lens[nonempty])[:-1]])
-                # One permutation at a time over 1-D arrays, in place: 14x faster than one (shingles x num_perm)
-                # matrix, whose minimum.reduceat along axis 0 is slow (measured on 65k shingles x 128).
+                # One permutation at a time over 1-D arrays, in place: one (shingles x num_perm) matrix, whose
+                # minimum.reduceat along axis 0 is slow, was much slower (bench/README.md).
                 h, rows = np.empty_like(x), start + nonempty
                 for i in range(self.num_perm):
                     np.multiply(x, self.a[i], out=h)

@@ -4,7 +4,7 @@ labels, and the model scores every page.
 Phi-4 trains small non-LLM classifiers on about 10^6 LLM annotations because an LLM cannot read the whole web; the
 classifier is the cheap student of an expensive labeller. Here the labeller asks a `Teacher` (phiforge/lm/teachers.py)
 to rate each page 0-5. By default that teacher is `HeuristicRater`, a programmatic rater of explanation and example
-density that runs offline; with `organic.teacher_url` it is any OpenAI-compatible LLM server.
+density that runs offline; with `organic.teacher` it is any OpenAI-compatible LLM server.
 
 The student is logistic regression on hashed word 1-2-grams (log term frequency, L2-normalised), trained by full-batch
 Adam in numpy. Written here rather than taken from scikit-learn: it is fifty lines, the features are the point, and

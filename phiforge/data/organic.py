@@ -20,29 +20,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from phiforge.data import dedup
-from phiforge.data import eduscore
-from phiforge.data import ingest
-from phiforge.data import rewrite
-from phiforge.data import textfilter
 from phiforge.config import OrganicConfig, Recipe
-from phiforge.train.pretrain import stable_fraction
+from phiforge.data import dedup, eduscore, ingest, rewrite, textfilter
+from phiforge.data.corpus import ORGANIC_SOURCES as SOURCES
+from phiforge.data.corpus import stable_fraction
 from phiforge.rundir import RunDir, atomic_path, atomic_write_text
+from phiforge.lm import teachers
 
-SOURCES = ("web", "web_rewrite", "code", "acquired")
 SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string()), ("domain", pa.string()),
                     ("style", pa.string()), ("teacher", pa.string()), ("seed", pa.int64()), ("verified", pa.bool_()),
                     ("verifier", pa.string()), ("provenance", pa.string())])
 
 
 def make_teacher(cfg: OrganicConfig, cache: Path):
-    """The labeller's and rewriter's teacher: an LLM server when configured, else None (heuristic rater, and the
-    deterministic restructuring for rewrites)."""
-    if not cfg.teacher_url:
+    """The labeller's and rewriter's teacher: an LLM (server or checkpoint) when configured, else None (heuristic
+    rater, and the deterministic restructuring for rewrites)."""
+    if cfg.teacher.kind == "programmatic":
         return None
-    from phiforge.lm.http_teacher import HTTPTeacher
-
-    return HTTPTeacher(cfg.teacher_url, cfg.teacher_model, cache_dir=cache)
+    return teachers.make_teacher(cfg.teacher, "organic.teacher", cache_dir=cache)
 
 
 def collect(cfg: OrganicConfig) -> list[ingest.Page]:
@@ -107,7 +102,7 @@ def row(pid: str, text: str, source: str, feed: str, style: str, teacher: str, s
             "seed": seed, "verified": True, "verifier": json.dumps(verifier), "provenance": json.dumps(prov)}
 
 
-def run(recipe: Recipe, run: RunDir) -> dict:
+def execute(recipe: Recipe, run: RunDir) -> dict:
     cfg = recipe.organic
     out = run.stage_dir("organic")
     for old in out.glob("*.parquet"):
@@ -174,10 +169,6 @@ def run(recipe: Recipe, run: RunDir) -> dict:
         "web": {"pages": len(web), "kept": len(kept_web), "rewritten": len(best), "rewrites": len(rewrites)},
         "sources": {s: {"docs": len(rs), "chars": sum(len(r["text"]) for r in rs)} for s, rs in rows.items()},
     }
-
-
-def shards(run: RunDir, source: str) -> list[Path]:
-    return sorted(run.stage_dir("organic").glob(f"{source}-*.parquet"))
 
 
 def outputs(run: RunDir) -> list[Path]:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import re
 
-from phiforge.data.domains.code import extract_code
+from phiforge.answers import answers_equal, extract_answer
+from phiforge.data.domains.code import extract_code, verify_code
 from phiforge.errors import PhiforgeError
 from phiforge.data.problems import Problem
 
@@ -31,6 +32,14 @@ def solution_text(problem: Problem) -> str:
         *explanation, code = problem.steps
         return " ".join(explanation) + "\n" + code
     return " ".join([*problem.steps, answer_line(problem)])
+
+
+def verify(problem: Problem) -> bool:
+    """Maths: the rendered worked solution's extracted answer equals the problem's answer. Code: the solution passes
+    the problem's unit tests, run in the sandbox."""
+    if problem.tests:
+        return verify_code(problem, solution_text(problem))
+    return answers_equal(extract_answer(solution_text(problem)), problem.answer)
 
 
 # A base model is asked a question framed the way its pretraining documents frame one: as a worked exercise

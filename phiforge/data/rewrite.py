@@ -1,7 +1,7 @@
 """Web rewrites (Phi-4 §2.3, Table 5's 15% "web rewrites"): the best pages turned into textbook-style passages with
 exercises, each recorded with the page it came from.
 
-With a `Teacher` (an LLM behind `organic.teacher_url`) the page is rewritten by the model. Offline, `restructure`
+With a `Teacher` (an LLM behind `organic.teacher`) the page is rewritten by the model. Offline, `restructure`
 does what can be done without one, deterministically: it strips markup the page was published in (badges, links,
 reST directives, HTML), keeps the prose and the first code example, lists the page's defining sentences as key
 ideas, and turns each into a fill-in-the-blank exercise whose answer is the defined term, with an answer key. It

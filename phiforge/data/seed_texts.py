@@ -21,6 +21,8 @@ import sys
 from dataclasses import dataclass
 
 from phiforge.errors import PhiforgeError
+from phiforge.data.domains.code import extract_code
+from phiforge.data.problems import make_problem
 
 PYTHON_DOCS = f"python{sys.version_info.major}.{sys.version_info.minor}-docs"
 
@@ -80,8 +82,6 @@ def passages(n: int, seed: int) -> list[Seed]:
 
 
 def code_seeds(n: int, seed: int, difficulty: int = 1) -> list[Seed]:
-    from phiforge.data.domains.code import extract_code
-    from phiforge.data.problems import make_problem
 
     out = []
     for i in range(n):
@@ -91,8 +91,6 @@ def code_seeds(n: int, seed: int, difficulty: int = 1) -> list[Seed]:
 
 
 def question_seeds(n: int, seed: int, domains: list[str], difficulty: int = 1) -> list[Seed]:
-    from phiforge.data.problems import make_problem
-
     rng = _rng("questions", seed)
     out = []
     for i in range(n):

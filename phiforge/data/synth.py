@@ -9,7 +9,7 @@ The programmatic shards are independent units, datatrove-style: each is written 
 (.done/<shard>.json: its counts and rejects, a key of the config that decides its bytes, and the shard's sha256, so
 a damaged shard counts as not done), so a crashed or killed run resumes where it stopped, `synth.workers`
 processes can make them at once, and a cluster can run
-`python -m phiforge.data.synth RECIPE --out RUN --rank R --world-size W` as separate jobs before `phiforge run` finds
+`phiforge synth RECIPE --out RUN --rank R --world-size W` as separate jobs before `phiforge run` finds
 every shard done and merges. Which worker made a shard changes nothing in it. The LLM workflows
 (phiforge/data/synth_llm.py) come after the programmatic shards, in shards of `synth.workflows.shard_seeds` seeds with
 markers of their own, so they too resume shard by shard and split over ranks.
@@ -25,37 +25,18 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from phiforge.answers import verify
 from phiforge.config import Recipe, SynthConfig
+from phiforge.data import synth_llm
 from phiforge.data.problems import Problem, make_problem
-from phiforge.data.render import STYLES, chat
+from phiforge.data.render import STYLES, chat, verify
+from phiforge.data.shards import PRETRAIN_SCHEMA, SFT_SCHEMA, read_marker, write_marker, write_shard
 from phiforge.errors import PhiforgeError
-from phiforge.rundir import RunDir, atomic_path, atomic_write_json, atomic_write_text, file_sha256
+from phiforge.rundir import RunDir, atomic_write_text
 
 TEACHER = "programmatic"
 VERIFIER = "math-equivalence"
-
-_COMMON = [
-    ("id", pa.string()),
-    ("question", pa.string()),
-    ("answer", pa.string()),
-    ("source", pa.string()),
-    ("domain", pa.string()),
-    ("style", pa.string()),
-    ("teacher", pa.string()),
-    ("seed", pa.int64()),
-    ("verified", pa.bool_()),
-    ("verifier", pa.string()),
-    ("provenance", pa.string()),
-]
-MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
-PRETRAIN_SCHEMA = pa.schema([("text", pa.string()), *_COMMON])
-SFT_SCHEMA = pa.schema([("messages", pa.list_(MESSAGE)), *_COMMON])
-
 
 def _pick(weights: dict[str, float], rng: random.Random) -> str:
     names = sorted(weights)
@@ -103,12 +84,6 @@ def build_rows(cfg: SynthConfig, start: int, stop: int, kind: str) -> tuple[list
     return rows, rejects
 
 
-def write_shard(path: Path, rows: list[dict], schema: pa.Schema) -> None:
-    table = pa.Table.from_pylist(rows, schema=schema)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
-
-
 def shard_tasks(cfg: SynthConfig) -> list[tuple[str, int, int, int]]:
     """(kind, shard, first index, stop index) of every programmatic shard, in corpus order."""
     post = cfg.n_pretrain + cfg.n_sft
@@ -126,25 +101,6 @@ def shard_key(cfg: SynthConfig) -> str:
 
 def _name(task: tuple[str, int, int, int]) -> str:
     return f"{task[0]}-{task[1]:05d}.parquet"
-
-
-def read_marker(out: Path, name: str, key: str) -> dict | None:
-    """The summary in shard `name`'s marker if the shard is there, was made under `key` and still has the bytes the
-    marker recorded, else None. Programmatic and LLM shards alike: the marker is written after the shard, so a
-    marker means a complete shard, and its sha256 means a truncated or altered shard is made again, not kept."""
-    try:
-        summary = json.loads((out / ".done" / f"{name}.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(summary, dict) or summary.get("key") != key or not (out / name).is_file():
-        return None
-    return summary if summary.get("sha256") == file_sha256(out / name) else None
-
-
-def write_marker(out: Path, name: str, summary: dict) -> None:
-    """Mark shard `name` (already written) done, with the sha256 of its bytes."""
-    (out / ".done").mkdir(exist_ok=True)
-    atomic_write_json(out / ".done" / f"{name}.json", {**summary, "sha256": file_sha256(out / name)})
 
 
 def finished(cfg: SynthConfig, out: Path, task: tuple) -> dict | None:
@@ -172,8 +128,6 @@ def run_rank(recipe: Recipe, run: RunDir, rank: int, world_size: int) -> int:
     """The shards of one worker out of world_size (every world_size-th programmatic shard, then every
     world_size-th LLM shard, from rank), skipping those already finished: a cluster job's unit. Returns how many it
     made. `run` later finds them done and merges."""
-    from phiforge.data import synth_llm
-
     if not 0 <= rank < world_size:
         raise PhiforgeError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
     cfg = recipe.synth
@@ -194,15 +148,13 @@ def run_rank(recipe: Recipe, run: RunDir, rank: int, world_size: int) -> int:
 def _remove_stale(cfg: SynthConfig, out: Path, tasks: list[tuple]) -> None:
     """Shards of an earlier config that this one does not make (fewer samples, workflows dropped) must not be read
     as part of it."""
-    from phiforge.data.synth_llm import llm_tasks, shard_name
-
-    keep = {_name(t) for t in tasks} | {shard_name(cfg, t) for t in llm_tasks(cfg)}
+    keep = {_name(t) for t in tasks} | {synth_llm.shard_name(cfg, t) for t in synth_llm.llm_tasks(cfg)}
     for p in out.glob("*.parquet"):
         if p.name not in keep:
             p.unlink()
 
 
-def run(recipe: Recipe, run: RunDir) -> dict:
+def execute(recipe: Recipe, run: RunDir) -> dict:
     cfg = recipe.synth
     out = run.stage_dir("synth")
     out.mkdir(parents=True, exist_ok=True)
@@ -235,9 +187,7 @@ def run(recipe: Recipe, run: RunDir) -> dict:
              "rejected": rejected, "accept_rate": kept / total, "chars": chars["pretrain"] + chars["sft"],
              "teacher_prompt_tokens": 0, "teacher_completion_tokens": 0, "reasons": {}}]
     if any(cfg.workflows.seeds.values()):
-        from phiforge.data.synth_llm import run_workflows
-
-        llm_rejects, llm_card = run_workflows(cfg, out)
+        llm_rejects, llm_card = synth_llm.run_workflows(cfg, out)
         all_rejects += llm_rejects
         card += llm_card
     atomic_write_text(out / "rejects.jsonl", "".join(json.dumps(r) + "\n" for r in all_rejects))
@@ -260,54 +210,3 @@ def outputs(run: RunDir) -> list[Path]:
     """What the stage's manifest hashes: the shards and the reject file, not the teacher's reply cache beside them."""
     out = run.stage_dir("synth")
     return sorted(out.glob("*.parquet")) + [out / "rejects.jsonl"]
-
-
-def shards(run: RunDir, kind: str) -> list[Path]:
-    """A kind's Parquet shards (`pretrain`, `sft` or `pts`) in order."""
-    return sorted(run.stage_dir("synth").glob(f"{kind}-*.parquet"))
-
-
-def dropped_ids(run: RunDir) -> frozenset[str]:
-    """Sample ids the `decontam` stage removed from training (empty before it has run)."""
-    path = run.stage_dir("decontam") / "dropped.json"
-    return frozenset(json.loads(path.read_text())) if path.is_file() else frozenset()
-
-
-def read_column(run: RunDir, kind: str, column: str, *, include_dropped: bool = False) -> list:
-    """One column across a kind's shards, without the samples decontamination dropped unless asked for them."""
-    drop = frozenset() if include_dropped else dropped_ids(run)
-    values: list = []
-    for shard in shards(run, kind):
-        cols = [column] if not drop or column == "id" else [column, "id"]
-        table = pq.read_table(shard, columns=cols)
-        col = table.column(column).to_pylist()
-        if drop:
-            col = [v for v, i in zip(col, table.column("id").to_pylist()) if i not in drop]
-        values += col
-    return values
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    from phiforge.config import load_recipe
-
-    ap = argparse.ArgumentParser(prog="python -m phiforge.data.synth",
-                                 description="Make one worker's share of the synth stage's shards, programmatic "
-                                             "and LLM (a cluster job); `phiforge run` then finds them done and "
-                                             "merges.")
-    ap.add_argument("recipe")
-    ap.add_argument("--out", required=True, help="the run folder")
-    ap.add_argument("--rank", type=int, required=True)
-    ap.add_argument("--world-size", type=int, required=True)
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
-    args = ap.parse_args(argv)
-    try:
-        made = run_rank(load_recipe(args.recipe, args.set), RunDir.create(args.out), args.rank, args.world_size)
-    except PhiforgeError as e:
-        raise SystemExit(f"error: {e}") from None
-    print(f"synth rank {args.rank}/{args.world_size}: {made} shards made")
-
-
-if __name__ == "__main__":
-    main()

@@ -18,9 +18,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from phiforge.data import seed_texts as seed_sources
-from phiforge.config import SynthConfig
+from phiforge.data import seed_texts
+from phiforge.config import SynthConfig, WorkflowKnobs
 from phiforge.data.seed_texts import Seed
+from phiforge.data.shards import PRETRAIN_SCHEMA, SFT_SCHEMA, read_marker, write_marker, write_shard
 from phiforge.lm.teachers import make_teacher
 from phiforge.data.workflows import SEED_KIND, WORKFLOWS, Knobs, Record
 
@@ -33,10 +34,10 @@ def workflow_seeds(cfg: SynthConfig, workflow: str, n: int) -> list[Seed]:
 @functools.lru_cache(maxsize=8)  # every shard of a workflow slices the same list
 def _seeds(kind: str, n: int, seed: int, difficulty: int, domains: tuple[str, ...]) -> tuple[Seed, ...]:
     if kind == "passages":
-        return tuple(seed_sources.passages(n, seed))
+        return tuple(seed_texts.passages(n, seed))
     if kind == "code":
-        return tuple(seed_sources.code_seeds(n, seed, difficulty))
-    return tuple(seed_sources.question_seeds(n, seed, list(domains), difficulty))
+        return tuple(seed_texts.code_seeds(n, seed, difficulty))
+    return tuple(seed_texts.question_seeds(n, seed, list(domains), difficulty))
 
 
 def row(cfg: SynthConfig, r: Record, sample_id: str, teacher: str, into: str) -> dict:
@@ -87,8 +88,6 @@ def llm_key(cfg: SynthConfig) -> str:
 
 def finished(cfg: SynthConfig, out: Path, task: tuple) -> dict | None:
     """The summary of an LLM shard already made under this config, else None."""
-    from phiforge.data.synth import read_marker
-
     return read_marker(out, shard_name(cfg, task), llm_key(cfg))
 
 
@@ -96,16 +95,12 @@ def make_shard(cfg: SynthConfig, out: Path, task: tuple, teacher) -> dict:
     """Run one workflow on one shard's seeds unless that shard is done; write its kept samples, then its marker
     (counts, teacher tokens, rejects). A seed's requests carry seeds of their own (workflows.request_seed), so
     which shard or worker sends them does not change what an HTTP teacher answers."""
-    from phiforge.data.synth import PRETRAIN_SCHEMA, SFT_SCHEMA, write_marker, write_shard
-
     if (done := finished(cfg, out, task)) is not None:
         return done
     w = cfg.workflows
     name, _, lo, hi = task
     seeds = workflow_seeds(cfg, name, w.seeds[name])[lo:hi]
-    knobs = Knobs(seed=cfg.seed, temperature=w.temperature, max_tokens=w.max_tokens, exercises=w.exercises,
-                  rounds=w.rounds, min_score=w.min_score, k=w.k, min_share=w.min_share,
-                  answer_instruction=w.answer_instruction, grounding=w.grounding)
+    knobs = Knobs(seed=cfg.seed, **{f.name: getattr(w, f.name) for f in dataclasses.fields(WorkflowKnobs)})
     before = dict(getattr(teacher, "stats", {}))
     t0 = time.perf_counter()
     records = WORKFLOWS[name](teacher, seeds, knobs)
@@ -135,7 +130,7 @@ def make_shard(cfg: SynthConfig, out: Path, task: tuple, teacher) -> dict:
 
 
 def teacher_for(cfg: SynthConfig, out: Path):
-    return make_teacher(cfg.teacher, cache_dir=out / "teacher-cache")
+    return make_teacher(cfg.teacher, "synth.teacher", cache_dir=out / "teacher-cache")
 
 
 def run_workflows(cfg: SynthConfig, out: Path) -> tuple[list[dict], list[dict]]:

@@ -36,26 +36,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from phiforge.answers import answers_equal, extract_answer
+from phiforge.config import WorkflowKnobs
 from phiforge.data.seed_texts import Seed
 from phiforge.lm.http_teacher import RETRY_STATUSES
 from phiforge.lm.teachers import ChatRequest, Completion, Teacher, TeacherError
+from phiforge.data.domains.code import extract_code
+from phiforge import sandbox
 
 RUBRICS = ("correctness", "reasoning", "clarity")
 
 
-@dataclass(frozen=True)
-class Knobs:
+@dataclass
+class Knobs(WorkflowKnobs):
+    """A workflow call's settings: the recipe's `synth.workflows` knobs and the synth seed."""
+
     seed: int = 0
-    temperature: float = 0.7  # sampled steps; steps that must be faithful (critique, answers to check) too
-    max_tokens: int = 512
-    exercises: int = 3  # rewrite: exercises asked for per passage
-    rounds: int = 1  # revise: critique-and-revise rounds
-    min_score: int = 3  # revise: the lowest final rubric score a kept exercise may have
-    k: int = 5  # plurality: answers sampled per question
-    min_share: float = 0.5  # plurality: the winning answer needs more than this share of the k answers
-    # plurality: what follows the question; "" sends the question alone (a small model trained on bare questions)
-    answer_instruction: str = "Solve the problem step by step, then write the final answer inside \\boxed{}."
-    grounding: float = 0.6  # qa: share of the answer's words that must occur in the passage
 
 
 @dataclass
@@ -357,10 +352,8 @@ def reverse_code(teacher: Teacher, seeds: Sequence[Seed], knobs: Knobs = Knobs()
 
     The tests run in phiforge.sandbox (model code is untrusted); `run_tests` is there for a caller that wants
     other limits, never to skip the sandbox."""
-    from phiforge.data.domains.code import extract_code
-
     if run_tests is None:
-        from phiforge.sandbox import run_tests
+        run_tests = sandbox.run_tests
     live = _fresh("reverse_code", seeds)
     replies = ask(teacher, live, "instruction", lambda r: (
         f"```python\n{r.seed.text.rstrip()}\n```\n\n"

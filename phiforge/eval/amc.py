@@ -22,7 +22,7 @@ from decimal import Decimal
 from fractions import Fraction
 
 from phiforge.answers import answers_equal
-from phiforge.eval.benchmarks import Item
+from phiforge.eval.items import Item
 from phiforge.eval.choice import LETTERS
 from phiforge.config import Recipe
 from phiforge.errors import PhiforgeError

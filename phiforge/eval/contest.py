@@ -30,9 +30,12 @@ from phiforge.lm.model import Phi3
 from phiforge.data.problems import Problem
 from phiforge.data.render import first_answer
 from phiforge.rundir import RunDir, atomic_write_json, atomic_write_text
-from phiforge.data.synth import read_column, sample_problem
+from phiforge.data.corpus import read_column
+from phiforge.data.synth import sample_problem
 from phiforge.lm.tokenizer import ChatTokenizer
 from phiforge.train.optim import device
+from phiforge.lm import hf_posttrain
+from phiforge.train.sft import load_policy
 
 
 def contest(recipe: Recipe, seen_questions: set[str]) -> tuple[list[Problem], int]:
@@ -140,8 +143,6 @@ def candidates(recipe: Recipe, run: RunDir) -> list[tuple[str, Callable, str]]:
     "base" is the model post-training starts from: the pretrained one after midtraining extended its context, or
     with sft.init the transformers folder as given ("init")."""
     if recipe.sft.init:
-        from phiforge.lm import hf_posttrain
-        from phiforge.train.sft import load_policy
 
         return [("init", lambda: hf_posttrain.load(recipe.sft.init), "completion"),
                 *((stage, lambda stage=stage: load_policy(recipe, run, stage)[:2], "chat")
@@ -160,7 +161,7 @@ def candidates(recipe: Recipe, run: RunDir) -> list[tuple[str, Callable, str]]:
             ("dpo2", own("dpo2"), "chat")]
 
 
-def run(recipe: Recipe, run: RunDir) -> dict:
+def execute(recipe: Recipe, run: RunDir) -> dict:
     seen = {q for kind in ("pretrain", "sft", "pts") for q in read_column(run, kind, "question")}
     problems, dropped = contest(recipe, seen)
     out = run.stage_dir("eval")

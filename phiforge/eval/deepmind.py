@@ -2,7 +2,7 @@
 
 The generator (`mathematics-dataset` 1.0.1) only runs on old libraries (sympy 1.4, numpy 1.23.5: newer sympy fails
 at import, newer numpy at run time), which clash with the project's own numpy. So `setup()` (run on first use by
-`load()`, or as `python -m phiforge.eval.deepmind setup`) makes a separate virtual environment under `data/mathds-venv`, installs the generator there with exact
+`load()`, or as `phiforge setup benchmarks`) makes a separate virtual environment under `data/mathds-venv`, installs the generator there with exact
 pins, and runs it as a child process that writes one JSONL file of (question, answer) per module under
 `data/mathematics_dataset/<split>/`. The benchmark reads only those files; nothing of the old stack is imported
 into phiforge's process. The files are build outputs (git-ignored `data/`), made once per machine.
@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from phiforge import datahome
-from phiforge.eval.benchmarks import Item
+from phiforge.eval.items import Item
 from phiforge.errors import PhiforgeError
 from phiforge.rundir import atomic_write_text
 
@@ -29,7 +29,7 @@ ROOT = datahome.ROOT
 VENV = ROOT / "mathds-venv"
 SETS = ROOT / "mathematics_dataset"
 PINS = ("mathematics-dataset==1.0.1", "sympy==1.4", "numpy==1.23.5", "absl-py", "six")
-SETUP_HINT = "run `python -m phiforge.eval.deepmind setup` (makes data/mathds-venv and pre-generates the sets)"
+SETUP_HINT = "run `phiforge setup benchmarks` (makes data/mathds-venv and pre-generates the sets)"
 # A spread of the interpolate modules: arithmetic, algebra, numbers, comparison, calculus, polynomials, probability.
 DEFAULT_MODULES = ("arithmetic__add_or_sub", "arithmetic__mul", "arithmetic__div", "arithmetic__mixed",
                    "algebra__linear_1d", "algebra__linear_2d", "numbers__gcd", "numbers__lcm", "numbers__div_remainder",
@@ -130,9 +130,3 @@ def load(split: str = "interpolate") -> list[Item]:
             except (json.JSONDecodeError, KeyError) as e:
                 raise PhiforgeError(f"{f}:{n + 1}: not a question/answer line ({e})") from e
     return items
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] != ["setup"]:
-        sys.exit(f"usage: python -m phiforge.eval.deepmind setup [per_module]\n{__doc__}")
-    print(setup(per_module=int(sys.argv[2]) if len(sys.argv) > 2 else 50))

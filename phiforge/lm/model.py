@@ -4,33 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from phiforge.config import ModelConfig
 from phiforge.errors import PhiforgeError
 from phiforge.rundir import atomic_path, atomic_write_json
-
-
-@dataclass
-class ModelConfig:
-    vocab_size: int = 1024
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    n_kv_heads: int = 2
-    d_ffn: int = 384
-    max_seq_len: int = 512
-    rope_theta: float = 10000.0
-    rms_eps: float = 1e-5
-    init_std: float = 0.02
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
 
 
 class KVCache:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from phiforge.errors import PhiforgeError
 
 if TYPE_CHECKING:
-    from phiforge.config import SynthConfig
+    from phiforge.config import SynthConfig, TeacherConfig
     from phiforge.data.problems import Problem
 
 log = logging.getLogger("phiforge.lm.teachers")
@@ -331,24 +331,23 @@ class ProgrammaticTeacher:
         return (self.problem(i) for i in range(start, stop))
 
 
-def make_teacher(cfg, cache_dir: Path | str | None = None) -> Teacher:
-    """The chat teacher a recipe's `synth.teacher` names (a `SynthTeacherConfig`); the programmatic one is not a
-    chat model, so asking for it here is an error that says so."""
+def make_teacher(cfg: TeacherConfig, key: str, cache_dir: Path | str | None = None) -> Teacher:
+    """The chat teacher a recipe's `TeacherConfig` at `key` (synth.teacher, organic.teacher, dpo2.judge) names; the
+    programmatic one is not a chat model, so asking for it here is an error that says so."""
     if cfg.kind == "http":
         from phiforge.lm.http_teacher import HTTPTeacher
 
-        key = None
+        api_key = None
         if cfg.api_key_env:
-            key = os.environ.get(cfg.api_key_env)
-            if not key:
-                raise TeacherError(f"synth.teacher.api_key_env names {cfg.api_key_env!r}, which is not set in the "
-                                   "environment")
-        return HTTPTeacher(cfg.url, cfg.model, key, concurrency=cfg.concurrency, timeout_s=cfg.timeout_s,
-                           cache_dir=cache_dir)
+            api_key = os.environ.get(cfg.api_key_env)
+            if not api_key:
+                raise TeacherError(f"{key}.api_key_env names {cfg.api_key_env!r}, which is not set in the environment")
+        return HTTPTeacher(cfg.url, cfg.model, api_key, concurrency=cfg.concurrency, max_retries=cfg.retries,
+                           timeout_s=cfg.timeout_s, cache_dir=cache_dir)
     if cfg.kind == "local":
         # Sampled requests share batches: a local CPU teacher decoding each alone would be several times slower.
         teacher = LocalTeacher(cfg.model, batch_size=cfg.batch_size, batch_sampled=True)
         if cfg.chat_template:
             teacher.use_chat_template(cfg.chat_template, cfg.stop_tokens)
         return teacher
-    raise TeacherError(f"synth.teacher.kind {cfg.kind!r} is not a chat teacher (use http or local)")
+    raise TeacherError(f"{key}.kind {cfg.kind!r} is not a chat teacher (use http or local)")

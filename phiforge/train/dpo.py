@@ -7,6 +7,7 @@ copy of the weights is ever resident. Pairs are dicts with `prompt_ids`, `chosen
 
 from __future__ import annotations
 
+import json
 import math
 
 from collections.abc import Sequence
@@ -16,10 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from phiforge import stages
 from phiforge.config import OptimConfig
 from phiforge.errors import PhiforgeError
-from phiforge.train.sft import batches
-from phiforge.train.optim import autocast, build_optimizer, clip_and_step, lr_at, set_lr
+from phiforge.rundir import atomic_write_json
+from phiforge.train.optim import autocast, build_optimizer, clip_and_step, device, lr_at, set_lr
+from phiforge.train.sft import batches, load_policy
 
 
 class DPOLoss(nn.Module):
@@ -199,18 +202,12 @@ def train_on_pairs(model: nn.Module, pairs: Sequence[dict], cfg, pad_id: int) ->
                             optim=cfg.optim, dtype=cfg.dtype, seed=cfg.seed, log_every=cfg.log_every)
 
 
-def run(recipe, run) -> dict:
+def execute(recipe, run) -> dict:
     """Stage `dpo`: DPO of the SFT model on the PTS pairs, against reference log-probs computed once up front."""
-    import json
-
-    from phiforge.rundir import atomic_write_json
-    from phiforge.train.sft import load_policy
-    from phiforge.train.optim import device
-
     cfg = recipe.dpo
     model, tok, save = load_policy(recipe, run, "sft", cfg.dtype)  # phiforge's, or sft.init's transformers model
     model.to(device())
-    text = (run.stage_dir("pts") / "pairs.jsonl").read_text()
+    text = stages.input_path(run, "pts", "dpo", "pairs.jsonl").read_text()
     pairs = [json.loads(line) for line in text.splitlines() if line.strip()]
     steps, history = train_on_pairs(model, pairs, cfg, tok.pad_id)
     # With no pairs the DPO model is the SFT model, said so in the metrics rather than failing the run.

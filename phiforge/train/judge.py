@@ -24,6 +24,7 @@ from typing import Protocol
 
 from phiforge.answers import answers_equal, extract_answer
 from phiforge.errors import PhiforgeError
+from phiforge.lm.teachers import ChatRequest
 
 AXES = ("accuracy", "style", "detail")
 
@@ -179,8 +180,6 @@ class LLMJudge:
         self.unparsed = 0
 
     def score(self, tasks: Sequence[JudgeTask]) -> list[Scores | None]:
-        from phiforge.lm.teachers import ChatRequest
-
         requests = []
         for t in tasks:
             parts = [f"## Request\n{t.prompt}"]

@@ -15,29 +15,25 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from phiforge.errors import PhiforgeError
 from phiforge.train.judge import JudgeTask, LLMJudge, ProgrammaticJudge, preference_pairs
-
-POLICIES = ("teacher", "sft", "dpo")
+from phiforge.data.corpus import read_column
+from phiforge.lm.generate import generate
+from phiforge.lm.teachers import make_teacher
+from phiforge.rundir import atomic_write_json, atomic_write_text
+from phiforge.train.dpo import train_on_pairs
+from phiforge.train.optim import device
+from phiforge.train.sft import load_policy
 
 
 def make_judge(cfg, run):
     """The judge a recipe names: programmatic, or an LLM behind the teacher interface (HTTP server or checkpoint)."""
-    if cfg.judge == "programmatic":
+    if cfg.judge.kind == "programmatic":
         return ProgrammaticJudge()
-    if cfg.judge == "http":
-        from phiforge.lm.http_teacher import HTTPTeacher
-
-        return LLMJudge(HTTPTeacher(cfg.judge_url, cfg.judge_model, cache_dir=run.stage_dir("dpo2") / "judge-cache"))
-    from phiforge.lm.teachers import LocalTeacher
-
-    return LLMJudge(LocalTeacher(cfg.judge_model))
+    return LLMJudge(make_teacher(cfg.judge, "dpo2.judge", cache_dir=run.stage_dir("dpo2") / "judge-cache"))
 
 
 def questions(recipe, run) -> list[dict]:
     """The round's prompts: the `pts` questions after the ones PTS searched."""
-    from phiforge.data.synth import read_column
-
     lo, hi = recipe.pts.n_queries, recipe.pts.n_queries + recipe.dpo2.n_queries
     cols = {c: read_column(run, "pts", c)[lo:hi] for c in ("id", "question", "answer", "messages")}
     return [{"id": i, "question": q, "answer": a, "reference": m[-1]["content"]}
@@ -46,9 +42,6 @@ def questions(recipe, run) -> list[dict]:
 
 def responses(recipe, run, items: list[dict], tok) -> list[list[dict]]:
     """Per question, every policy's responses: text, token ids (stop token kept when it stopped), finished."""
-    from phiforge.lm.generate import generate
-    from phiforge.train.sft import load_policy
-    from phiforge.train.optim import device
 
     cfg = recipe.dpo2
     out: list[list[dict]] = [[] for _ in items]
@@ -70,11 +63,7 @@ def responses(recipe, run, items: list[dict], tok) -> list[list[dict]]:
     return out
 
 
-def run(recipe, run) -> dict:
-    from phiforge.train.dpo import train_on_pairs
-    from phiforge.rundir import atomic_write_json, atomic_write_text
-    from phiforge.train.sft import load_policy
-    from phiforge.train.optim import device
+def execute(recipe, run) -> dict:
 
     cfg = recipe.dpo2
     model, tok, save = load_policy(recipe, run, "dpo", cfg.dtype)  # phiforge's, or sft.init's transformers model

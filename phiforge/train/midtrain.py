@@ -19,19 +19,21 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
 from phiforge.train import distributed
 from phiforge.lm.checkpoint import export_model, load_model
 from phiforge.config import OptimConfig, Recipe
+from phiforge.data import corpus
+from phiforge.data.corpus import stable_fraction
 from phiforge.errors import PhiforgeError
 from phiforge.lm.model import Phi3
 from phiforge.train.pretrain import (
-    PackedTokens, Windows, evaluate_loss, stable_fraction, to_batch, tokenize_corpus, train_loop,
+    PackedTokens, Windows, evaluate_loss, to_batch, tokenize_corpus, train_loop,
 )
 from phiforge.rundir import RunDir, atomic_write_json
+from phiforge import stages
 from phiforge.lm.tokenizer import ChatTokenizer
 from phiforge.train.optim import autocast
 
@@ -92,13 +94,10 @@ def problem_set(problems: list[dict], practice: list[dict]) -> tuple[str, int, i
 def exercise_rows(run: RunDir) -> list[dict]:
     """The synth pretraining documents in the exercise style that decontamination kept, in corpus order, whose
     answer fits on one line."""
-    from phiforge.data.synth import dropped_ids, shards
-
-    rows, drop = [], dropped_ids(run)
-    for shard in shards(run, "pretrain"):
-        table = pq.read_table(shard, columns=["id", "text", "question", "answer", "domain", "style"])
-        rows += [r for r in table.to_pylist() if r["style"] == "exercise" and r["text"].startswith("Exercise: ")
-                 and "\n" not in r["answer"] and r["id"] not in drop]
+    rows, drop = [], corpus.dropped(run)
+    for shard in corpus.shards(run, "pretrain"):
+        rows += [r for r in corpus.read_rows(shard, ["id", "text", "question", "answer", "domain", "style"], drop)
+                 if r["style"] == "exercise" and r["text"].startswith("Exercise: ") and "\n" not in r["answer"]]
     return rows
 
 
@@ -228,7 +227,7 @@ def position_report(recipe: Recipe, run: RunDir, held_long: np.ndarray, held_rep
     and their loss on the answer-key answers of the held-out long documents (`answers`, a mask like held_long's
     targets)."""
     mt, dev = recipe.midtrain, distributed.world().device
-    pretrained, _, _ = load_model(run.stage_dir("pretrain") / "model")
+    pretrained, _, _ = load_model(stages.model_dir(run, "pretrain", "midtrain"))
     midtrained, _, _ = load_model(run.stage_dir("midtrain") / "model")  # the export, so its config.json is tested
     models = {"pretrain": pretrained, "pretrain_rope": with_rope_theta(pretrained, mt.rope_theta),
               "midtrain": midtrained}
@@ -264,14 +263,12 @@ def split_rows(rows: list[dict], val_fraction: float) -> tuple[list[dict], list[
     return train, held
 
 
-def run(recipe: Recipe, run: RunDir) -> dict:
+def execute(recipe: Recipe, run: RunDir) -> dict:
     cfg, pre = recipe.midtrain, recipe.pretrain
     stage = run.stage_dir("midtrain")
     mcfg = dataclasses.replace(recipe.model, rope_theta=cfg.rope_theta)
     optim = midtrain_optim(recipe)
-    fingerprint = "-".join([recipe.section_hash("model", "pretrain", "midtrain"), run.output_digest("pretrain"),
-                            run.output_digest("tokenizer"), run.output_digest("synth"),
-                            run.output_digest("decontam")])
+    fingerprint = stages.fingerprint(recipe, run, "midtrain")
     tok = ChatTokenizer.load(run.stage_dir("tokenizer"))
     train_tokens, val_tokens, _ = tokenize_corpus(run, tok, pre.val_fraction)
     train_rows, held_rows = split_rows(exercise_rows(run), pre.val_fraction)
@@ -295,7 +292,7 @@ def run(recipe: Recipe, run: RunDir) -> dict:
                 "replay_loss": evaluate_loss(model, held_replay, *args)}
 
     def build() -> Phi3:
-        model, _, _ = load_model(run.stage_dir("pretrain") / "model")
+        model, _, _ = load_model(stages.model_dir(run, "pretrain", "midtrain"))
         return with_rope_theta(model, cfg.rope_theta)
 
     t = train_loop("midtrain", cfg, optim, mcfg, tok, build, data, validate, stage / "checkpoints", fingerprint,

@@ -6,7 +6,6 @@ optimiser, the RNG and that counter, so a resumed run sees exactly the batches t
 
 from __future__ import annotations
 
-import hashlib
 import math
 import shutil
 import sys
@@ -16,7 +15,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
@@ -30,12 +28,16 @@ from phiforge.lm.checkpoint import (
 )
 from phiforge.train import distributed
 from phiforge.lm import flops
-from phiforge.config import OptimConfig, Recipe
+from phiforge.config import LoopConfig, OptimConfig, Recipe
+from phiforge.data import corpus
+from phiforge.data.corpus import stable_fraction
 from phiforge.errors import PhiforgeError
 from phiforge.lm.model import ModelConfig, Phi3
 from phiforge.rundir import RunDir, atomic_write_json
+from phiforge import stages
 from phiforge.lm.tokenizer import ChatTokenizer
 from phiforge.train.optim import autocast, build_optimizer, clip_and_step, cross_entropy, lr_at, set_lr
+from phiforge.data import mixture
 
 
 class Windows:
@@ -90,19 +92,13 @@ def to_batch(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 def tokenize_corpus(run: RunDir, tok: ChatTokenizer, val_fraction: float) -> tuple[np.ndarray, np.ndarray, dict]:
     """Every synthetic pretraining document decontamination kept, tokenised; a hash of its id sends it to train or
     validation."""
-    from phiforge.data.synth import dropped_ids, shards as synth_shards
-
-    shards, drop = synth_shards(run, "pretrain"), dropped_ids(run)
+    drop = corpus.dropped(run)
     train, val = [], []
     n_docs = n_val = 0
     eot = tok.endoftext_id
-    for shard in tqdm(shards, desc="tokenize", unit="shard", leave=False):
-        table = pq.read_table(shard, columns=["id", "text"])
-        ids, texts = table.column("id").to_pylist(), table.column("text").to_pylist()
-        if drop:
-            keep = [k for k, i in enumerate(ids) if i not in drop]
-            ids, texts = [ids[k] for k in keep], [texts[k] for k in keep]
-        for doc_id, enc in zip(ids, tok.encode_batch(texts)):
+    for shard in tqdm(corpus.shards(run, "pretrain"), desc="tokenize", unit="shard", leave=False):
+        rows = corpus.read_rows(shard, ["id", "text"], drop)
+        for doc_id, enc in zip([r["id"] for r in rows], tok.encode_batch([r["text"] for r in rows])):
             to_val = (stable_fraction(doc_id) < val_fraction)
             (val if to_val else train).append(np.asarray(enc + [eot], dtype=np.int32))
             n_docs += 1
@@ -127,19 +123,13 @@ class Corpus:
 def source_documents(run: RunDir, tok: ChatTokenizer, val_fraction: float) -> dict[str, tuple[list, list]]:
     """Every mixture source's documents that decontamination kept, tokenised and ended by `<|endoftext|>`, as
     (train, validation) lists; a hash of the id splits them, the same way in every stage that splits."""
-    from phiforge.data import organic
-    from phiforge.data.synth import dropped_ids, shards as synth_shards
-
-    drop, eot = dropped_ids(run), tok.endoftext_id
-    files = {"synthetic": synth_shards(run, "pretrain")}
-    files.update({s: organic.shards(run, s) for s in organic.SOURCES})
+    drop, eot = corpus.dropped(run), tok.endoftext_id
+    kinds = {"synthetic": "pretrain", **{s: s for s in corpus.ORGANIC_SOURCES}}
     out: dict[str, tuple[list, list]] = {}
-    for source, shards in files.items():
+    for source, kind in kinds.items():
         train, val = [], []
-        for shard in tqdm(shards, desc=f"tokenize {source}", unit="shard", leave=False):
-            table = pq.read_table(shard, columns=["id", "text"])
-            rows = [(i, t) for i, t in zip(table.column("id").to_pylist(), table.column("text").to_pylist())
-                    if i not in drop]
+        for shard in tqdm(corpus.shards(run, kind), desc=f"tokenize {source}", unit="shard", leave=False):
+            rows = [(r["id"], r["text"]) for r in corpus.read_rows(shard, ["id", "text"], drop)]
             for (doc_id, _), enc in zip(rows, tok.encode_batch([t for _, t in rows])):
                 (val if stable_fraction(doc_id) < val_fraction else train).append(np.asarray(enc + [eot], np.int32))
         out[source] = (train, val)
@@ -149,8 +139,6 @@ def source_documents(run: RunDir, tok: ChatTokenizer, val_fraction: float) -> di
 def mixed_corpus(recipe: Recipe, run: RunDir, tok: ChatTokenizer, budget: int) -> Corpus:
     """Exactly `budget` training tokens in the shares of `mixture.shares` (phiforge/data/mixture.py), and a validation
     stream in the same shares, cut from each source's held-out documents without repeating any."""
-    from phiforge.data import mixture
-
     mx = recipe.mixture
     docs = source_documents(run, tok, recipe.pretrain.val_fraction)
     for source, cap in mx.unique_tokens.items():
@@ -191,11 +179,6 @@ def consumed_windows(n: int, samples: int, seed: int) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
-def stable_fraction(key: str) -> float:
-    """A document id's fixed place in [0, 1): below val_fraction it is validation, in every stage that splits."""
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
-
-
 @torch.no_grad()
 def evaluate_loss(model: Phi3, data: Windows, batches: int, batch_size: int, dtype: str, dev: torch.device) -> float:
     model.eval()
@@ -226,13 +209,13 @@ class Trained:
     peak_flops: float
 
 
-def train_loop(name: str, cfg, optim: OptimConfig, mcfg: ModelConfig, tok: ChatTokenizer, build: Callable[[], Phi3],
-               data, validate: Callable[[torch.nn.Module], dict], ckpt_root: Path, fingerprint: str,
-               lr_key: str = "pretrain.optim.lr") -> Trained:
+def train_loop(name: str, cfg: LoopConfig, optim: OptimConfig, mcfg: ModelConfig, tok: ChatTokenizer,
+               build: Callable[[], Phi3], data, validate: Callable[[torch.nn.Module], dict], ckpt_root: Path,
+               fingerprint: str, lr_key: str = "pretrain.optim.lr") -> Trained:
     """The resumable training loop every next-token stage shares (pretrain, midtrain).
 
-    `cfg` is the stage's section (its seed, seq_len, batch_size, grad_accum, steps, dtype, parallel, val_every,
-    ckpt_every, keep_checkpoints and log_every); `build` makes the starting model and runs after the seed is set;
+    `cfg` is the stage's section (the `LoopConfig` fields); `fingerprint` is `stages.fingerprint` of the stage, which
+    a checkpoint must have been made under to be resumed; `build` makes the starting model and runs after the seed is set;
     `data.batch(position, size)` gives the micro-batch at a global sample position, so a resumed run sees exactly the
     batches of an uninterrupted one; `validate(model)` returns the fields of one `history["val"]` entry; `lr_key`
     is the recipe key a diverging loss asks the user to lower.
@@ -311,14 +294,11 @@ def train_loop(name: str, cfg, optim: OptimConfig, mcfg: ModelConfig, tok: ChatT
                    round(rate * flops_per_token / peak, 4), peak)
 
 
-def run(recipe: Recipe, run: RunDir) -> dict:
+def execute(recipe: Recipe, run: RunDir) -> dict:
     cfg, mcfg = recipe.pretrain, recipe.model
     stage = run.stage_dir("pretrain")
     # Checkpoints only resume a run with the same recipe slice and the same inputs.
-    fingerprint = "-".join(
-        [recipe.section_hash("model", "pretrain", "mixture"), run.output_digest("tokenizer"),
-         run.output_digest("synth"), run.output_digest("organic"), run.output_digest("decontam")]
-    )
+    fingerprint = stages.fingerprint(recipe, run, "pretrain")
     tok = ChatTokenizer.load(run.stage_dir("tokenizer"))
     w = distributed.world()
     # the tokens the training loop will read: the mixture is planned for exactly this budget
@@ -338,7 +318,6 @@ def run(recipe: Recipe, run: RunDir) -> dict:
         export_model(None, mcfg, tok, stage / "model", state_dict=t.model_sd)
         atomic_write_json(stage / "history.json", t.history)
     distributed.barrier()
-    from phiforge.data import mixture
 
     # what training read, counted from the windows the loop drew, against what the plan asked for
     got = mixture.realised(corpus.train_sources, consumed_windows(train.n, samples, cfg.seed), cfg.seq_len,

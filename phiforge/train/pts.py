@@ -40,8 +40,15 @@ import torch
 from torch import nn
 
 from phiforge.answers import answers_equal, extract_answer
+from phiforge.config import PTSConfig
 from phiforge.errors import PhiforgeError
 from phiforge.lm.generate import sample_from_prefix
+from phiforge.data.corpus import read_column
+from phiforge.lm.generate import generate
+from phiforge.rundir import atomic_write_json, atomic_write_text
+from phiforge.train.dpo import token_logps
+from phiforge.train.optim import device
+from phiforge.train.sft import load_policy
 
 Prefix = tuple[int, ...]
 
@@ -255,8 +262,6 @@ def split_point(logprobs: Sequence[float]) -> int:
 
 def solution_logprobs(model: nn.Module, query_ids: Sequence[int], solution_ids: Sequence[int]) -> list[float]:
     """Log-prob of each solution token under the policy, from one forward pass."""
-    from phiforge.train.dpo import token_logps
-
     was_training = model.training
     model.eval()
     try:
@@ -324,26 +329,6 @@ def make_pairs(pivotal: Sequence[PivotalToken], estimator: SuccessEstimator, *, 
     return pairs
 
 
-@dataclass
-class PTSConfig:
-    mode: Literal["adaptive", "fixed"] = "adaptive"
-    p_gap: float = 0.2
-    gate_low: float = 0.2  # only queries with gate_low <= p(success | query) <= gate_high are searched
-    gate_high: float = 0.8
-    n_fixed: int = 20
-    # Small looks at a lenient level, capped near fixed-20's cost: on the default run's SFT policy (bench/
-    # pts_rollouts.py --verify 200) this finds as many confirmed pivots as fixed-20 at 0.40x its rollouts per
-    # confirmed pivot; 8 / 64 / 0.95 spent 1.36x, keeping near-threshold splits sampling up to 64 draws.
-    batch: int = 4
-    max_rollouts: int = 24
-    confidence: float = 0.8
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_response_tokens: int = 256
-    max_alternatives: int = 3
-    seed: int = 0
-
-
 def search_query(model: nn.Module, query_ids: Sequence[int], solutions: Sequence[Sequence[int]], oracle: Oracle, *,
                  decode: Callable[[list[int]], str], stop_ids: Sequence[int], cfg: PTSConfig = PTSConfig()) -> dict:
     """Gate one query, then search each of its solutions and build pairs, sharing one estimator (and p(query))."""
@@ -375,17 +360,12 @@ def summarize(results: Sequence[dict]) -> dict:
     }
 
 
-def run(recipe, run) -> dict:
+def execute(recipe, run) -> dict:
     """Stage `pts`: mine single-token DPO pairs from the SFT policy's own solutions to the synth `pts` questions."""
     import json
 
     from tqdm import tqdm
 
-    from phiforge.lm.generate import generate
-    from phiforge.rundir import atomic_write_json, atomic_write_text
-    from phiforge.train.sft import load_policy
-    from phiforge.data.synth import read_column
-    from phiforge.train.optim import device
 
     cfg = recipe.pts
     model, tok, _ = load_policy(recipe, run, "sft")  # phiforge's, or sft.init's transformers model

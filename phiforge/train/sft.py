@@ -19,9 +19,10 @@ from phiforge.lm.checkpoint import export_model, load_model
 from phiforge.config import Recipe
 from phiforge.errors import PhiforgeError
 from phiforge.rundir import RunDir, atomic_write_json
-from phiforge.data.synth import read_column
+from phiforge.data.corpus import read_column
 from phiforge.lm.tokenizer import ChatTokenizer
 from phiforge.train.optim import IGNORE, autocast, build_optimizer, clip_and_step, cross_entropy, device, lr_at, set_lr
+from phiforge.lm import hf_posttrain
 
 
 def build_example(tok: ChatTokenizer, messages: list[dict], max_len: int) -> tuple[list[int], list[int]]:
@@ -91,7 +92,6 @@ def _load(directory, transformers_folder: bool, dtype: str):
     if not transformers_folder:
         model, mcfg, tok = load_model(directory)
         return model, tok, lambda m, out: export_model(m, mcfg, tok, out)
-    from phiforge.lm import hf_posttrain
 
     model, tok = hf_posttrain.load(directory)
     return model, tok, lambda m, out: hf_posttrain.save(m, tok, out, dtype)
@@ -115,7 +115,7 @@ def load_policy(recipe: Recipe, run: RunDir, stage: str, dtype: str = "bf16"):
     return _load(run.stage_dir(stage) / "model", bool(recipe.sft.init), dtype)
 
 
-def run(recipe: Recipe, run: RunDir) -> dict:
+def execute(recipe: Recipe, run: RunDir) -> dict:
     cfg = recipe.sft
     model, tok, save = load_start(cfg, run)
     model.to(device())

@@ -17,6 +17,7 @@ import string
 from typing import Callable
 
 from phiforge.data.domains.common import check
+from phiforge.sandbox import run_tests
 
 _FENCE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
 
@@ -33,8 +34,6 @@ def extract_code(text: str) -> str | None:
 
 def verify_code(problem, text: str, **limits) -> bool:
     """Whether the last code block in `text` passes `problem.tests`, run in the sandbox (code is untrusted)."""
-    from phiforge.sandbox import run_tests
-
     code = extract_code(text)
     if code is None or not problem.tests:
         return False
