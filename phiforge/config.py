@@ -32,6 +32,7 @@ STYLES = ("textbook", "exercise", "answer_only", "fill_in_the_middle")  # phifor
 WORKFLOWS = ("rewrite", "revise", "reverse_code", "plurality", "qa")  # phiforge.data.workflows
 FEEDS = ("stdlib_code", "stdlib_docs", "package_pages", "pydoc_topics")  # phiforge.data.ingest
 BENCHMARKS = ("gsm8k100", "champ", "humaneval", "gsm-symbolic", "deepmind-math", "amc-synthetic")  # phiforge.eval
+MIXTURE_SOURCES = ("synthetic", "web", "web_rewrite", "code", "acquired")  # phiforge.train.pretrain
 POLICIES = ("teacher", "sft", "dpo")  # who answers judge-guided DPO's questions (phiforge.train.judge_dpo)
 
 
@@ -51,6 +52,17 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    def validate(self, key: str, need) -> None:
+        for k in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ffn", "max_seq_len"):
+            need(getattr(self, k) > 0, f"{key}.{k}", "must be positive")
+        need(self.d_model % self.n_heads == 0, f"{key}.n_heads",
+             f"({self.n_heads}) must divide {key}.d_model ({self.d_model})")
+        need(self.n_heads % self.n_kv_heads == 0, f"{key}.n_kv_heads",
+             f"({self.n_kv_heads}) must divide {key}.n_heads ({self.n_heads})")
+        need((self.d_model // self.n_heads) % 2 == 0, f"{key}.d_model", "/ n_heads must be even for rotary embeddings")
+        need(self.rope_theta > 0, f"{key}.rope_theta", "must be positive")
+        need(self.rms_eps > 0, f"{key}.rms_eps", "must be positive")
 
 
 @dataclass
@@ -126,6 +138,20 @@ class SynthWorkflowsConfig(WorkflowKnobs):
     into: Literal["pretrain", "sft"] = "pretrain"  # which corpus the kept samples join
     shard_seeds: int = 500  # seeds per LLM shard: what one worker makes and a crashed run resumes from
 
+    def validate(self, key: str, need) -> None:
+        for name, n in self.seeds.items():
+            need(name in WORKFLOWS, f"{key}.seeds.{name}", f"is not a workflow ({', '.join(WORKFLOWS)})")
+            need(n >= 0, f"{key}.seeds.{name}", "must be >= 0")
+        need(self.shard_seeds >= 1, f"{key}.shard_seeds", "must be >= 1")
+        need(0 <= self.temperature <= 2, f"{key}.temperature", "must be in [0, 2]")
+        need(self.max_tokens >= 1, f"{key}.max_tokens", "must be >= 1")
+        need(self.exercises >= 1, f"{key}.exercises", "must be >= 1")
+        need(self.rounds >= 0, f"{key}.rounds", "must be >= 0")
+        need(1 <= self.min_score <= 5, f"{key}.min_score", "must be in 1..5")
+        need(self.k >= 3, f"{key}.k", "must be >= 3 (two answers cannot both agree and disagree)")
+        need(0 <= self.min_share < 1, f"{key}.min_share", "must be in [0, 1)")
+        need(0 < self.grounding <= 1, f"{key}.grounding", "must be in (0, 1]")
+
 
 @dataclass
 class SynthConfig:
@@ -143,12 +169,34 @@ class SynthConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     workflows: SynthWorkflowsConfig = field(default_factory=SynthWorkflowsConfig)
 
+    def validate(self, key: str, need) -> None:
+        need(self.difficulty >= 1, f"{key}.difficulty", "must be >= 1")
+        need(self.n_pretrain > 0 and self.n_sft > 0, f"{key}.n_pretrain/n_sft", "must be positive")
+        need(self.n_pts >= 0, f"{key}.n_pts", "must be >= 0")
+        need(self.shard_size > 0, f"{key}.shard_size", "must be positive")
+        need(self.workers >= 1, f"{key}.workers", "must be >= 1")
+        _check_mixture(self.domains, f"{key}.domains", need)
+        _check_mixture(self.styles, f"{key}.styles", need)
+        for d in self.domains:
+            need(d in DOMAINS, f"{key}.domains.{d}", f"is not a known domain ({', '.join(DOMAINS)})")
+        for st in self.styles:
+            need(st in STYLES, f"{key}.styles.{st}", f"is not a known style ({', '.join(STYLES)})")
+        if any(self.workflows.seeds.values()):
+            need(self.teacher.kind != "programmatic", f"{key}.teacher.kind",
+                 f"is programmatic, which cannot run LLM workflows: set it to http or local, or empty "
+                 f"{key}.workflows.seeds")
+        self.teacher.validate(f"{key}.teacher", need)
+        self.workflows.validate(f"{key}.workflows", need)
+
 
 @dataclass
 class TokenizerConfig:
     vocab_size: int = 1024
     min_frequency: int = 2
     max_train_docs: int = 50000  # BPE merges stabilise long before the whole corpus is seen
+
+    def validate(self, key: str, need) -> None:
+        need(self.vocab_size >= 256 + 8, f"{key}.vocab_size", "must be at least 264 (256 bytes plus special tokens)")
 
 
 @dataclass
@@ -161,6 +209,16 @@ class OptimConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0
+
+    def validate(self, key: str, need, steps: int) -> None:
+        need(self.lr > 0, f"{key}.lr", "must be positive")
+        need(0.0 <= self.final_lr_ratio <= 1.0, f"{key}.final_lr_ratio", "must be in [0, 1]")
+        need(self.warmup_steps >= 0, f"{key}.warmup_steps", "must be >= 0")
+        stage = key.rsplit(".", 1)[0]
+        need(self.warmup_steps < steps, f"{key}.warmup_steps", f"({self.warmup_steps}) must be < {stage}.steps ({steps})")
+        need(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, f"{key}.beta1/beta2", "must be in [0, 1)")
+        need(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
+        need(self.grad_clip >= 0, f"{key}.grad_clip", "must be >= 0 (0 disables clipping)")
 
 
 @dataclass
@@ -191,6 +249,12 @@ class PretrainConfig(LoopConfig):
     optim: OptimConfig = field(default_factory=OptimConfig)
     val_fraction: float = 0.02
 
+    def validate(self, key: str, need) -> None:
+        self.optim.validate(f"{key}.optim", need, self.steps)
+        super().validate(key, need)
+        need(self.seq_len >= 8, f"{key}.seq_len", "must be >= 8")
+        need(0 < self.val_fraction < 0.5, f"{key}.val_fraction", "must be in (0, 0.5)")
+
 
 @dataclass
 class DecontamConfig:
@@ -212,6 +276,16 @@ class DecontamConfig:
     # what keeps every programmatic gcd/lcm question from being flagged.
     allow_min_train_docs: int = 0
 
+    def validate(self, key: str, need) -> None:
+        for name in self.benchmarks:
+            need(name in BENCHMARKS, f"{key}.benchmarks", f"{name!r} is not a benchmark ({', '.join(BENCHMARKS)})")
+        need(0 < self.info_threshold <= self.contaminated_threshold <= 1, f"{key}.info_threshold",
+             f"({self.info_threshold}) must be in (0, {key}.contaminated_threshold ({self.contaminated_threshold})] "
+             "and that at most 1")
+        need(self.allow_min_items >= 2, f"{key}.allow_min_items", "must be >= 2")
+        need(self.allow_min_train_docs == 0 or self.allow_min_train_docs >= 2, f"{key}.allow_min_train_docs",
+             "must be 0 (off) or >= 2: 1 would allow-list every copied item")
+
 
 @dataclass
 class MidtrainConfig(LoopConfig):
@@ -231,6 +305,17 @@ class MidtrainConfig(LoopConfig):
     bucket: int = 128  # width of the position buckets the loss is reported in
     eval_windows: int = 32  # held-out long documents and replay windows each, for the per-position losses
 
+    def validate(self, key: str, need) -> None:
+        need(self.rope_theta > 0, f"{key}.rope_theta", "must be positive")
+        need(0.0 <= self.long_fraction <= 1.0, f"{key}.long_fraction", "must be in [0, 1]")
+        need(self.lr_scale > 0, f"{key}.lr_scale", "must be positive")
+        super().validate(key, need)
+        need(0 <= self.warmup_steps < self.steps, f"{key}.warmup_steps",
+             f"({self.warmup_steps}) must be >= 0 and < {key}.steps ({self.steps})")
+        need(0 < self.bucket <= self.seq_len, f"{key}.bucket",
+             f"({self.bucket}) must be in (0, {key}.seq_len ({self.seq_len})]")
+        need(self.eval_windows > 0, f"{key}.eval_windows", "must be positive")
+
 
 @dataclass
 class SFTConfig:
@@ -245,6 +330,15 @@ class SFTConfig:
     # data/models/gemma-3-270m-hf), saved as a transformers folder that pts and dpo then train further
     init: str = ""
 
+    def validate(self, key: str, need) -> None:
+        self.optim.validate(f"{key}.optim", need, self.steps)
+        need(self.batch_size > 0, f"{key}.batch_size", "must be positive")
+        need(self.steps > 0, f"{key}.steps", "must be positive")
+        if self.init:  # its own context is checked when the stage loads it
+            need((Path(self.init) / "config.json").is_file(), f"{key}.init",
+                 f"({self.init}) must be a transformers model folder (with config.json), or empty for the run's own "
+                 "model")
+
 
 @dataclass
 class PTSStageConfig(PTSConfig):
@@ -253,6 +347,15 @@ class PTSStageConfig(PTSConfig):
     n_queries: int = 40  # how many of the synth.n_pts questions to search
     solutions_per_query: int = 2
     solution_temperature: float = 1.0
+
+    def validate(self, key: str, need) -> None:
+        need(0 < self.p_gap < 1, f"{key}.p_gap", "must be in (0, 1)")
+        need(0 <= self.gate_low < self.gate_high <= 1, f"{key}.gate_low/gate_high", "must satisfy 0 <= low < high <= 1")
+        need(self.n_queries >= 0, f"{key}.n_queries", "must be >= 0")
+        need(self.solutions_per_query >= 1, f"{key}.solutions_per_query", "must be >= 1")
+        need(self.batch >= 1 and self.max_rollouts >= self.batch, f"{key}.batch/max_rollouts",
+             "must satisfy 1 <= batch <= max_rollouts")
+        need(0.5 <= self.confidence < 1, f"{key}.confidence", "must be in [0.5, 1)")
 
 
 @dataclass
@@ -264,6 +367,11 @@ class DPOConfig:
     dtype: Literal["bf16", "fp32"] = "bf16"
     seed: int = 0
     log_every: int = 5
+
+    def validate(self, key: str, need) -> None:
+        need(self.beta > 0, f"{key}.beta", "must be positive")
+        need(self.epochs > 0 and self.batch_size > 0, f"{key}.epochs/batch_size", "must be positive")
+        need(self.optim.lr > 0, f"{key}.optim.lr", "must be positive")
 
 
 @dataclass
@@ -278,6 +386,16 @@ class DPO2Config(DPOConfig):
     temperature: float = 0.8
     max_response_tokens: int = 192
     judge: TeacherConfig = field(default_factory=TeacherConfig)  # programmatic: answers checked, no LLM
+
+    def validate(self, key: str, need) -> None:
+        need(len(set(self.policies)) >= 2 and set(self.policies) <= set(POLICIES), f"{key}.policies",
+             f"must name at least two of {', '.join(POLICIES)}, got {self.policies}")
+        need(self.n_queries >= 1, f"{key}.n_queries", "must be >= 1")
+        need(self.samples_per_policy >= 1 and self.max_response_tokens >= 1,
+             f"{key}.samples_per_policy/max_response_tokens", "must be >= 1")
+        need(self.temperature > 0, f"{key}.temperature", "must be positive (responses are sampled)")
+        self.judge.validate(f"{key}.judge", need)
+        super().validate(key, need)
 
 
 # What the eval stage scores, in order; with sft.init: the transformers folder as given ("init"), sft, dpo and dpo2.
@@ -304,6 +422,20 @@ class EvalConfig:
     # evenly through the set. One whose data is not installed is reported as skipped, with its install command.
     benchmarks: dict[str, int] = field(default_factory=lambda: {"gsm8k100": 100, "deepmind-math": 160})
     benchmark_models: list[str] = field(default_factory=lambda: ["base", "sft", "dpo2"])
+
+    def validate(self, key: str, need) -> None:
+        need(self.n_problems > 0, f"{key}.n_problems", "must be positive")
+        need(self.maj_k >= 1, f"{key}.maj_k", "must be >= 1")
+        need(self.temperature > 0, f"{key}.temperature", "must be positive (maj@k samples)")
+        need(0 < self.top_p <= 1, f"{key}.top_p", "must be in (0, 1]")
+        need(self.max_new_tokens > 0 and self.batch_size > 0, f"{key}.max_new_tokens/batch_size", "must be positive")
+        for b, n in self.benchmarks.items():
+            need(b in BENCHMARKS, f"{key}.benchmarks.{b}", f"is not a benchmark ({', '.join(BENCHMARKS)})")
+            need(n > 0, f"{key}.benchmarks.{b}", "must be a positive number of items")
+        for m in self.benchmark_models:
+            need(m in EVAL_MODELS, f"{key}.benchmark_models", f"names {m!r}, not one of {', '.join(EVAL_MODELS)}")
+        need(self.amc_n_problems >= 0, f"{key}.amc_n_problems", "must be >= 0 (0 turns the AMC contest off)")
+        need(0 <= self.amc_blank_below <= 1, f"{key}.amc_blank_below", "must be in [0, 1]")
 
 
 @dataclass
@@ -339,6 +471,24 @@ class OrganicConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)  # labels and rewrites; programmatic: heuristics
     shard_size: int = 2000
 
+    def validate(self, key: str, need) -> None:
+        for name, cap in self.feeds.items():
+            need(name in FEEDS, f"{key}.feeds.{name}", f"is not a feed ({', '.join(FEEDS)}; folders go in {key}.local)")
+            need(cap >= 0, f"{key}.feeds.{name}", "must be >= 0 bytes (0 = all)")
+        for i, loc in enumerate(self.local):
+            need(bool(loc.path), f"{key}.local[{i}].path", "must name a folder")
+            need(loc.max_bytes >= 0, f"{key}.local[{i}].max_bytes", "must be >= 0 (0 = all)")
+        need(self.compression_z > 0, f"{key}.compression_z", "must be positive")
+        need(0 < self.dedup_threshold < 1, f"{key}.dedup_threshold", "must be in (0, 1)")
+        need(self.num_perm >= 16, f"{key}.num_perm", "must be >= 16")
+        need(1 <= self.edu_threshold <= 5, f"{key}.edu_threshold", "must be in [1, 5] (labeller scores are 0-5)")
+        need(self.max_labels >= 20, f"{key}.max_labels", "must be >= 20")
+        need(0 < self.held_out < 1, f"{key}.held_out", "must be in (0, 1)")
+        need(0 < self.web_keep <= 1, f"{key}.web_keep", "must be in (0, 1]")
+        need(0 <= self.rewrite_share <= 1, f"{key}.rewrite_share", "must be in [0, 1]")
+        self.teacher.validate(f"{key}.teacher", need)
+        need(self.shard_size > 0, f"{key}.shard_size", "must be positive")
+
 
 @dataclass
 class MixtureConfig:
@@ -353,6 +503,20 @@ class MixtureConfig:
     # at most this many unique training tokens of a source (whole documents, in corpus order; absent = all): a fixed
     # subset that the shares then repeat, as in Phi-4's repetition study (Fig. 2: 4 vs 12 epochs of one subset)
     unique_tokens: dict[str, int] = field(default_factory=dict)
+
+    def validate(self, key: str, need) -> None:
+        sources = f"({', '.join(MIXTURE_SOURCES)})"
+        for k in self.shares:
+            need(k in MIXTURE_SOURCES, f"{key}.shares.{k}", f"is not a source {sources}")
+        for k in self.max_epochs:
+            need(k in MIXTURE_SOURCES, f"{key}.max_epochs.{k}", f"is not a source {sources}")
+            need(self.max_epochs[k] > 0, f"{key}.max_epochs.{k}", "must be positive")
+        for k, n in self.unique_tokens.items():
+            need(k in MIXTURE_SOURCES, f"{key}.unique_tokens.{k}", f"is not a source {sources}")
+            need(n > 0, f"{key}.unique_tokens.{k}", "must be positive (leave a source out to use all of it)")
+        _check_mixture(self.shares, f"{key}.shares", need)
+        need(self.shares.get("synthetic", 0) > 0, f"{key}.shares.synthetic", "must be positive: the synthetic data is "
+             "the point of the recipe, and its held-out documents are what midtraining and validation read")
 
 
 @dataclass
@@ -522,147 +686,33 @@ def _coerce(tp: Any, value: Any, key: str, source: str):
 
 
 def validate(r: Recipe, source: str = "recipe") -> None:
+    """Every section checks itself (its `validate`); what ties sections together is checked here."""
     def need(ok: bool, key: str, msg: str) -> None:
         if not ok:
             raise PhiforgeError(f"{source}: {key} {msg}")
 
-    m = r.model
-    for k in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ffn", "max_seq_len"):
-        need(getattr(m, k) > 0, f"model.{k}", "must be positive")
-    need(m.d_model % m.n_heads == 0, "model.n_heads", f"({m.n_heads}) must divide model.d_model ({m.d_model})")
-    need(m.n_heads % m.n_kv_heads == 0, "model.n_kv_heads", f"({m.n_kv_heads}) must divide model.n_heads ({m.n_heads})")
-    need((m.d_model // m.n_heads) % 2 == 0, "model.d_model", "/ n_heads must be even for rotary embeddings")
-    need(m.rope_theta > 0, "model.rope_theta", "must be positive")
-    need(m.rms_eps > 0, "model.rms_eps", "must be positive")
-
-    t = r.tokenizer
-    need(t.vocab_size >= 256 + 8, "tokenizer.vocab_size", "must be at least 264 (256 bytes plus special tokens)")
-    need(m.vocab_size >= t.vocab_size, "model.vocab_size", f"({m.vocab_size}) must be >= tokenizer.vocab_size ({t.vocab_size})")
-
-    s = r.synth
-    need(s.difficulty >= 1, "synth.difficulty", "must be >= 1")
-    need(s.n_pretrain > 0 and s.n_sft > 0, "synth.n_pretrain/n_sft", "must be positive")
-    need(s.n_pts >= 0, "synth.n_pts", "must be >= 0")
-    need(s.shard_size > 0, "synth.shard_size", "must be positive")
-    need(s.workers >= 1, "synth.workers", "must be >= 1")
-    _check_mixture(s.domains, "synth.domains", need)
-    _check_mixture(s.styles, "synth.styles", need)
-    for d in s.domains:
-        need(d in DOMAINS, f"synth.domains.{d}", f"is not a known domain ({', '.join(DOMAINS)})")
-    for st in s.styles:
-        need(st in STYLES, f"synth.styles.{st}", f"is not a known style ({', '.join(STYLES)})")
-    _check_workflows(s, need)
-
-    for name in ("pretrain", "sft"):
-        p = getattr(r, name)
-        o = p.optim
-        need(o.lr > 0, f"{name}.optim.lr", "must be positive")
-        need(0.0 <= o.final_lr_ratio <= 1.0, f"{name}.optim.final_lr_ratio", "must be in [0, 1]")
-        need(o.warmup_steps >= 0, f"{name}.optim.warmup_steps", "must be >= 0")
-        need(o.warmup_steps < p.steps, f"{name}.optim.warmup_steps", f"({o.warmup_steps}) must be < {name}.steps ({p.steps})")
-        need(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, f"{name}.optim.beta1/beta2", "must be in [0, 1)")
-        need(o.weight_decay >= 0, f"{name}.optim.weight_decay", "must be >= 0")
-        need(o.grad_clip >= 0, f"{name}.optim.grad_clip", "must be >= 0 (0 disables clipping)")
-        need(p.batch_size > 0, f"{name}.batch_size", "must be positive")
-        need(p.steps > 0, f"{name}.steps", "must be positive")
-
-    p = r.pretrain
-    p.validate("pretrain", need)
-    need(p.seq_len >= 8, "pretrain.seq_len", "must be >= 8")
+    for f in dataclasses.fields(r):
+        section = getattr(r, f.name)
+        if hasattr(section, "validate"):
+            section.validate(f.name, need)
+    m, s, p, mt, t, d2, e = r.model, r.synth, r.pretrain, r.midtrain, r.pts, r.dpo2, r.eval
+    need(m.vocab_size >= r.tokenizer.vocab_size, "model.vocab_size",
+         f"({m.vocab_size}) must be >= tokenizer.vocab_size ({r.tokenizer.vocab_size})")
     need(p.seq_len <= m.max_seq_len, "pretrain.seq_len", f"({p.seq_len}) must be <= model.max_seq_len ({m.max_seq_len})")
-    need(0 < p.val_fraction < 0.5, "pretrain.val_fraction", "must be in (0, 0.5)")
-    dc = r.decontam
-    for name in dc.benchmarks:
-        need(name in BENCHMARKS, "decontam.benchmarks", f"{name!r} is not a benchmark ({', '.join(BENCHMARKS)})")
-    need(0 < dc.info_threshold <= dc.contaminated_threshold <= 1, "decontam.info_threshold",
-         f"({dc.info_threshold}) must be in (0, decontam.contaminated_threshold ({dc.contaminated_threshold})] "
-         "and that at most 1")
-    need(dc.allow_min_items >= 2, "decontam.allow_min_items", "must be >= 2")
-    mt = r.midtrain
     need(mt.seq_len <= m.max_seq_len, "midtrain.seq_len",
          f"({mt.seq_len}) must be <= model.max_seq_len ({m.max_seq_len}); raise model.max_seq_len to extend further")
     need(mt.seq_len > p.seq_len, "midtrain.seq_len",
          f"({mt.seq_len}) must be > pretrain.seq_len ({p.seq_len}): midtraining extends the context")
-    need(mt.rope_theta > 0, "midtrain.rope_theta", "must be positive")
-    need(0.0 <= mt.long_fraction <= 1.0, "midtrain.long_fraction", "must be in [0, 1]")
-    need(mt.lr_scale > 0, "midtrain.lr_scale", "must be positive")
-    mt.validate("midtrain", need)
-    need(0 <= mt.warmup_steps < mt.steps, "midtrain.warmup_steps",
-         f"({mt.warmup_steps}) must be >= 0 and < midtrain.steps ({mt.steps})")
-    need(0 < mt.bucket <= mt.seq_len, "midtrain.bucket",
-         f"({mt.bucket}) must be in (0, midtrain.seq_len ({mt.seq_len})]")
-    need(mt.eval_windows > 0, "midtrain.eval_windows", "must be positive")
-    if r.sft.init:  # its own context is checked when the stage loads it
-        need((Path(r.sft.init) / "config.json").is_file(), "sft.init",
-             f"({r.sft.init}) must be a transformers model folder (with config.json), or empty for the run's own model")
-    else:
+    if not r.sft.init:
         need(r.sft.max_len <= m.max_seq_len, "sft.max_len",
              f"({r.sft.max_len}) must be <= model.max_seq_len ({m.max_seq_len})")
-
-    t = r.pts
-    need(0 < t.p_gap < 1, "pts.p_gap", "must be in (0, 1)")
-    need(0 <= t.gate_low < t.gate_high <= 1, "pts.gate_low/gate_high", "must satisfy 0 <= low < high <= 1")
-    need(t.n_queries >= 0, "pts.n_queries", "must be >= 0")
     need(t.n_queries <= s.n_pts, "pts.n_queries", f"({t.n_queries}) must be <= synth.n_pts ({s.n_pts})")
-    need(t.solutions_per_query >= 1, "pts.solutions_per_query", "must be >= 1")
-    need(t.batch >= 1 and t.max_rollouts >= t.batch, "pts.batch/max_rollouts", "must satisfy 1 <= batch <= max_rollouts")
-    need(0.5 <= t.confidence < 1, "pts.confidence", "must be in [0.5, 1)")
-    d = r.dpo
-    need(r.decontam.allow_min_train_docs == 0 or r.decontam.allow_min_train_docs >= 2,
-         "decontam.allow_min_train_docs", "must be 0 (off) or >= 2: 1 would allow-list every copied item")
-    need(d.beta > 0, "dpo.beta", "must be positive")
-    need(d.epochs > 0 and d.batch_size > 0, "dpo.epochs/batch_size", "must be positive")
-    need(d.optim.lr > 0, "dpo.optim.lr", "must be positive")
-    d2 = r.dpo2
-    need(len(set(d2.policies)) >= 2 and set(d2.policies) <= set(POLICIES), "dpo2.policies",
-         f"must name at least two of {', '.join(POLICIES)}, got {d2.policies}")
-    need(d2.n_queries >= 1, "dpo2.n_queries", "must be >= 1")
     need(t.n_queries + d2.n_queries <= s.n_pts, "dpo2.n_queries",
          f"({d2.n_queries}) plus pts.n_queries ({t.n_queries}) must be <= synth.n_pts ({s.n_pts}): its questions "
          "are the ones PTS did not use")
-    need(d2.samples_per_policy >= 1 and d2.max_response_tokens >= 1, "dpo2.samples_per_policy/max_response_tokens",
-         "must be >= 1")
-    need(d2.temperature > 0, "dpo2.temperature", "must be positive (responses are sampled)")
-    d2.judge.validate("dpo2.judge", need)
-    need(d2.beta > 0 and d2.epochs > 0 and d2.batch_size > 0, "dpo2.beta/epochs/batch_size", "must be positive")
-
-    e = r.eval
     need(e.seed != s.seed, "eval.seed", f"must differ from synth.seed ({s.seed}): the contest must be fresh")
-    need(e.n_problems > 0, "eval.n_problems", "must be positive")
-    need(e.maj_k >= 1, "eval.maj_k", "must be >= 1")
-    need(e.temperature > 0, "eval.temperature", "must be positive (maj@k samples)")
-    need(0 < e.top_p <= 1, "eval.top_p", "must be in (0, 1]")
-    need(e.max_new_tokens > 0 and e.batch_size > 0, "eval.max_new_tokens/batch_size", "must be positive")
-    _validate_organic(r.organic, r.mixture, need)
-    for b, n in e.benchmarks.items():
-        need(b in BENCHMARKS, f"eval.benchmarks.{b}", f"is not a benchmark ({', '.join(BENCHMARKS)})")
-        need(n > 0, f"eval.benchmarks.{b}", "must be a positive number of items")
-    for m in e.benchmark_models:
-        need(m in EVAL_MODELS, "eval.benchmark_models", f"names {m!r}, not one of {', '.join(EVAL_MODELS)}")
     need(e.amc_seed not in (s.seed, e.seed), "eval.amc_seed",
          f"must differ from synth.seed ({s.seed}) and eval.seed ({e.seed}): the AMC contest must be fresh")
-    need(e.amc_n_problems >= 0, "eval.amc_n_problems", "must be >= 0 (0 turns the AMC contest off)")
-    need(0 <= e.amc_blank_below <= 1, "eval.amc_blank_below", "must be in [0, 1]")
-
-
-def _check_workflows(s: SynthConfig, need) -> None:
-    w, t = s.workflows, s.teacher
-    for name, n in w.seeds.items():
-        need(name in WORKFLOWS, f"synth.workflows.seeds.{name}", f"is not a workflow ({', '.join(WORKFLOWS)})")
-        need(n >= 0, f"synth.workflows.seeds.{name}", "must be >= 0")
-    need(w.shard_seeds >= 1, "synth.workflows.shard_seeds", "must be >= 1")
-    if any(w.seeds.values()):
-        need(t.kind != "programmatic", "synth.teacher.kind",
-             "is programmatic, which cannot run LLM workflows: set it to http or local, or empty synth.workflows.seeds")
-    t.validate("synth.teacher", need)
-    need(0 <= w.temperature <= 2, "synth.workflows.temperature", "must be in [0, 2]")
-    need(w.max_tokens >= 1, "synth.workflows.max_tokens", "must be >= 1")
-    need(w.exercises >= 1, "synth.workflows.exercises", "must be >= 1")
-    need(w.rounds >= 0, "synth.workflows.rounds", "must be >= 0")
-    need(1 <= w.min_score <= 5, "synth.workflows.min_score", "must be in 1..5")
-    need(w.k >= 3, "synth.workflows.k", "must be >= 3 (two answers cannot both agree and disagree)")
-    need(0 <= w.min_share < 1, "synth.workflows.min_share", "must be in [0, 1)")
-    need(0 < w.grounding <= 1, "synth.workflows.grounding", "must be in (0, 1]")
 
 
 def _check_mixture(weights: dict[str, float], key: str, need) -> None:
@@ -670,36 +720,3 @@ def _check_mixture(weights: dict[str, float], key: str, need) -> None:
     for k, w in weights.items():
         need(w >= 0, f"{key}.{k}", "must be >= 0")
     need(sum(weights.values()) > 0, key, "must have a positive total weight")
-
-
-MIXTURE_SOURCES = ("synthetic", "web", "web_rewrite", "code", "acquired")
-
-
-def _validate_organic(o: OrganicConfig, mx: MixtureConfig, need) -> None:
-    for name, cap in o.feeds.items():
-        need(name in FEEDS, f"organic.feeds.{name}", f"is not a feed ({', '.join(FEEDS)}; folders go in organic.local)")
-        need(cap >= 0, f"organic.feeds.{name}", "must be >= 0 bytes (0 = all)")
-    for i, loc in enumerate(o.local):
-        need(bool(loc.path), f"organic.local[{i}].path", "must name a folder")
-        need(loc.max_bytes >= 0, f"organic.local[{i}].max_bytes", "must be >= 0 (0 = all)")
-    need(o.compression_z > 0, "organic.compression_z", "must be positive")
-    need(0 < o.dedup_threshold < 1, "organic.dedup_threshold", "must be in (0, 1)")
-    need(o.num_perm >= 16, "organic.num_perm", "must be >= 16")
-    need(1 <= o.edu_threshold <= 5, "organic.edu_threshold", "must be in [1, 5] (labeller scores are 0-5)")
-    need(o.max_labels >= 20, "organic.max_labels", "must be >= 20")
-    need(0 < o.held_out < 1, "organic.held_out", "must be in (0, 1)")
-    need(0 < o.web_keep <= 1, "organic.web_keep", "must be in (0, 1]")
-    need(0 <= o.rewrite_share <= 1, "organic.rewrite_share", "must be in [0, 1]")
-    o.teacher.validate("organic.teacher", need)
-    need(o.shard_size > 0, "organic.shard_size", "must be positive")
-    for k in mx.shares:
-        need(k in MIXTURE_SOURCES, f"mixture.shares.{k}", f"is not a source ({', '.join(MIXTURE_SOURCES)})")
-    for k in mx.max_epochs:
-        need(k in MIXTURE_SOURCES, f"mixture.max_epochs.{k}", f"is not a source ({', '.join(MIXTURE_SOURCES)})")
-        need(mx.max_epochs[k] > 0, f"mixture.max_epochs.{k}", "must be positive")
-    for k, n in mx.unique_tokens.items():
-        need(k in MIXTURE_SOURCES, f"mixture.unique_tokens.{k}", f"is not a source ({', '.join(MIXTURE_SOURCES)})")
-        need(n > 0, f"mixture.unique_tokens.{k}", "must be positive (leave a source out to use all of it)")
-    _check_mixture(mx.shares, "mixture.shares", need)
-    need(mx.shares.get("synthetic", 0) > 0, "mixture.shares.synthetic", "must be positive: the synthetic data is the "
-         "point of the recipe, and its held-out documents are what midtraining and validation read")
