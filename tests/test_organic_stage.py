@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from conftest import MICRO
 from phiforge.eval import benchmarks
 from phiforge.data import mixture
-from phiforge.data import organic
+from phiforge.data import corpus
 from phiforge.config import recipe_from_dict
 from phiforge.pipeline import BY_NAME, prepare, run_stage
 from phiforge.train.pretrain import PackedTokens, consumed_windows
@@ -26,16 +26,16 @@ def test_stage_writes_sources_with_provenance_and_decontam_checks_them(tmp_path)
     run = prepare(recipe, tmp_path / "run")
     m = run_stage(recipe, run, BY_NAME["organic"])
     assert {s for s, x in m["sources"].items() if x["docs"]} == {"web", "web_rewrite", "code", "acquired"}
-    rw = pq.read_table(organic.shards(run, "web_rewrite")[0]).to_pylist()[0]
+    rw = pq.read_table(corpus.shards(run, "web_rewrite")[0]).to_pylist()[0]
     prov = json.loads(rw["provenance"])
-    web_ids = {r["id"] for s in organic.shards(run, "web") for r in pq.read_table(s, columns=["id"]).to_pylist()}
+    web_ids = {r["id"] for s in corpus.shards(run, "web") for r in pq.read_table(s, columns=["id"]).to_pylist()}
     assert prov["parent"] in web_ids and rw["id"] == f"rewrite-{prov['parent']}"
     removed = [json.loads(x) for x in (run.stage_dir("organic") / "removed.jsonl").open()]
     assert sum(m["feeds"][f]["pages"] - m["feeds"][f]["kept"] for f in m["feeds"]) == len(removed)
 
     # a code page carrying a benchmark solution is dropped before the mixture reads it
     he = benchmarks.get("humaneval").load()[42]
-    shard = organic.shards(run, "code")[0]
+    shard = corpus.shards(run, "code")[0]
     table = pq.read_table(shard)
     texts = table.column("text").to_pylist()
     texts[0] = texts[0][:2000] + "\n\n" + he.question + he.solution

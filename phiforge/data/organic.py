@@ -32,7 +32,7 @@ SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.st
                     ("verifier", pa.string()), ("provenance", pa.string())])
 
 
-def make_teacher(cfg: OrganicConfig, cache: Path):
+def labeller(cfg: OrganicConfig, cache: Path):
     """The labeller's and rewriter's teacher: an LLM (server or checkpoint) when configured, else None (heuristic
     rater, and the deterministic restructuring for rewrites)."""
     if cfg.teacher.kind == "programmatic":
@@ -107,7 +107,7 @@ def execute(recipe: Recipe, run: RunDir) -> dict:
     out = run.stage_dir("organic")
     for old in out.glob("*.parquet"):
         old.unlink()  # a rerun with fewer shards must not leave stale ones behind
-    teacher = make_teacher(cfg, out / "teacher-cache")
+    teacher = labeller(cfg, out / "teacher-cache")
     pages = collect(cfg)
     ingested = Counter(p.feed for p in pages)
     ingested_bytes = Counter()
