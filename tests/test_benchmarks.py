@@ -103,7 +103,7 @@ def test_runner_scores_every_sample_and_aggregates_pass_at_k(monkeypatch):
             out.append(tok.encode(replies[q][k % 2]))
         return out
 
-    monkeypatch.setattr("phiforge.lm.generate.generate", fake_generate)
+    monkeypatch.setattr("phiforge.lm.engine.generate", fake_generate)
     engine = B.PhiforgeEngine(None, tok)
     summary, records = B.evaluate(engine, bench, samples=2, temperature=1.0, ks=(1, 2))
     assert [r["n_correct"] for r in records] == [1, 1, 0]
@@ -157,7 +157,7 @@ def test_a_served_model_scores_as_the_checkpoint_does(tmp_path):
     as the checkpoint on phiforge's own engine."""
     from test_serve import running
 
-    from phiforge.serve.chat import load_chat_model
+    from phiforge.lm.engine import load_chat_model
     from phiforge.serve.server import Limits, Served, Server
 
     path, bench = _toy_checkpoint(tmp_path / "m")

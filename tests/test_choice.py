@@ -81,7 +81,7 @@ def test_amc_points_gold_blank_and_guessing():
 def test_generate_mode_through_the_shared_runner(monkeypatch):
     items = items_with_gold("B")
     replies = iter(["\\boxed{B}", "\\boxed{7}", "\\boxed{blank}", "\\boxed{A}", "I do not know", "\\boxed{8}"])
-    monkeypatch.setattr("phiforge.lm.generate.generate",
+    monkeypatch.setattr("phiforge.lm.engine.generate",
                         lambda model, prompts, **kw: [CharTok().encode(next(replies)) for _ in prompts])
     bench = Benchmark("toy-mc", "choice", "toy", "", lambda: items)
     summary, records = evaluate(PhiforgeEngine(None, CharTok()), bench, mode="generate")

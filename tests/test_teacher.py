@@ -15,10 +15,9 @@ from email.utils import formatdate
 
 import pytest
 
-from phiforge.serve.chat import load_chat_model
-from phiforge.config import SynthConfig
+from phiforge.lm.engine import load_chat_model
 from phiforge.errors import PhiforgeError
-from phiforge.lm.teachers import ChatRequest, Completion, DiskCache, LocalTeacher, ProgrammaticTeacher, Teacher, \
+from phiforge.lm.teachers import ChatRequest, Completion, DiskCache, LocalTeacher, Teacher, \
     TeacherError, request_key
 from test_chat import make_checkpoint
 
@@ -387,13 +386,6 @@ def test_retry_after_and_backoff():
 
 
 def test_teacher_kinds(ckpt):
-    cfg = SynthConfig(seed=3)
-    programmatic = ProgrammaticTeacher(cfg)
-    from phiforge.data.synth import TEACHER, sample_problem
-
-    assert programmatic.name == TEACHER
-    assert list(programmatic.problems(0, 5)) == [sample_problem(cfg, i) for i in range(5)]
-    assert not isinstance(programmatic, Teacher)  # it makes problems; it does not answer chats
     assert isinstance(HTTPTeacher("http://127.0.0.1:9/v1", "m"), Teacher)
     assert isinstance(LocalTeacher(ckpt), Teacher)
     assert Completion("a", "stop", 1, 1, cached=True) == Completion("a", "stop", 1, 1)

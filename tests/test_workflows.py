@@ -260,7 +260,7 @@ def test_every_request_yields_one_record_through_the_http_stack(tmp_path):
     """The real stack: phiforge serve on a micro checkpoint, HTTPTeacher, every workflow. A random model's replies
     are gibberish, so nearly all are rejected, each with a reason; what matters is that none is lost."""
     pytest.importorskip("uvicorn")
-    from phiforge.serve.chat import load_chat_model
+    from phiforge.lm.engine import load_chat_model
     from phiforge.config import SynthTeacherConfig
     from phiforge.lm.http_teacher import HTTPTeacher
     from phiforge.serve.server import Limits, Served, Server, build_app

@@ -22,6 +22,7 @@ from phiforge.eval import benchmarks
 from phiforge.eval import choice
 from phiforge.answers import answers_equal, extract_answer
 from phiforge.eval.benchmarks import MATH_STOPS, PhiforgeEngine
+from phiforge.lm import hf
 from phiforge.lm.checkpoint import load_model
 from phiforge.config import Recipe
 from phiforge.errors import PhiforgeError
@@ -140,10 +141,9 @@ def candidates(recipe: Recipe, run: RunDir) -> list[tuple[str, Callable, str]]:
     "base" is the model post-training starts from: the pretrained one after midtraining extended its context, or
     with sft.init the transformers folder as given ("init")."""
     if recipe.sft.init:
-        from phiforge.lm import hf_posttrain
         from phiforge.train.sft import load_policy
 
-        return [("init", lambda: hf_posttrain.load(recipe.sft.init), "completion"),
+        return [("init", lambda: hf.load(recipe.sft.init), "completion"),
                 *((stage, lambda stage=stage: load_policy(recipe, run, stage)[:2], "chat")
                   for stage in ("sft", "dpo", "dpo2"))]
     tok = ChatTokenizer.load(run.stage_dir("tokenizer"))

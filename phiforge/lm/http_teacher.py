@@ -39,7 +39,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from phiforge.lm.teachers import ChatRequest, Completion, DiskCache, TeacherError, request_key
+from phiforge.lm.completions import ChatRequest, Completion, DiskCache, TeacherError, request_key
+from phiforge.lm.http1 import Http1Pool
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_S = 600.0  # a Retry-After is honoured up to ten minutes; a larger one is a server bug
@@ -119,8 +120,6 @@ class _Asyncio:
     errors = (OSError,)  # refused, reset, TLS failures, and http1.ProtocolError (closed mid-response, not HTTP)
 
     def __init__(self, url: str, n_slots: int, timeout_s: float, headers: dict[str, str]):
-        from phiforge.lm.http1 import Http1Pool
-
         if env_proxy(url) is not None:
             raise TeacherError(f"transport 'asyncio' speaks to {url} directly, but the environment names a proxy "
                                f"for it; use transport 'aiohttp' (or 'auto')")

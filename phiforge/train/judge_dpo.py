@@ -16,6 +16,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from phiforge.errors import PhiforgeError
+from phiforge.lm.generate import generate
+from phiforge.lm.http_teacher import HTTPTeacher
+from phiforge.lm.teachers import LocalTeacher
 from phiforge.train.judge import JudgeTask, LLMJudge, ProgrammaticJudge, preference_pairs
 
 POLICIES = ("teacher", "sft", "dpo")
@@ -26,11 +29,7 @@ def make_judge(cfg, run):
     if cfg.judge == "programmatic":
         return ProgrammaticJudge()
     if cfg.judge == "http":
-        from phiforge.lm.http_teacher import HTTPTeacher
-
         return LLMJudge(HTTPTeacher(cfg.judge_url, cfg.judge_model, cache_dir=run.stage_dir("dpo2") / "judge-cache"))
-    from phiforge.lm.teachers import LocalTeacher
-
     return LLMJudge(LocalTeacher(cfg.judge_model))
 
 
@@ -46,7 +45,6 @@ def questions(recipe, run) -> list[dict]:
 
 def responses(recipe, run, items: list[dict], tok) -> list[list[dict]]:
     """Per question, every policy's responses: text, token ids (stop token kept when it stopped), finished."""
-    from phiforge.lm.generate import generate
     from phiforge.train.sft import load_policy
     from phiforge.train.optim import device
 

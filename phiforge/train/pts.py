@@ -41,7 +41,7 @@ from torch import nn
 
 from phiforge.answers import answers_equal, extract_answer
 from phiforge.errors import PhiforgeError
-from phiforge.lm.generate import sample_from_prefix
+from phiforge.lm.generate import generate, sample_from_prefix
 
 Prefix = tuple[int, ...]
 
@@ -381,7 +381,6 @@ def run(recipe, run) -> dict:
 
     from tqdm import tqdm
 
-    from phiforge.lm.generate import generate
     from phiforge.rundir import atomic_write_json, atomic_write_text
     from phiforge.train.sft import load_policy
     from phiforge.data.synth import read_column

@@ -3,7 +3,7 @@
 Conversations are padded on the right with PAD (never EOS), and a target counts only where the loss mask from
 `ChatTokenizer.encode_chat` is set: assistant content and its closing `<|im_end|>`, so the model learns to end a
 turn but never learns to write the user's words. With `sft.init` set, the model is that transformers folder
-instead of the run's midtrained one, rendered in the same chat format (phiforge/lm/hf_posttrain.py).
+instead of the run's midtrained one, rendered in the same chat format (phiforge/lm/hf.py).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from phiforge.lm import hf
 from phiforge.lm.checkpoint import export_model, load_model
 from phiforge.config import Recipe
 from phiforge.errors import PhiforgeError
@@ -58,7 +59,7 @@ def train(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], p
     """`cfg.steps` SFT steps (an `SFTConfig`) on examples from `build_example`; the history of logged steps.
 
     Any model that maps ids [B, T] to logits [B, T, V] trains here: phiforge's `Phi3` or a transformers model
-    behind `hf_posttrain.CausalLM`.
+    behind `hf.CausalLM`.
     """
     dev = next(model.parameters()).device
     model.train()
@@ -87,14 +88,12 @@ def train(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], p
 
 def _load(directory, transformers_folder: bool, dtype: str):
     """A model, its tokenizer, and how to save a further-trained copy the same way: a phiforge checkpoint, or a
-    transformers folder (phiforge/lm/hf_posttrain.py, saved in `dtype`)."""
+    transformers folder (phiforge/lm/hf.py, saved in `dtype`)."""
     if not transformers_folder:
         model, mcfg, tok = load_model(directory)
         return model, tok, lambda m, out: export_model(m, mcfg, tok, out)
-    from phiforge.lm import hf_posttrain
-
-    model, tok = hf_posttrain.load(directory)
-    return model, tok, lambda m, out: hf_posttrain.save(m, tok, out, dtype)
+    model, tok = hf.load(directory)
+    return model, tok, lambda m, out: hf.save(m, tok, out, dtype)
 
 
 def load_start(cfg, run: RunDir):
