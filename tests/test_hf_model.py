@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from phiforge.errors import PhiforgeError
-from phiforge.lm.engine import load_chat_model
+from phiforge.lm.engine import HFEngine, cut_at, load_chat_model
 from phiforge.lm.generate import generate, stream
 from phiforge.lm.hf import HFChatModel, is_hf_folder
 from phiforge.serve.server import Limits, Served, Server
@@ -92,6 +92,27 @@ def test_rows_leave_the_batch_without_changing_the_others(hf):
     # sampling is seeded: the same request draws the same tokens
     kw = dict(max_new_tokens=8, pad_id=hf.tok.pad_id, temperature=1.0, seed=5)
     assert generate(hf, prompts, **kw) == generate(hf, prompts, **kw)
+
+
+def test_benchmark_engine_gives_transformers_generate_texts_through_our_decode_loop(hf_dir):
+    """HFEngine decodes with phiforge's loop through the transformers adapter; its greedy texts are the ones
+    transformers' own `generate` gives (left-padded batches, stop strings), which it ran on before."""
+    engine = HFEngine(hf_dir, dtype="fp32")
+    tok = engine.tok.tok
+    prompts = [engine.encode(p) for p in PROMPTS] + [engine.chat_prompt(p) for p in PROMPTS]
+    kw = dict(max_new_tokens=12, temperature=0.0, top_p=1.0, seed=0, batch_size=4)
+    free = engine.complete(prompts, stops=(), **kw)
+    stops = (next(o[3:5] for o in free if len(o.strip()) >= 6), "\n\n")  # one that occurs in a reply
+    for stops in ((), stops):
+        ours = engine.complete(prompts, stops=stops, **kw)
+        batch = tok.pad({"input_ids": prompts}, padding_side="left", return_tensors="pt")
+        with torch.inference_mode():
+            out = engine.model.hf.generate(**batch, max_new_tokens=12, do_sample=False, tokenizer=tok,
+                                           stop_strings=list(stops) or None, pad_token_id=tok.pad_token_id)
+        theirs = [cut_at(tok.decode(row, skip_special_tokens=True), stops)
+                  for row in out[:, batch["input_ids"].shape[1]:]]
+        assert ours == theirs and len(set(ours)) > 1
+    assert ours != free  # the stop strings cut some reply
 
 
 def test_served_over_the_openai_api(hf, hf_dir):

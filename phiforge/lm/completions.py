@@ -117,8 +117,8 @@ class DiskCache:
     """Completions on disk in append-only JSON Lines logs under root: every process that writes appends to a log of
     its own (root/<time>-<host>-<pid>.jsonl, made at its first entry), one line per entry, key first.
 
-    An entry costs one append (a few microseconds of kernel time) where a file per entry cost a file creation: about
-    0.5 ms of kernel time on this machine's ext4, more than the whole HTTP request. A log has one writer, so
+    An entry costs one append where a file per entry cost a file creation, which took more kernel time than the whole
+    HTTP request (bench/README.md, HTTP teacher throughput). A log has one writer, so
     processes (shards of one run, jobs of a cluster on a shared folder) never interleave; a crash mid-append leaves a
     last line without its newline, which loading skips. No fsync: an entry damaged by a power cut fails to parse and
     is a miss (or falls back to an older copy of the same key), so the request is simply sent again.
