@@ -117,7 +117,8 @@ def _check(temperature: float, top_p: float, prompts: Sequence[Sequence[int]]) -
 
 
 def _device(model) -> torch.device:
-    return next((hf.transformers_model(model) or model).parameters()).device
+    theirs = hf.transformers_model(model)
+    return next((model if theirs is None else theirs).parameters()).device
 
 
 def _generator(model, seed: int | None, temperature: float) -> torch.Generator | None:
@@ -327,7 +328,9 @@ def sample_from_prefix(
     prefill instead of n; all rows share one length, so neither padding, masks nor position ids are needed. A
     transformers model decodes n copies of the prompt as one batch: n prefills, but no cache copying.
     """
-    _check(temperature, top_p, [prefix_ids])
+    if len(prefix_ids) == 0:
+        raise ValueError("prefix is empty; sampling needs at least one token to start from")
+    _check(temperature, top_p, [])
     if n <= 0 or max_new_tokens <= 0:
         return [[] for _ in range(max(n, 0))]
     model = getattr(model, "_orig_mod", model)

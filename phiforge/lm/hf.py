@@ -256,6 +256,10 @@ class HFChatModel:
     def num_params(self) -> int:
         return sum(p.numel() for p in self.hf.parameters())
 
+    def to(self, device) -> HFChatModel:
+        self.hf.to(device)
+        return self
+
 
 def _cache_kw(model) -> str:
     # transformers 5.24 renamed forward's `past_key_values` to `cache` (the old name goes in 5.40)
