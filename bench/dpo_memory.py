@@ -5,8 +5,8 @@ The two phases of a DPO batch as the dpo and dpo2 stages run them, bf16 autocast
 backward (the optimizer step left out: AdamW's states are the same on both paths). Responses are programmatic worked
 solutions, chosen right and rejected with the last answer corrupted. Each (phase, path) runs in a fresh child
 process and reports its peak resident memory (ru_maxrss) above the phase's start; "whole" sets
-phiforge.train.dpo.CHUNK_ELEMENTS so high that the batch takes the whole-logits path, "chunked" is the default. The check
-value (the reference log-probs' sum; the gradient norm) must agree between the paths.
+phiforge.lm.logprobs.CHUNK_ELEMENTS so high that the batch takes the whole-logits path, "chunked" is the default. The
+check value (the reference log-probs' sum; the gradient norm) must agree between the paths.
 
     python bench/dpo_memory.py                       # 8 pairs of 3-solution responses
     python bench/dpo_memory.py --batch-size 4 --solutions 1
@@ -28,15 +28,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a chec
 def child(args) -> None:
     import torch
 
+    import phiforge.lm.logprobs as logprobs
     import phiforge.train.dpo as dpo
-    from phiforge.lm import hf_posttrain
+    from phiforge.lm import hf
     from phiforge.data.problems import make_problem
     from phiforge.data.render import chat
     from phiforge.train.optim import autocast
 
-    model, tok = hf_posttrain.load(args.model)
+    model, tok = hf.load(args.model)
     if args.mode == "whole":
-        dpo.CHUNK_ELEMENTS = 1 << 62
+        logprobs.CHUNK_ELEMENTS = 1 << 62
     pairs = []
     for i in range(args.batch_size):
         # a response of args.solutions worked solutions, as long as a judged full response can be

@@ -23,10 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a chec
 
 import torch  # noqa: E402
 
-from phiforge.lm import hf_posttrain  # noqa: E402
+from phiforge.lm import hf  # noqa: E402
 from phiforge.eval import gemma  # noqa: E402
 from phiforge.config import DPOConfig, OptimConfig, SFTConfig  # noqa: E402
-from phiforge.train.dpo import precompute_reference, sequence_logps, train_on_pairs  # noqa: E402
+from phiforge.lm.logprobs import sequence_logps  # noqa: E402
+from phiforge.train.dpo import precompute_reference, train_on_pairs  # noqa: E402
 from phiforge.lm.generate import generate  # noqa: E402
 from phiforge.data.problems import make_problem  # noqa: E402
 from phiforge.data.render import chat  # noqa: E402
@@ -66,7 +67,7 @@ def main() -> None:
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    model, tok = hf_posttrain.load(gemma.path(Path(args.model)))
+    model, tok = hf.load(gemma.path(Path(args.model)))
     model.to(args.device)
     print(f"loaded {args.model} in {time.perf_counter() - t0:.1f}s: {sum(p.numel() for p in model.parameters()):,} "
           f"params, vocab {len(tok.tok)}, pad {tok.pad_id}, stops {tok.stop_ids}, bos {tok.bos}")
@@ -90,7 +91,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        hf_posttrain.save(model, tok, Path(tmp) / "sft", args.dtype)
+        hf.save(model, tok, Path(tmp) / "sft", args.dtype)
         size = sum(f.stat().st_size for f in (Path(tmp) / "sft").iterdir())
         import transformers
 

@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without installing
 
 from phiforge.lm.http_teacher import HTTPTeacher  # noqa: E402
-from phiforge.lm.teachers import ChatRequest  # noqa: E402
+from phiforge.lm.completions import ChatRequest  # noqa: E402
 
 
 class Stub(asyncio.Protocol):

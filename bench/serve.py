@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a chec
 import httpx  # noqa: E402
 import torch  # noqa: E402
 
-from phiforge.serve.chat import load_chat_model  # noqa: E402
+from phiforge.lm.engine import load_chat_model  # noqa: E402
 from phiforge.lm.checkpoint import export_model  # noqa: E402
 from phiforge.lm.generate import generate  # noqa: E402
 from phiforge.lm.model import ModelConfig, Phi3  # noqa: E402

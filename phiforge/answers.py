@@ -19,7 +19,6 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-
 _MAX_SYMBOLIC_CHARS = 200
 
 _NUMBER = r"(?<![\w.])(?:-(?=\d))?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?(?![\w])"
@@ -147,8 +146,8 @@ def _sympy_parse(s: str):
     if any(len(name) > 1 and name not in _MATH_NAMES for name in re.findall(r"[A-Za-z]+", s)):
         return None
     import sympy
-    from sympy.parsing.sympy_parser import (convert_xor, implicit_multiplication_application,
-                                            parse_expr, rationalize, standard_transformations)
+    from sympy.parsing.sympy_parser import (convert_xor, implicit_multiplication_application, parse_expr, rationalize,
+                                            standard_transformations)
 
     names = {c: sympy.Symbol(c) for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"}
     names.update(sqrt=sympy.sqrt, sin=sympy.sin, cos=sympy.cos, tan=sympy.tan, log=sympy.log,

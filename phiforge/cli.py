@@ -216,9 +216,10 @@ def run_experiment(args) -> int:
 
 def run_benchmark(args) -> int:
     from phiforge.eval import benchmarks
+    from phiforge.lm.engine import load_engine
     from phiforge.rundir import atomic_write_json, atomic_write_text
 
-    engine, model_dir = benchmarks.load_engine(args.path, args.served_model)
+    engine, model_dir = load_engine(args.path, args.served_model)
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     tasks = [benchmarks.get(n) for n in names]  # every name checked before any generation
     ks = sorted({1, *(k for k in (5, 10, 100) if k <= args.samples)})
@@ -313,8 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "synth" and (args.rank is not None or args.world_size is not None):
             return synth_rank(args)
         if args.command == "compare":
-            from phiforge.rundir import RunDir
             from phiforge.runcompare import compare, format_table
+            from phiforge.rundir import RunDir
 
             print(format_table(compare(RunDir.open(args.run_a), RunDir.open(args.run_b))))
             return 0
@@ -333,8 +334,8 @@ def main(argv: list[str] | None = None) -> int:
             print(describe(load_recipe(args.recipe, args.overrides), args.gpus, args.gpu, args.gpu_gb, args.mfu))
             return 0
         from phiforge.pipeline import run_pipeline
-        from phiforge.stages import BY_NAME
         from phiforge.rundir import RunDir
+        from phiforge.stages import BY_NAME
 
         recipe, out = _resolve(args)
         if args.command != "run" and BY_NAME[args.command].inputs:

@@ -27,16 +27,16 @@ from typing import Any
 
 import yaml
 
-from phiforge.config import RECIPES_DIR, Recipe, recipe_from_dict, resolve_recipe_path, set_key
-from phiforge.errors import PhiforgeError
-from phiforge.rundir import RunDir, atomic_write_json, atomic_write_text
 from phiforge.answers import answers_equal, extract_answer
+from phiforge.config import RECIPES_DIR, Recipe, recipe_from_dict, resolve_recipe_path, set_key
 from phiforge.data.corpus import read_column
 from phiforge.data.render import BASE_STYLES, question_prompt
+from phiforge.errors import PhiforgeError
 from phiforge.eval import amc, benchmarks, gemma
-from phiforge.eval.benchmarks import load_engine
 from phiforge.eval.contest import clean_output, contest, score_amc
+from phiforge.lm.engine import load_engine
 from phiforge.pipeline import is_current, prepare, run_pipeline
+from phiforge.rundir import RunDir, atomic_write_json, atomic_write_text
 from phiforge.stages import BY_NAME, stage_key
 
 EXPERIMENTS_DIR = RECIPES_DIR / "experiments"

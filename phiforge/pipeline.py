@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Callable
 
 from phiforge import machine
-from phiforge.train import distributed
 from phiforge.config import Recipe, save_recipe
 from phiforge.errors import PhiforgeError
 from phiforge.rundir import RunDir, atomic_write_text
 from phiforge.stages import BY_NAME, STAGES, Stage, downstream, inputs_of, needed, stage_key
+from phiforge.train import distributed
 
 
 def entry(stage: Stage, attr: str) -> Callable | None:

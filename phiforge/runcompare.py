@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from phiforge.stages import STAGES
 from phiforge.rundir import RunDir
-
+from phiforge.stages import STAGES
 
 # Outputs that log wall-clock figures (seconds, tokens/s, MFU) beside the losses: two runs that trained the same
 # model still write different bytes there, so a difference confined to them is not a divergence.

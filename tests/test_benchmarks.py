@@ -7,6 +7,7 @@ import re
 import pytest
 
 from phiforge.eval import benchmarks as B
+from phiforge.lm import engine as engine_mod
 from phiforge.errors import PhiforgeError
 
 from conftest import benchmark_items
@@ -51,8 +52,8 @@ def test_humaneval_canonical_solutions_pass_in_the_sandbox_and_stubs_fail():
 
 def test_humaneval_completion_is_cut_at_the_next_top_level_statement():
     body = "    return x + 1\n\n\ndef unrelated():\n    pass\n"
-    assert B.cut_at(body, B.CODE_STOPS) == "    return x + 1\n\n"
-    assert B.cut_at("    return 1\nprint(f(2))", B.CODE_STOPS) == "    return 1"
+    assert engine_mod.cut_at(body, B.CODE_STOPS) == "    return x + 1\n\n"
+    assert engine_mod.cut_at("    return 1\nprint(f(2))", B.CODE_STOPS) == "    return 1"
 
 
 def test_pass_at_k_is_the_unbiased_estimator():
@@ -103,8 +104,8 @@ def test_runner_scores_every_sample_and_aggregates_pass_at_k(monkeypatch):
             out.append(tok.encode(replies[q][k % 2]))
         return out
 
-    monkeypatch.setattr("phiforge.lm.generate.generate", fake_generate)
-    engine = B.PhiforgeEngine(None, tok)
+    monkeypatch.setattr("phiforge.lm.engine.generate", fake_generate)
+    engine = engine_mod.PhiforgeEngine(None, tok)
     summary, records = B.evaluate(engine, bench, samples=2, temperature=1.0, ks=(1, 2))
     assert [r["n_correct"] for r in records] == [1, 1, 0]
     assert summary["pass@1"] == pytest.approx(1 / 3) and summary["pass@2"] == pytest.approx(2 / 3)
@@ -141,9 +142,9 @@ def _toy_checkpoint(directory):
 def test_transformers_engine_matches_phiforge_engine_on_the_same_checkpoint(tmp_path):
     pytest.importorskip("transformers")
     _, bench = _toy_checkpoint(tmp_path / "m")
-    ours, _ = B.load_engine(tmp_path / "m")
-    theirs = B.HFEngine(tmp_path / "m", dtype="fp32")
-    assert isinstance(ours, B.PhiforgeEngine)
+    ours, _ = engine_mod.load_engine(tmp_path / "m")
+    theirs = engine_mod.HFEngine(tmp_path / "m", dtype="fp32")
+    assert isinstance(ours, engine_mod.PhiforgeEngine)
     for style in ("chat", "completion"):
         a = B.evaluate(ours, bench, style=style, max_new_tokens=12)[1]
         b = B.evaluate(theirs, bench, style=style, max_new_tokens=12, batch_size=4)[1]
@@ -157,15 +158,15 @@ def test_a_served_model_scores_as_the_checkpoint_does(tmp_path):
     as the checkpoint on phiforge's own engine."""
     from test_serve import running
 
-    from phiforge.serve.chat import load_chat_model
+    from phiforge.lm.engine import load_chat_model
     from phiforge.serve.server import Limits, Served, Server
 
     path, bench = _toy_checkpoint(tmp_path / "m")
-    local, _ = B.load_engine(path)
+    local, _ = engine_mod.load_engine(path)
     server = Server([Served("toy", path, *load_chat_model(path)[:2])], Limits(max_tokens=64))
     with running(server) as url:
-        remote, name = B.load_engine(url + "/v1")
-        assert isinstance(remote, B.OpenAIEngine) and name.endswith("(toy)")
+        remote, name = engine_mod.load_engine(url + "/v1")
+        assert isinstance(remote, engine_mod.OpenAIEngine) and name.endswith("(toy)")
         want = [r["samples"][0]["output"] for r in B.evaluate(local, bench, max_new_tokens=12)[1]]
         got = [r["samples"][0]["output"] for r in B.evaluate(remote, bench, max_new_tokens=12)[1]]
         assert got == want and len(set(want)) > 1
@@ -174,12 +175,12 @@ def test_a_served_model_scores_as_the_checkpoint_does(tmp_path):
         with pytest.raises(PhiforgeError, match="chat-style maths only"):
             B.evaluate(remote, bench, style="completion", max_new_tokens=12)
         with pytest.raises(PhiforgeError, match="serves 1 models|cannot list"):
-            B.load_engine("http://127.0.0.1:9/v1")
+            engine_mod.load_engine("http://127.0.0.1:9/v1")
 
 
 def test_few_shot_prompts_put_worked_examples_first(tmp_path):
     path, bench = _toy_checkpoint(tmp_path / "m")
-    engine, _ = B.load_engine(path)
+    engine, _ = engine_mod.load_engine(path)
     items = bench.load()
     examples = B.worked_examples(3)
     assert examples == B.worked_examples(3) and len({q for q, _ in examples}) == 3

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from phiforge.serve.chat import (TextStream, fit_messages, load_chat_model, printable, resolve_model_dir, stream_generate,
-                           stream_tokens, text_problem)
+from phiforge.lm.engine import TextStream, load_chat_model, resolve_model_dir
+from phiforge.lm.generate import stream
+from phiforge.serve.chat import fit_messages, printable, text_problem
 from phiforge.lm.checkpoint import export_model
 from phiforge.cli import main
 from phiforge.errors import PhiforgeError
@@ -63,16 +64,16 @@ def loaded(ckpt):
     return model, tok
 
 
-def test_stream_tokens_equal_generate_alone_and_batched(loaded):
+def test_stream_equals_generate_alone_and_batched(loaded):
     model, tok = loaded
     prompts = [tok.chat_prompt("hello there"), tok.chat_prompt("add 17 and 25", system="Be brief."), tok.encode("A")]
     common = dict(max_new_tokens=24, pad_id=tok.pad_id, stop_ids=[tok.im_end_id, tok.endoftext_id])
     expected = [generate(model, [p], **common)[0] for p in prompts]
     assert all(len(e) == 24 for e in expected)
     for p, e in zip(prompts, expected):
-        assert list(stream_tokens(model, p, **common)) == e
+        assert [t for step in stream(model, [p], **common) for _, t in step] == e
     rows = [[] for _ in prompts]
-    for step in stream_generate(model, prompts, **common):
+    for step in stream(model, prompts, **common):
         for i, t in step:
             rows[i].append(t)
     assert rows == expected
@@ -89,7 +90,7 @@ def test_stream_ends_at_stop_token_and_when_a_row_dies(loaded):
     def alive(i):  # row 1's client "disconnects" after 3 tokens
         return i != 1 or counts[1] < 3
 
-    for step in stream_generate(model, prompts, max_new_tokens=16, pad_id=tok.pad_id, stop_ids=[stop], alive=alive):
+    for step in stream(model, prompts, max_new_tokens=16, pad_id=tok.pad_id, stop_ids=[stop], alive=alive):
         assert all(t != stop for _, t in step)
         for i, _ in step:
             counts[i] += 1

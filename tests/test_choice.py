@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from phiforge.eval import choice
-from phiforge.eval.benchmarks import Benchmark, Item, PhiforgeEngine, evaluate
+from phiforge.eval.benchmarks import Benchmark, Item, evaluate
+from phiforge.lm.engine import PhiforgeEngine
 from phiforge.errors import PhiforgeError
 from test_benchmarks import CharTok
 
@@ -81,7 +82,7 @@ def test_amc_points_gold_blank_and_guessing():
 def test_generate_mode_through_the_shared_runner(monkeypatch):
     items = items_with_gold("B")
     replies = iter(["\\boxed{B}", "\\boxed{7}", "\\boxed{blank}", "\\boxed{A}", "I do not know", "\\boxed{8}"])
-    monkeypatch.setattr("phiforge.lm.generate.generate",
+    monkeypatch.setattr("phiforge.lm.engine.generate",
                         lambda model, prompts, **kw: [CharTok().encode(next(replies)) for _ in prompts])
     bench = Benchmark("toy-mc", "choice", "toy", "", lambda: items)
     summary, records = evaluate(PhiforgeEngine(None, CharTok()), bench, mode="generate")
@@ -136,7 +137,7 @@ def test_bad_choice_items_and_modes_are_named():
 
 def test_both_engines_score_continuations_alike_batched_or_not(tmp_path):
     pytest.importorskip("transformers")
-    from phiforge.eval.benchmarks import HFEngine
+    from phiforge.lm.engine import HFEngine
     from phiforge.lm.checkpoint import export_model
     from phiforge.lm.model import ModelConfig, Phi3
     from phiforge.lm.tokenizer import ChatTokenizer, train_bpe

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from phiforge.train.dpo import DPOLoss, precompute_reference, sequence_logps, token_logps, train_dpo
+from phiforge.lm.logprobs import sequence_logps, token_logps
+from phiforge.train.dpo import DPOLoss, precompute_reference, train_dpo
 from phiforge.errors import PhiforgeError
 from phiforge.lm.model import ModelConfig, Phi3
 
@@ -110,13 +111,13 @@ def test_bad_pairs_are_user_errors():
 def test_large_logits_go_through_the_head_in_chunks_with_the_same_values_and_gradients(monkeypatch):
     """When a batch's [B, T, V] logits would pass CHUNK_ELEMENTS, only the completion positions go through the head,
     a few rows at a time and recomputed in backward: same log-probs and gradients as the whole-logits path."""
-    import phiforge.train.dpo as dpo
+    import phiforge.lm.logprobs as logprobs
 
     prompts = [[3, 4, 5], [7], [9, 10, 11, 12, 13]]
     completions = [[6], [8, 9, 10, 11, 12, 13], [14, 15]]
     runs = {}
-    for name, budget in (("whole", dpo.CHUNK_ELEMENTS), ("chunked", 3 * CFG.vocab_size)):  # 3 rows per chunk
-        monkeypatch.setattr(dpo, "CHUNK_ELEMENTS", budget)
+    for name, budget in (("whole", logprobs.CHUNK_ELEMENTS), ("chunked", 3 * CFG.vocab_size)):  # 3 rows per chunk
+        monkeypatch.setattr(logprobs, "CHUNK_ELEMENTS", budget)
         model = tiny()
         seen = []
         model.lm_head.register_forward_hook(lambda m, args, out: seen.append(tuple(out.shape)))

@@ -9,9 +9,10 @@ import openai
 import pytest
 import torch
 
-from phiforge.serve.chat import generate_batch, load_chat_model, stream_generate
 from phiforge.errors import PhiforgeError
-from phiforge.lm.hf_model import HFChatModel, is_hf_folder
+from phiforge.lm.engine import HFEngine, cut_at, load_chat_model
+from phiforge.lm.generate import generate, stream
+from phiforge.lm.hf import HFChatModel, is_hf_folder
 from phiforge.serve.server import Limits, Served, Server
 
 transformers = pytest.importorskip("transformers")
@@ -70,33 +71,54 @@ def test_folder_kinds_and_loading(hf_dir, tmp_path):
 
 def test_batched_greedy_equals_transformers_generate_one_prompt_at_a_time(hf):
     prompts = [hf.tok.encode_chat([{"role": "user", "content": p}], add_generation_prompt=True)[0] for p in PROMPTS]
-    ours = generate_batch(hf, prompts, max_new_tokens=12, pad_id=hf.tok.pad_id, stop_ids=hf.tok.stop_ids,
+    ours = generate(hf, prompts, max_new_tokens=12, pad_id=hf.tok.pad_id, stop_ids=hf.tok.stop_ids,
                           batch_size=3)
     for prompt, got in zip(prompts, ours):
         with torch.inference_mode():
-            want = hf.model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt):]
+            want = hf.hf.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt):]
         assert got == want.tolist()
     assert all(len(o) == 12 for o in ours)
 
 
 def test_rows_leave_the_batch_without_changing_the_others(hf):
     prompts = [hf.tok.encode(p) for p in PROMPTS]
-    alone = [generate_batch(hf, [p], max_new_tokens=10, pad_id=hf.tok.pad_id) for p in prompts]
+    alone = [generate(hf, [p], max_new_tokens=10, pad_id=hf.tok.pad_id) for p in prompts]
     got: dict[int, list[int]] = {0: [], 1: [], 2: []}
-    for step in stream_generate(hf, prompts, max_new_tokens=10, pad_id=hf.tok.pad_id,
+    for step in stream(hf, prompts, max_new_tokens=10, pad_id=hf.tok.pad_id,
                                 alive=lambda i: i != 1 or len(got[1]) < 3):  # row 1's client leaves after 3 tokens
         for i, t in step:
             got[i].append(t)
     assert got[0] == alone[0][0] and got[2] == alone[2][0] and got[1] == alone[1][0][:3]
     # sampling is seeded: the same request draws the same tokens
     kw = dict(max_new_tokens=8, pad_id=hf.tok.pad_id, temperature=1.0, seed=5)
-    assert generate_batch(hf, prompts, **kw) == generate_batch(hf, prompts, **kw)
+    assert generate(hf, prompts, **kw) == generate(hf, prompts, **kw)
+
+
+def test_benchmark_engine_gives_transformers_generate_texts_through_our_decode_loop(hf_dir):
+    """HFEngine decodes with phiforge's loop through the transformers adapter; its greedy texts are the ones
+    transformers' own `generate` gives (left-padded batches, stop strings), which it ran on before."""
+    engine = HFEngine(hf_dir, dtype="fp32")
+    tok = engine.tok.tok
+    prompts = [engine.encode(p) for p in PROMPTS] + [engine.chat_prompt(p) for p in PROMPTS]
+    kw = dict(max_new_tokens=12, temperature=0.0, top_p=1.0, seed=0, batch_size=4)
+    free = engine.complete(prompts, stops=(), **kw)
+    stops = (next(o[3:5] for o in free if len(o.strip()) >= 6), "\n\n")  # one that occurs in a reply
+    for stops in ((), stops):
+        ours = engine.complete(prompts, stops=stops, **kw)
+        batch = tok.pad({"input_ids": prompts}, padding_side="left", return_tensors="pt")
+        with torch.inference_mode():
+            out = engine.model.hf.generate(**batch, max_new_tokens=12, do_sample=False, tokenizer=tok,
+                                           stop_strings=list(stops) or None, pad_token_id=tok.pad_token_id)
+        theirs = [cut_at(tok.decode(row, skip_special_tokens=True), stops)
+                  for row in out[:, batch["input_ids"].shape[1]:]]
+        assert ours == theirs and len(set(ours)) > 1
+    assert ours != free  # the stop strings cut some reply
 
 
 def test_served_over_the_openai_api(hf, hf_dir):
     server = Server([Served("gemma-tiny", hf_dir, hf, hf.tok)], Limits(max_tokens=16, batch_window_ms=20))
     prompt = hf.tok.encode_chat([{"role": "user", "content": PROMPTS[0]}], add_generation_prompt=True)[0]
-    want = hf.tok.decode(generate_batch(hf, [prompt], max_new_tokens=9, pad_id=hf.tok.pad_id)[0])
+    want = hf.tok.decode(generate(hf, [prompt], max_new_tokens=9, pad_id=hf.tok.pad_id)[0])
     with running(server) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
         r = client.chat.completions.create(model="gemma-tiny", messages=[{"role": "user", "content": PROMPTS[0]}],

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from phiforge.config import DPOConfig, OptimConfig, SFTConfig, recipe_from_dict
-from phiforge.train.dpo import precompute_reference, sequence_logps, train_on_pairs
+from phiforge.lm.logprobs import sequence_logps
+from phiforge.train.dpo import precompute_reference, train_on_pairs
 from phiforge.errors import PhiforgeError
 from phiforge.train.sft import build_example, collate, train
 from phiforge.train.optim import cross_entropy
@@ -15,7 +16,7 @@ from phiforge.train.optim import cross_entropy
 transformers = pytest.importorskip("transformers")
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers  # noqa: E402
 
-from phiforge.lm import hf_posttrain  # noqa: E402
+from phiforge.lm import hf as adapter  # noqa: E402
 from test_chat import CORPUS  # noqa: E402
 
 CHATS = [
@@ -65,7 +66,7 @@ def base_dir(tmp_path_factory):
 
 def test_load_adds_chat_tokens_and_a_pad_apart_from_eos(base_dir, tmp_path):
     before = len(transformers.AutoTokenizer.from_pretrained(base_dir))
-    model, tok = hf_posttrain.load(base_dir)
+    model, tok = adapter.load(base_dir)
     assert len(tok.tok) == before + 4  # <|im_start|>, <|im_sep|>, <|im_end|>, <|pad|>
     assert model.hf.get_input_embeddings().num_embeddings == len(tok.tok)
     assert model.hf.get_output_embeddings().weight.data_ptr() == model.hf.get_input_embeddings().weight.data_ptr()
@@ -73,12 +74,12 @@ def test_load_adds_chat_tokens_and_a_pad_apart_from_eos(base_dir, tmp_path):
     assert tok.stop_ids == [tok.im_end_id, eos] and tok.pad_id not in tok.stop_ids
     assert tok.tok.convert_ids_to_tokens(tok.pad_id) == "<|pad|>"
     # a folder whose PAD is its EOS gets a PAD of its own too
-    _, tok2 = hf_posttrain.load(base_model_dir(tmp_path, pad_is_eos=True))
+    _, tok2 = adapter.load(base_model_dir(tmp_path, pad_is_eos=True))
     assert tok2.pad_id not in tok2.stop_ids and tok2.tok.convert_ids_to_tokens(tok2.pad_id) == "<|pad|>"
 
 
 def test_chat_rendering_and_loss_mask(base_dir):
-    _, tok = hf_posttrain.load(base_dir)
+    _, tok = adapter.load(base_dir)
     ids, mask = tok.encode_chat(CHATS[2])
     assert ids[0] == tok.tok.bos_token_id and not mask[0]  # the base model's BOS leads, outside the loss
     assert tok.decode(ids, skip_special=False) == (
@@ -109,7 +110,7 @@ def assistant_loss(model, examples, pad_id) -> float:
 
 
 def test_sft_lowers_assistant_loss_and_saves_a_folder_transformers_loads(base_dir, tmp_path):
-    model, tok = hf_posttrain.load(base_dir)
+    model, tok = adapter.load(base_dir)
     examples = [build_example(tok, c, 128) for c in CHATS]
     before = assistant_loss(model, examples, tok.pad_id)
     cfg = SFTConfig(batch_size=3, steps=30, dtype="fp32", log_every=10,
@@ -119,7 +120,7 @@ def test_sft_lowers_assistant_loss_and_saves_a_folder_transformers_loads(base_di
     assert after < 0.5 * before and history[-1]["loss"] < history[0]["loss"]
 
     out = tmp_path / "sft"
-    hf_posttrain.save(model, tok, out, dtype="fp32")
+    adapter.save(model, tok, out, dtype="fp32")
     loaded = transformers.AutoModelForCausalLM.from_pretrained(out, dtype="auto").eval()
     ltok = transformers.AutoTokenizer.from_pretrained(out)
     gen = loaded.generation_config
@@ -130,19 +131,19 @@ def test_sft_lowers_assistant_loss_and_saves_a_folder_transformers_loads(base_di
     prompt = tok.chat_prompt("Add 17 and 25.")
     assert ltok.apply_chat_template(CHATS[0][:1], add_generation_prompt=True, tokenize=True,
                                     return_dict=False) == prompt
-    assert assistant_loss(hf_posttrain.CausalLM(loaded), examples, tok.pad_id) == pytest.approx(after, abs=1e-5)
+    assert assistant_loss(adapter.CausalLM(loaded), examples, tok.pad_id) == pytest.approx(after, abs=1e-5)
     with torch.no_grad():
         reply = loaded.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt):]
     assert ltok.decode(reply, skip_special_tokens=True).startswith("17 + 25")
     # bf16 on disk by default: what `dtype="auto"` then loads; reloading for DPO keeps the added tokens
-    hf_posttrain.save(model, tok, tmp_path / "bf16")
+    adapter.save(model, tok, tmp_path / "bf16")
     assert transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "bf16", dtype="auto").dtype == torch.bfloat16
-    again, tok3 = hf_posttrain.load(tmp_path / "bf16")
+    again, tok3 = adapter.load(tmp_path / "bf16")
     assert len(tok3.tok) == len(tok.tok) and tok3.stop_ids == tok.stop_ids and tok3.pad_id == tok.pad_id
 
 
 def test_dpo_on_full_response_and_single_token_pairs_raises_the_margin(base_dir):
-    model, tok = hf_posttrain.load(base_dir)
+    model, tok = adapter.load(base_dir)
     prompt = tok.chat_prompt("Add 17 and 25.")
     right, wrong = tok.encode("17 + 25 = 42."), tok.encode("17 + 25 = 32.")
     pairs = [  # a whole response, and one pivotal token after a shared prefix
@@ -176,7 +177,7 @@ def test_sft_init_must_be_a_transformers_folder(base_dir, tmp_path):
 def test_generate_and_rollouts_on_a_transformers_model(base_dir):
     from phiforge.lm.generate import generate, sample_from_prefix
 
-    model, tok = hf_posttrain.load(base_dir)
+    model, tok = adapter.load(base_dir)
     prompts = [tok.chat_prompt("Add 17 and 25."), tok.chat_prompt("Hi")]
     ours = generate(model, prompts, max_new_tokens=6, pad_id=tok.pad_id, stop_ids=tok.stop_ids, batch_size=2)
     for prompt, got in zip(prompts, ours):  # left padding changes nothing: transformers' greedy, one at a time
@@ -254,7 +255,7 @@ def test_sft_pts_dpo_stages_on_sft_init(base_dir, tmp_path):
     summary = run_stage(recipe, run, BY_NAME["pts"])
     assert summary["queries"] == 1 and summary["rollouts"] > 0
     # the random policy's pairs are down to luck: DPO gets a hand-made single-token pair on top
-    _, tok = hf_posttrain.load(run.stage_dir("sft") / "model")
+    _, tok = adapter.load(run.stage_dir("sft") / "model")
     pair = {"prompt_ids": tok.chat_prompt("Add 0 and 2."), "chosen_ids": tok.encode("0")[:1],
             "rejected_ids": tok.encode("7")[:1]}
     with (run.stage_dir("pts") / "pairs.jsonl").open("a") as f:
@@ -283,23 +284,23 @@ def test_sft_pts_dpo_stages_on_sft_init(base_dir, tmp_path):
 def test_head_on_hidden_states_is_the_models_own_logits_with_soft_capping(base_dir, tmp_path):
     """DPO's chunked path calls the backbone and then `head`: it must give the logits transformers' forward gives,
     including Gemma's final soft-capping when the config has one."""
-    import phiforge.train.dpo as dpo
+    import phiforge.lm.logprobs as logprobs
 
     capped = tmp_path / "capped"
     hf = transformers.AutoModelForCausalLM.from_pretrained(base_dir)
     hf.config.final_logit_softcapping = 2.0  # small, so that capping visibly changes the logits
     hf.save_pretrained(capped)
     base_tokenizer().save_pretrained(capped)
-    model, tok = hf_posttrain.load(capped)
+    model, tok = adapter.load(capped)
     ids = torch.tensor([tok.chat_prompt("Add 17 and 25.")])
     with torch.no_grad():
         logits = model(ids)
         assert logits.abs().max() <= 2.0
         assert torch.allclose(model.head(model(ids, return_hidden=True)), logits, atol=1e-5)
         whole = sequence_logps(model, [ids[0].tolist()], [tok.encode("17 + 25 = 42.")], tok.pad_id)
-        dpo.CHUNK_ELEMENTS, budget = 2 * model.vocab_size, dpo.CHUNK_ELEMENTS
+        logprobs.CHUNK_ELEMENTS, budget = 2 * model.vocab_size, logprobs.CHUNK_ELEMENTS
         try:
             chunked = sequence_logps(model, [ids[0].tolist()], [tok.encode("17 + 25 = 42.")], tok.pad_id)
         finally:
-            dpo.CHUNK_ELEMENTS = budget
+            logprobs.CHUNK_ELEMENTS = budget
     assert torch.allclose(chunked, whole, atol=1e-5)

@@ -13,7 +13,7 @@ from phiforge.config import recipe_from_dict
 from phiforge.errors import PhiforgeError
 from phiforge.train.judge import JudgeTask, LLMJudge, ProgrammaticJudge, Scores, parse_verdict, preference_pairs, prefer
 from phiforge.pipeline import BY_NAME, prepare, run_stage
-from phiforge.lm.teachers import Completion
+from phiforge.lm.completions import Completion
 
 QUESTION = "Solve for x: 3x + 5 = 20."
 REFERENCE = "Subtract 5 from both sides: 3x = 15.\nDivide both sides by 3: x = 5.\nThe answer is 5."

@@ -17,7 +17,7 @@ from phiforge.data import rewrite
 from phiforge.data import textfilter
 from phiforge.config import recipe_from_dict
 from phiforge.errors import PhiforgeError
-from phiforge.lm.teachers import Completion
+from phiforge.lm.completions import Completion
 
 
 @pytest.fixture(scope="module")

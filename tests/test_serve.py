@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from phiforge.serve.chat import fit_messages, load_chat_model, text_problem
+from phiforge.lm.engine import load_chat_model
+from phiforge.serve.chat import fit_messages, text_problem
 from phiforge.cli import main
 from phiforge.lm.generate import generate
 from test_chat import make_checkpoint

@@ -15,11 +15,10 @@ from email.utils import formatdate
 
 import pytest
 
-from phiforge.serve.chat import load_chat_model
-from phiforge.config import SynthConfig
+from phiforge.lm.engine import load_chat_model
 from phiforge.errors import PhiforgeError
-from phiforge.lm.teachers import ChatRequest, Completion, DiskCache, LocalTeacher, ProgrammaticTeacher, Teacher, \
-    TeacherError, request_key
+from phiforge.lm.completions import ChatRequest, Completion, DiskCache, Teacher, TeacherError, request_key
+from phiforge.lm.teachers import LocalTeacher
 from test_chat import make_checkpoint
 
 httpx = pytest.importorskip("httpx")
@@ -243,7 +242,7 @@ def test_a_client_error_fails_at_once_and_the_rest_of_the_batch_is_kept(urls, pr
 CHILD = """
 import json, os, sys
 from phiforge.lm.http_teacher import HTTPTeacher
-from phiforge.lm.teachers import ChatRequest, DiskCache
+from phiforge.lm.completions import ChatRequest, DiskCache
 
 url, cache, spec = sys.argv[1:]
 append, calls = DiskCache._append, [0]
@@ -387,13 +386,6 @@ def test_retry_after_and_backoff():
 
 
 def test_teacher_kinds(ckpt):
-    cfg = SynthConfig(seed=3)
-    programmatic = ProgrammaticTeacher(cfg)
-    from phiforge.data.synth import TEACHER, sample_problem
-
-    assert programmatic.name == TEACHER
-    assert list(programmatic.problems(0, 5)) == [sample_problem(cfg, i) for i in range(5)]
-    assert not isinstance(programmatic, Teacher)  # it makes problems; it does not answer chats
     assert isinstance(HTTPTeacher("http://127.0.0.1:9/v1", "m"), Teacher)
     assert isinstance(LocalTeacher(ckpt), Teacher)
     assert Completion("a", "stop", 1, 1, cached=True) == Completion("a", "stop", 1, 1)

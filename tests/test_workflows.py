@@ -9,7 +9,7 @@ import pytest
 
 from phiforge.data import seed_texts
 from phiforge.data.seed_texts import Seed
-from phiforge.lm.teachers import Completion, TeacherError
+from phiforge.lm.completions import Completion, TeacherError
 from phiforge.data.workflows import Knobs, grounding, parse_critique, parse_exercises, parse_qa, plurality, qa, \
     reverse_code, revise, rewrite, vote
 
@@ -260,7 +260,7 @@ def test_every_request_yields_one_record_through_the_http_stack(tmp_path):
     """The real stack: phiforge serve on a micro checkpoint, HTTPTeacher, every workflow. A random model's replies
     are gibberish, so nearly all are rejected, each with a reason; what matters is that none is lost."""
     pytest.importorskip("uvicorn")
-    from phiforge.serve.chat import load_chat_model
+    from phiforge.lm.engine import load_chat_model
     from phiforge.config import TeacherConfig
     from phiforge.lm.http_teacher import HTTPTeacher
     from phiforge.serve.server import Limits, Served, Server, build_app

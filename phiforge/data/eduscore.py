@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from phiforge.errors import PhiforgeError
-from phiforge.lm.teachers import ChatRequest, Completion, Teacher
+from phiforge.lm.completions import ChatRequest, Completion, Teacher
 
 PROMPT = (
     "Rate how useful the following page would be for teaching a student, from 0 (no educational value: navigation, "

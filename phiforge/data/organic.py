@@ -24,8 +24,8 @@ from phiforge.config import OrganicConfig, Recipe
 from phiforge.data import dedup, eduscore, ingest, rewrite, textfilter
 from phiforge.data.corpus import ORGANIC_SOURCES as SOURCES
 from phiforge.data.corpus import stable_fraction
-from phiforge.rundir import RunDir, atomic_path, atomic_write_text
 from phiforge.lm import teachers
+from phiforge.rundir import RunDir, atomic_path, atomic_write_text
 
 SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string()), ("domain", pa.string()),
                     ("style", pa.string()), ("teacher", pa.string()), ("seed", pa.int64()), ("verified", pa.bool_()),

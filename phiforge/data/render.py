@@ -15,8 +15,8 @@ import re
 
 from phiforge.answers import answers_equal, extract_answer
 from phiforge.data.domains.code import extract_code, verify_code
-from phiforge.errors import PhiforgeError
 from phiforge.data.problems import Problem
+from phiforge.errors import PhiforgeError
 
 FIM_MARKER = "[missing step]"
 

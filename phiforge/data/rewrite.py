@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from phiforge.lm.teachers import ChatRequest, Teacher
+from phiforge.lm.completions import ChatRequest, Teacher
 
 PROMPT = (
     "Rewrite the following web page as a short, self-contained textbook section for a student: a title, a clear "

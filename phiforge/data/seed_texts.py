@@ -20,9 +20,9 @@ import re
 import sys
 from dataclasses import dataclass
 
-from phiforge.errors import PhiforgeError
 from phiforge.data.domains.code import extract_code
 from phiforge.data.problems import make_problem
+from phiforge.errors import PhiforgeError
 
 PYTHON_DOCS = f"python{sys.version_info.major}.{sys.version_info.minor}-docs"
 

@@ -18,12 +18,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from phiforge.data import seed_texts
 from phiforge.config import SynthConfig, WorkflowKnobs
+from phiforge.data import seed_texts
 from phiforge.data.seed_texts import Seed
 from phiforge.data.shards import PRETRAIN_SCHEMA, SFT_SCHEMA, read_marker, write_marker, write_shard
-from phiforge.lm.teachers import make_teacher
 from phiforge.data.workflows import SEED_KIND, WORKFLOWS, Knobs, Record
+from phiforge.lm.teachers import make_teacher
 
 
 def workflow_seeds(cfg: SynthConfig, workflow: str, n: int) -> list[Seed]:

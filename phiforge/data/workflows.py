@@ -35,13 +35,13 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from phiforge import sandbox
 from phiforge.answers import answers_equal, extract_answer
 from phiforge.config import WorkflowKnobs
-from phiforge.data.seed_texts import Seed
-from phiforge.lm.http_teacher import RETRY_STATUSES
-from phiforge.lm.teachers import ChatRequest, Completion, Teacher, TeacherError
 from phiforge.data.domains.code import extract_code
-from phiforge import sandbox
+from phiforge.data.seed_texts import Seed
+from phiforge.lm.completions import ChatRequest, Completion, Teacher, TeacherError
+from phiforge.lm.http_teacher import RETRY_STATUSES
 
 RUBRICS = ("correctness", "reasoning", "clarity")
 

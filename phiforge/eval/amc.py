@@ -22,11 +22,11 @@ from decimal import Decimal
 from fractions import Fraction
 
 from phiforge.answers import answers_equal
-from phiforge.eval.items import Item
-from phiforge.eval.choice import LETTERS
 from phiforge.config import Recipe
-from phiforge.errors import PhiforgeError
 from phiforge.data.synth import sample_problem
+from phiforge.errors import PhiforgeError
+from phiforge.eval.choice import LETTERS
+from phiforge.eval.items import Item
 
 N_OPTIONS = len(LETTERS)
 

@@ -23,7 +23,6 @@ dependencies (natsort, fire) are not needed.
 from __future__ import annotations
 
 import dataclasses
-
 import gzip
 import json
 import re
@@ -31,16 +30,14 @@ import tomllib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 from phiforge.answers import answers_equal, extract_answer
 from phiforge.config import recipe_from_dict
-from phiforge.errors import PhiforgeError
-from phiforge.eval import amc, deepmind, gsm_symbolic
-from phiforge.eval.items import GSM8K_INSTALL, Item, package_dir
 from phiforge.data.problems import make_problem
 from phiforge.data.render import chat, question_prompt
-from phiforge.eval import choice
+from phiforge.errors import PhiforgeError
+from phiforge.eval import amc, choice, deepmind, gsm_symbolic
+from phiforge.eval.items import GSM8K_INSTALL, Item, package_dir
 from phiforge.sandbox import run_tests
 
 
@@ -191,206 +188,6 @@ MATH_INSTRUCTION = "Solve the problem. Put the final answer in \\boxed{}."
 # HumanEval function body (the benchmark's own stop sequences).
 MATH_STOPS = ("\nExercise", "\nQuestion:", "\n\n\n")
 CODE_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
-
-
-def cut_at(text: str, stops: Sequence[str]) -> str:
-    return text[: min((i for s in stops if (i := text.find(s)) >= 0), default=len(text))]
-
-
-class PhiforgeEngine:
-    """A phiforge checkpoint on the batched KV-cache engine; stops at <|im_end|> / <|endoftext|> and, after
-    decoding, at the stop strings."""
-
-    def __init__(self, model, tok):
-        self.model, self.tok = model, tok
-
-    def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text)
-
-    def chat_prompt(self, user: str, history: Sequence[dict] = ()) -> list[int]:
-        if not history:
-            return self.tok.chat_prompt(user)
-        return self.tok.encode_chat([*history, {"role": "user", "content": user}], add_generation_prompt=True)[0]
-
-    def complete(self, prompts: list[list[int]], *, stops: Sequence[str], max_new_tokens: int, temperature: float,
-                 top_p: float, seed: int, batch_size: int) -> list[str]:
-        from phiforge.lm.generate import generate
-
-        outs = generate(self.model, prompts, max_new_tokens=max_new_tokens, pad_id=self.tok.pad_id,
-                        stop_ids=self.tok.stop_ids, temperature=temperature, top_p=top_p,
-                        seed=seed if temperature > 0 else None, batch_size=batch_size, progress=True)
-        return [cut_at(self.tok.decode(o), stops) for o in outs]
-
-    def encode_continuation(self, text: str) -> list[int]:
-        return self.tok.encode(text)
-
-    def logprobs(self, prompts: list[list[int]], continuations: list[list[int]], *,
-                 batch_size: int) -> list[tuple[float, int]]:
-        """(summed log-probability, token count) of each continuation after its prompt, in batches of similar
-        lengths; one forward pass per batch, right-padded so causal attention keeps padding out."""
-        import torch
-
-        from phiforge.train.dpo import token_logps
-
-        out: list[tuple[float, int]] = [(0.0, 0)] * len(prompts)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                for idx in _length_batches(prompts, continuations, batch_size, "logprobs"):
-                    logps, _ = token_logps(self.model, [prompts[i] for i in idx], [continuations[i] for i in idx],
-                                           self.tok.pad_id)
-                    for i, row in zip(idx, logps.sum(-1).tolist()):
-                        out[i] = (row, len(continuations[i]))
-        finally:
-            self.model.train(was_training)
-        return out
-
-
-def _length_batches(prompts: Sequence[list[int]], continuations: Sequence[list[int]], batch_size: int,
-                    desc: str):
-    """Row indices in batches of similar total length (longest first), iterated behind a progress bar."""
-    from tqdm import tqdm
-
-    for i, (p, c) in enumerate(zip(prompts, continuations)):
-        if not p or not c:
-            raise PhiforgeError(f"row {i}: scoring a continuation needs a non-empty prompt and continuation")
-    order = sorted(range(len(prompts)), key=lambda i: -(len(prompts[i]) + len(continuations[i])))
-    batches = [order[s : s + batch_size] for s in range(0, len(order), max(1, batch_size))]
-    return tqdm(batches, desc=desc, unit="batch", disable=len(batches) < 2)
-
-
-class HFEngine:
-    """Any transformers causal-LM directory (e.g. Gemma 3 270M converted from its registry GGUF), on
-    transformers' own `generate` with left padding and stop strings. The chat prompt needs the tokenizer's chat
-    template; base models without one are run with `--style completion`."""
-
-    def __init__(self, directory: Path, dtype: str = "bf16"):
-        import torch
-        import transformers
-
-        self.tok = transformers.AutoTokenizer.from_pretrained(directory)
-        self.tok.padding_side = "left"
-        if self.tok.pad_token is None:
-            self.tok.pad_token = self.tok.eos_token
-        self.model = transformers.AutoModelForCausalLM.from_pretrained(
-            directory, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32).eval()
-        self.directory = Path(directory)
-
-    def encode(self, text: str) -> list[int]:
-        return self.tok(text, add_special_tokens=True)["input_ids"]
-
-    def chat_prompt(self, user: str, history: Sequence[dict] = ()) -> list[int]:
-        if not self.tok.chat_template:
-            raise PhiforgeError(f"{self.directory}: the tokenizer has no chat template (a base model?); "
-                                "use --style completion")
-        return self.tok.apply_chat_template([*history, {"role": "user", "content": user}], add_generation_prompt=True,
-                                            tokenize=True, return_dict=False)
-
-    def complete(self, prompts: list[list[int]], *, stops: Sequence[str], max_new_tokens: int, temperature: float,
-                 top_p: float, seed: int, batch_size: int) -> list[str]:
-        import torch
-        from tqdm import tqdm
-
-        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
-        texts: list[str] = [""] * len(prompts)
-        kw = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else \
-            dict(do_sample=False)
-        torch.manual_seed(seed)
-        for s in tqdm(range(0, len(order), batch_size), desc="generate", unit="batch"):
-            idx = order[s : s + batch_size]
-            batch = self.tok.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt")
-            with torch.inference_mode():
-                out = self.model.generate(**batch, max_new_tokens=max_new_tokens, stop_strings=list(stops) or None,
-                                          tokenizer=self.tok, pad_token_id=self.tok.pad_token_id, **kw)
-            for i, row in zip(idx, out[:, batch["input_ids"].shape[1] :]):
-                texts[i] = cut_at(self.tok.decode(row, skip_special_tokens=True), stops)
-        return texts
-
-    def encode_continuation(self, text: str) -> list[int]:
-        return self.tok(text, add_special_tokens=False)["input_ids"]
-
-    def logprobs(self, prompts: list[list[int]], continuations: list[list[int]], *,
-                 batch_size: int) -> list[tuple[float, int]]:
-        """As PhiforgeEngine.logprobs, on the transformers model with right padding and an attention mask."""
-        import torch
-
-        out: list[tuple[float, int]] = [(0.0, 0)] * len(prompts)
-        pad = self.tok.pad_token_id
-        for idx in _length_batches(prompts, continuations, batch_size, "logprobs"):
-            rows = [prompts[i] + continuations[i] for i in idx]
-            width = max(map(len, rows))
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for r, row in enumerate(rows):
-                ids[r, : len(row)] = torch.tensor(row)
-                mask[r, : len(row)] = 1
-            with torch.inference_mode():
-                logits = self.model(input_ids=ids, attention_mask=mask).logits
-            for r, i in enumerate(idx):
-                p, c = len(prompts[i]), continuations[i]
-                # Only the positions that predict continuation tokens go through the fp32 log-softmax.
-                lp = logits[r, p - 1 : p - 1 + len(c)].float().log_softmax(-1)
-                out[i] = (lp.gather(-1, torch.tensor(c)[:, None]).sum().item(), len(c))
-        return out
-
-
-class OpenAIEngine:
-    """A model behind an OpenAI-compatible server (`phiforge serve`, vLLM, llama.cpp, Ollama, a hosted API), asked
-    through `HTTPTeacher`: concurrent requests, retries, and a disk cache when given one. Only chat-style maths runs
-    this way: raw completions (HumanEval, `--style completion`) and option log-likelihoods need the model itself."""
-
-    def __init__(self, base_url: str, model: str | None = None, *, concurrency: int = 8, cache_dir=None):
-        from phiforge.lm.http_teacher import HTTPTeacher
-
-        if model is None:  # a server with one model needs no name
-            import httpx
-
-            try:
-                served = [m["id"] for m in httpx.get(base_url.rstrip("/") + "/models", timeout=30).json()["data"]]
-            except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
-                raise PhiforgeError(f"{base_url}/models: cannot list the served models ({e}); name one with "
-                                    "--served-model") from None
-            if len(served) != 1:
-                raise PhiforgeError(f"{base_url} serves {len(served)} models ({', '.join(served)}); pick one with "
-                                    "--served-model")
-            model = served[0]
-        self.teacher = HTTPTeacher(base_url, model, concurrency=concurrency, cache_dir=cache_dir)
-        self.directory = f"{base_url.rstrip('/')} ({model})"
-
-    def encode(self, text: str):
-        raise PhiforgeError(f"{self.directory}: over the OpenAI API phiforge benchmark runs chat-style maths only; "
-                            "for code, --style completion or multiple choice, give it the model folder")
-
-    def chat_prompt(self, user: str, history: Sequence[dict] = ()) -> list[dict]:
-        return [*history, {"role": "user", "content": user}]
-
-    def complete(self, prompts: list[str], *, stops: Sequence[str], max_new_tokens: int, temperature: float,
-                 top_p: float, seed: int, batch_size: int) -> list[str]:
-        from phiforge.lm.teachers import ChatRequest
-
-        if top_p != 1.0:
-            raise PhiforgeError("--top-p is not sent over the OpenAI API here; leave it at 1")
-        # Every sample gets its own seed: distinct draws of one prompt, each reproducible and cacheable.
-        requests = [ChatRequest(p, temperature=temperature, max_tokens=max_new_tokens, stop=tuple(stops)[:4],
-                                     seed=seed + i if temperature > 0 else None) for i, p in enumerate(prompts)]
-        return [cut_at(c.text, stops) for c in self.teacher.complete(requests)]
-
-
-def load_engine(path: Path | str, served_model: str | None = None):
-    """An http(s) URL on OpenAIEngine; a phiforge run or model folder on phiforge's engine; any other transformers
-    model folder on HFEngine."""
-    if str(path).startswith(("http://", "https://")):
-        engine = OpenAIEngine(str(path), served_model)
-        return engine, engine.directory
-    path = Path(path)
-    config = path / "config.json"
-    if config.is_file() and json.loads(config.read_text()).get("model_type") != "phi3":
-        return HFEngine(path), path
-    from phiforge.serve.chat import load_chat_model
-
-    model, tok, model_dir = load_chat_model(path)
-    return PhiforgeEngine(model, tok), model_dir
 
 
 # Worked examples for few-shot maths prompts: the programmatic teacher's problems on a seed of their own, one domain

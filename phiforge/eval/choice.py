@@ -27,8 +27,8 @@ import math
 from collections.abc import Sequence
 
 from phiforge.answers import answers_equal, extract_answer
-from phiforge.errors import PhiforgeError
 from phiforge.data.render import BASE_STYLES, first_answer, question_prompt
+from phiforge.errors import PhiforgeError
 
 LETTERS = "ABCDE"
 AMC_CORRECT, AMC_BLANK, AMC_WRONG = 6.0, 1.5, 0.0

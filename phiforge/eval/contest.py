@@ -17,24 +17,24 @@ from pathlib import Path
 
 import torch
 
-from phiforge.eval import amc
-from phiforge.eval import benchmarks
-from phiforge.eval import choice
+from phiforge import stages
 from phiforge.answers import answers_equal, extract_answer
-from phiforge.eval.benchmarks import MATH_STOPS, PhiforgeEngine
-from phiforge.lm.checkpoint import load_model
 from phiforge.config import Recipe
-from phiforge.errors import PhiforgeError
-from phiforge.lm.generate import generate
-from phiforge.lm.model import Phi3
+from phiforge.data.corpus import read_column
 from phiforge.data.problems import Problem
 from phiforge.data.render import first_answer
-from phiforge.rundir import RunDir, atomic_write_json, atomic_write_text
-from phiforge.data.corpus import read_column
 from phiforge.data.synth import sample_problem
+from phiforge.errors import PhiforgeError
+from phiforge.eval import amc, benchmarks, choice
+from phiforge.eval.benchmarks import MATH_STOPS
+from phiforge.lm import hf
+from phiforge.lm.checkpoint import load_model
+from phiforge.lm.engine import PhiforgeEngine
+from phiforge.lm.generate import generate
+from phiforge.lm.model import Phi3
 from phiforge.lm.tokenizer import ChatTokenizer
+from phiforge.rundir import RunDir, atomic_write_json, atomic_write_text
 from phiforge.train.optim import device
-from phiforge.lm import hf_posttrain
 from phiforge.train.sft import load_policy
 
 
@@ -143,18 +143,17 @@ def candidates(recipe: Recipe, run: RunDir) -> list[tuple[str, Callable, str]]:
     "base" is the model post-training starts from: the pretrained one after midtraining extended its context, or
     with sft.init the transformers folder as given ("init")."""
     if recipe.sft.init:
-
-        return [("init", lambda: hf_posttrain.load(recipe.sft.init), "completion"),
-                *((stage, lambda stage=stage: load_policy(recipe, run, stage)[:2], "chat")
+        return [("init", lambda: hf.load(recipe.sft.init), "completion"),
+                *((stage, lambda stage=stage: load_policy(recipe, run, stage, "eval")[:2], "chat")
                   for stage in ("sft", "dpo", "dpo2"))]
-    tok = ChatTokenizer.load(run.stage_dir("tokenizer"))
+    tok = ChatTokenizer.load(stages.input_path(run, "tokenizer", "eval"))
 
     def untrained():
         torch.manual_seed(recipe.pretrain.seed)  # the floor: the architecture before any training
         return Phi3(recipe.model), tok
 
     def own(stage: str) -> Callable:
-        return lambda: (load_model(run.stage_dir(stage) / "model")[0], tok)
+        return lambda: (load_model(stages.model_dir(run, stage, "eval"))[0], tok)
 
     return [("untrained", untrained, "completion"), ("pretrain", own("pretrain"), "completion"),
             ("base", own("midtrain"), "completion"), ("sft", own("sft"), "chat"), ("dpo", own("dpo"), "chat"),

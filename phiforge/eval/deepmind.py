@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 
 from phiforge import datahome
-from phiforge.eval.items import Item
 from phiforge.errors import PhiforgeError
+from phiforge.eval.items import Item
 from phiforge.rundir import atomic_write_text
 
 ROOT = datahome.ROOT

@@ -22,8 +22,8 @@ import random
 from fractions import Fraction
 
 from phiforge.answers import answers_equal
-from phiforge.eval.items import GSM8K_INSTALL, Item, package_dir
 from phiforge.errors import PhiforgeError
+from phiforge.eval.items import GSM8K_INSTALL, Item, package_dir
 
 DEFAULT_SEED = 20_241_106  # the day the AMC 10A/12A of Phi-4's fresh evaluation was released
 

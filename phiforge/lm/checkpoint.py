@@ -22,8 +22,8 @@ import torch
 
 from phiforge.errors import PhiforgeError
 from phiforge.lm.model import ModelConfig, Phi3, load_pretrained, save_pretrained
-from phiforge.rundir import atomic_path, atomic_write_json, file_sha256
 from phiforge.lm.tokenizer import ChatTokenizer
+from phiforge.rundir import atomic_path, atomic_write_json, file_sha256
 
 HASHED = ("model.safetensors", "optimizer.pt", "rng.pt")  # what resuming reads, checked against state.json
 

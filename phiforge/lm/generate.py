@@ -1,4 +1,17 @@
-"""The one generation engine: batched, left-padded, KV-cached decoding for greedy and nucleus sampling."""
+"""The one decode loop, for phiforge's own model and transformers models alike: batched, left-padded, KV-cached
+decoding for greedy and nucleus sampling.
+
+- `decode`: the loop. It samples from the last logits, hands out each row's token, retires rows that stopped (or
+  whose `alive` turned False) and asks the model kind for the next logits.
+- `stream`: one step at a time, rows leaving the batch at once, so a cancelled request stops costing compute
+  (serving, terminal chat, local teachers).
+- `generate`: every prompt's new tokens, in batches (eval, benchmarks, PTS solutions, judge-guided DPO responses).
+- `sample_from_prefix`: n continuations of one prompt (PTS rollouts).
+
+A model kind only brings its prefill and its two per-step operations (`advance`: the next logits; `select`: keep
+some rows): `begin` here for phiforge's `Phi3` on its `KVCache`, `hf.begin` for a transformers model on its
+`DynamicCache` (phiforge/lm/hf.py). So a decode speed-up lands once, for every consumer and both model kinds.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +19,15 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from phiforge.lm.hf_posttrain import CausalLM
-from phiforge.lm.hf_posttrain import sample as hf_sample
+from phiforge.lm import hf
 from phiforge.lm.model import DecodeLinears, KVCache
+
+# `generate` drops finished rows of phiforge's model once they are a quarter of the batch: each drop copies the
+# whole fixed-size KV cache, so it is only done when it saves a real share of the work. Transformers models drop
+# them at once, as they always have (their seeded samples stay those of earlier runs); so does `stream`.
+DROP_AT = 0.25
 
 
 def sample_next(
@@ -31,9 +49,9 @@ def sample_next(
 def _draw(weights: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One index per row of non-negative weights [B, V], with probability proportional to its weight.
 
-    Ours instead of torch.multinomial, which on CPU draws a random number per vocabulary entry (2.6 ms for 16 x 8192
-    rows, as long as a decode step): one uniform per row against the float64 running sum takes 0.1 ms. u lies in
-    (0, total], so the first index whose running sum reaches u always has a positive weight.
+    Ours instead of torch.multinomial, which on CPU draws a random number per vocabulary entry: one uniform per row
+    against the float64 running sum (bench/README.md has the timings). u lies in (0, total], so the first index
+    whose running sum reaches u always has a positive weight.
     """
     cdf = weights.double().cumsum(dim=-1)
     u = torch.rand((weights.shape[0], 1), generator=generator, dtype=torch.float64, device=weights.device)
@@ -41,7 +59,7 @@ def _draw(weights: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
     return torch.searchsorted(cdf, u).squeeze(-1)
 
 
-def stream_rows(
+def decode(
     logits: torch.Tensor,
     advance: Callable[[torch.Tensor, int], torch.Tensor],
     select: Callable[[torch.Tensor], None],
@@ -52,154 +70,111 @@ def stream_rows(
     top_p: float,
     generator: torch.Generator | None,
     alive: Callable[[int], bool] | None = None,
+    keep_stop: bool = False,
+    drop_at: float = 0.0,
 ) -> Iterator[list[tuple[int, int]]]:
-    """The step-wise decode loop shared by phiforge's and transformers' models: sample from `logits` [B, V], yield
-    [(row, token)] for the rows that did not stop, drop the rows that stopped (or whose `alive` turned False) through
-    `select(kept row indices)`, and get the next logits from `advance(tokens of the kept rows, step)`."""
-    stop = set(stop_ids)
+    """The decode loop: sample from `logits` [B, V] and yield [(row, token)] for every row still decoding, step by
+    step. A row ends at its first stop token (yielded only with keep_stop), after max_new_tokens, or when
+    `alive(row)`, asked after each step is handed out, turns False. Ended rows leave the batch through
+    `select(kept batch rows)` once they are at least `drop_at` of it (0: at once); until then they are decoded
+    and ignored. `advance(tokens of the batch's rows, step)` gives the next logits."""
+    stop = frozenset(stop_ids)
     rows = list(range(logits.shape[0]))  # prompt index of each row still in the batch
+    done = [False] * len(rows)
     for step in range(max_new_tokens):
         tok = sample_next(logits, temperature, top_p, generator)
-        toks = tok.tolist()
-        yield [(rows[i], t) for i, t in enumerate(toks) if t not in stop]
-        keep = [i for i, t in enumerate(toks) if t not in stop and (alive is None or alive(rows[i]))]
-        if not keep or step == max_new_tokens - 1:
+        out = []
+        for i, t in enumerate(tok.tolist()):
+            if done[i]:
+                continue
+            if t in stop:
+                done[i] = True
+                if not keep_stop:
+                    continue
+            out.append((rows[i], t))
+        yield out
+        if alive is not None:
+            done = [d or not alive(r) for d, r in zip(done, rows)]
+        n_done = sum(done)
+        if n_done == len(rows) or step == max_new_tokens - 1:
             return
-        if len(keep) < len(rows):
+        if n_done and n_done >= drop_at * len(rows):
+            keep = [i for i, d in enumerate(done) if not d]
             idx = torch.tensor(keep, dtype=torch.long, device=tok.device)
-            rows = [rows[i] for i in keep]
-            tok = tok[idx]
+            rows, done, tok = [rows[i] for i in keep], [False] * len(keep), tok[idx]
             select(idx)
         logits = advance(tok, step)
 
 
-def generate(
-    model: nn.Module,
-    prompts: list[list[int]],
-    *,
-    max_new_tokens: int,
-    pad_id: int,
-    stop_ids: Sequence[int] = (),
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    seed: int | None = None,
-    batch_size: int = 64,
-    progress: bool = False,
-) -> list[list[int]]:
-    """New tokens for each prompt, without the stop token; a row ends at its first stop token.
-
-    Greedy results do not depend on which prompts share a batch: prompts are left-padded, padding is masked
-    out of attention and every row gets its own position ids. Seeded sampling is reproducible for the same
-    prompts, seed and batch_size.
-    """
+def _check(temperature: float, top_p: float, prompts: Sequence[Sequence[int]]) -> None:
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for i, p in enumerate(prompts):
         if len(p) == 0:
             raise ValueError(f"prompt {i} is empty; generation needs at least one token (e.g. BOS) to start from")
-    results: list[list[int]] = [[] for _ in prompts]
-    if max_new_tokens <= 0 or not prompts:
-        return results
 
+
+def _device(model) -> torch.device:
+    theirs = hf.transformers_model(model)
+    return next((model if theirs is None else theirs).parameters()).device
+
+
+def _generator(model, seed: int | None, temperature: float) -> torch.Generator | None:
+    if seed is None or temperature <= 0:
+        return None
+    generator = torch.Generator(device=_device(model))
+    generator.manual_seed(seed)
+    return generator
+
+
+def begin(model, prompts: Sequence[Sequence[int]], pad_id: int, max_new_tokens: int):
+    """Prefill left-padded prompts: their last logits [B, V] and the `advance` / `select` steps of `decode`, on
+    phiforge's model or, through the transformers adapter, on a transformers one."""
+    theirs = hf.transformers_model(model)
+    if theirs is not None:
+        return hf.begin(theirs, prompts, pad_id)
     model = getattr(model, "_orig_mod", model)  # decode shapes change every step; a compiled wrapper would recompile
     device = next(model.parameters()).device
-    generator = None
-    if seed is not None and temperature > 0:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(seed)
-    if isinstance(model, CausalLM):  # a transformers model being post-trained: its own KV cache and decode steps
-        results = [[] for _ in prompts]
-        for i in range(0, len(prompts), batch_size):
-            outs = hf_sample(model, prompts[i: i + batch_size], max_new_tokens=max_new_tokens, pad_id=pad_id,
-                             stop_ids=stop_ids, temperature=temperature, top_p=top_p, generator=generator)
-            results[i: i + batch_size] = outs
-        return results
-    stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device) if stop_ids else None
+    # Per call, not around the loop: a block held open across `stream`'s yield would leak into the caller.
+    linears = DecodeLinears(model)
 
-    # Longest first, so each batch holds similar lengths and wastes little on padding.
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), DecodeLinears(model):
-            bar = None
-            if progress:
-                from tqdm.auto import tqdm
+    @torch.inference_mode()
+    def forward(*args, **kwargs):
+        with linears:
+            return model(*args, **kwargs)
 
-                bar = tqdm(total=len(prompts), desc="generate", unit="prompt")
-            for idx in batches:
-                outs = _generate_batch(
-                    model, [prompts[i] for i in idx], max_new_tokens, pad_id, stop, temperature, top_p, generator
-                )
-                for i, out in zip(idx, outs):
-                    results[i] = out
-                if bar is not None:
-                    bar.update(len(idx))
-            if bar is not None:
-                bar.close()
-    finally:
-        model.train(was_training)
-    return results
-
-
-def _generate_batch(model, prompts, max_new_tokens, pad_id, stop, temperature, top_p, generator) -> list[list[int]]:
-    device = next(model.parameters()).device
     B, L = len(prompts), max(len(p) for p in prompts)
-    total = L + max_new_tokens
     ids = torch.full((B, L), pad_id, dtype=torch.long)
-    key_valid = torch.zeros((B, total), dtype=torch.bool)
+    key_valid = torch.zeros((B, L + max_new_tokens), dtype=torch.bool)
     for r, p in enumerate(prompts):
-        ids[r, L - len(p) :] = torch.tensor(p, dtype=torch.long)
-        key_valid[r, L - len(p) : L] = True
+        ids[r, L - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        key_valid[r, L - len(p):L] = True
     ids, key_valid = ids.to(device), key_valid.to(device)
     # Each row counts positions from its own first real token, so padding never shifts RoPE.
     positions = (key_valid[:, :L].long().cumsum(-1) - 1).clamp_min(0)
     # Without any padding, plain causal attention and the model's own positions give the same result, minus the
     # per-step mask and RoPE computation.
     padded = any(len(p) != L for p in prompts)
+    cache = KVCache(model.cfg.n_layers, L + max_new_tokens)
+    logits = _prefill(forward, model.cfg.n_layers, ids, positions, key_valid[:, :L], [len(p) for p in prompts], cache)
+    state = {"pos": positions[:, -1] + 1, "valid": key_valid}
 
-    cache = KVCache(model.cfg.n_layers, total)
-    logits = _prefill(model, ids, positions, key_valid[:, :L], [len(p) for p in prompts], cache)
-    next_pos = positions[:, -1] + 1
+    def select(idx):
+        state["pos"], state["valid"] = state["pos"][idx], state["valid"][idx]
+        cache.select(idx)
 
-    out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    n_out = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)
-    rows = torch.arange(B, device=device)  # batch row of each still-decoded row
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    for step in range(max_new_tokens):
-        tok = sample_next(logits, temperature, top_p, generator)
-        out[rows, step] = tok
-        if stop is not None:
-            hit = torch.isin(tok, stop) & ~done
-            n_out[rows[hit]] = step
-            done |= hit
-        if step == max_new_tokens - 1:
-            break
-        n_done = int(done.sum())
-        if n_done == len(rows):
-            break
-        if 4 * n_done >= len(rows):
-            # Shrinking the batch copies the cache once, so only do it when it saves a real share of the work.
-            keep = (~done).nonzero().squeeze(-1)
-            rows, tok, next_pos, done = rows[keep], tok[keep], next_pos[keep], done[keep]
-            key_valid = key_valid[keep]
-            cache.select(keep)
-        if padded:
-            key_valid[:, L + step] = True
-            logits = model(
-                tok[:, None], position_ids=next_pos[:, None], kv_cache=cache, attention_mask=key_valid[:, : L + step + 1]
-            )[:, -1]
-            next_pos = next_pos + 1
-        else:
-            logits = model(tok[:, None], kv_cache=cache)[:, -1]
+    def advance(tok, step):
+        if not padded:
+            return forward(tok[:, None], kv_cache=cache)[:, -1]
+        state["valid"][:, L + step] = True
+        out = forward(tok[:, None], position_ids=state["pos"][:, None], kv_cache=cache,
+                      attention_mask=state["valid"][:, :L + step + 1])[:, -1]
+        state["pos"] = state["pos"] + 1
+        return out
 
-    out_list, n_list = out.tolist(), n_out.tolist()
-    return [row[:n] for row, n in zip(out_list, n_list)]
+    return logits, advance, select
 
 
 def _prefill_groups(lengths: list[int]) -> list[list[int]]:
@@ -216,24 +191,24 @@ def _prefill_groups(lengths: list[int]) -> list[list[int]]:
     return groups
 
 
-def _prefill(model, ids, positions, key_valid, lengths, cache: KVCache) -> torch.Tensor:
+def _prefill(forward, n_layers: int, ids, positions, key_valid, lengths, cache: KVCache) -> torch.Tensor:
     """Last-position logits [B, V] of left-padded prompts ids [B, L], their keys and values left in `cache`."""
     B, L = ids.shape
     groups = _prefill_groups(lengths)
     if len(groups) == 1:
         if min(lengths) == L:
-            return model(ids, kv_cache=cache, last_only=True)[:, -1]
-        return model(ids, position_ids=positions, kv_cache=cache, attention_mask=key_valid, last_only=True)[:, -1]
+            return forward(ids, kv_cache=cache, last_only=True)[:, -1]
+        return forward(ids, position_ids=positions, kv_cache=cache, attention_mask=key_valid, last_only=True)[:, -1]
     logits = None
     for rows in groups:
         Lg = lengths[rows[0]]
         idx = torch.tensor(rows, device=ids.device)
-        part = KVCache(model.cfg.n_layers, Lg)
+        part = KVCache(n_layers, Lg)
         if all(lengths[r] == Lg for r in rows):
-            out = model(ids[idx, L - Lg :], kv_cache=part, last_only=True)
+            out = forward(ids[idx, L - Lg:], kv_cache=part, last_only=True)
         else:
-            out = model(ids[idx, L - Lg :], position_ids=positions[idx, L - Lg :], kv_cache=part,
-                        attention_mask=key_valid[idx, L - Lg :], last_only=True)
+            out = forward(ids[idx, L - Lg:], position_ids=positions[idx, L - Lg:], kv_cache=part,
+                          attention_mask=key_valid[idx, L - Lg:], last_only=True)
         if logits is None:
             logits = out.new_empty((B, out.shape[-1]))
         logits[idx] = out[:, -1]
@@ -242,8 +217,101 @@ def _prefill(model, ids, positions, key_valid, lengths, cache: KVCache) -> torch
     return logits
 
 
+def stream(
+    model,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    pad_id: int,
+    stop_ids: Sequence[int] = (),
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    alive: Callable[[int], bool] | None = None,
+) -> Iterator[list[tuple[int, int]]]:
+    """The prompts decoded as one batch, one step at a time: yields [(prompt index, token), ...] per step.
+
+    A row leaves the batch at its first stop token (never yielded), after max_new_tokens, or as soon as
+    alive(index) turns False, so a cancelled request stops costing compute. The forward calls are generate's, so
+    a prompt decoded alone greedily gives the same tokens either way. The model is used in the mode it is in.
+    """
+    _check(temperature, top_p, prompts)
+    if max_new_tokens <= 0 or not prompts:
+        return
+    generator = _generator(model, seed, temperature)
+    logits, advance, select = begin(model, prompts, pad_id, max_new_tokens)
+    yield from decode(logits, advance, select, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
+                      temperature=temperature, top_p=top_p, generator=generator, alive=alive)
+
+
+def _collect(steps: Iterator[list[tuple[int, int]]], n: int) -> list[list[int]]:
+    outs: list[list[int]] = [[] for _ in range(n)]
+    for step in steps:
+        for row, token in step:
+            outs[row].append(token)
+    return outs
+
+
+class _Evaluating:
+    """The model in eval mode inside the block, back in its own mode after."""
+
+    def __init__(self, model):
+        self.module = model if isinstance(model, nn.Module) else hf.transformers_model(model)
+
+    def __enter__(self):
+        self.was_training = self.module.training
+        self.module.eval()
+
+    def __exit__(self, *exc):
+        self.module.train(self.was_training)
+
+
+def generate(
+    model,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int,
+    pad_id: int,
+    stop_ids: Sequence[int] = (),
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> list[list[int]]:
+    """New tokens for each prompt, without the stop token; a row ends at its first stop token.
+
+    Greedy results do not depend on which prompts share a batch: prompts are left-padded, padding is masked
+    out of attention and every row gets its own position ids. Seeded sampling is reproducible for the same
+    prompts, seed and batch_size. phiforge's model decodes the longest prompts first, so each batch holds similar
+    lengths and wastes little on padding; a transformers model takes the prompts in their order.
+    """
+    _check(temperature, top_p, prompts)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    results: list[list[int]] = [[] for _ in prompts]
+    if max_new_tokens <= 0 or not prompts:
+        return results
+    theirs = hf.transformers_model(model) is not None
+    order = list(range(len(prompts))) if theirs else sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    generator = _generator(model, seed, temperature)
+    with _Evaluating(model), torch.inference_mode(), tqdm(total=len(prompts), desc="generate", unit="prompt",
+                                                          disable=not progress) as bar:
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            batch = [prompts[i] for i in idx]
+            logits, advance, select = begin(model, batch, pad_id, max_new_tokens)
+            steps = decode(logits, advance, select, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
+                           temperature=temperature, top_p=top_p, generator=generator,
+                           drop_at=0.0 if theirs else DROP_AT)
+            for i, out in zip(idx, _collect(steps, len(batch))):
+                results[i] = out
+            bar.update(len(idx))
+    return results
+
+
 def sample_from_prefix(
-    model: nn.Module,
+    model,
     prefix_ids: Sequence[int],
     n: int,
     *,
@@ -256,51 +324,39 @@ def sample_from_prefix(
 ) -> list[list[int]]:
     """n continuations of one prompt; a row ends at its first stop token, which is kept only with keep_stop.
 
-    The prompt is prefilled once and its KV cache copied to the n rows, so n rollouts cost one prefill instead of
-    n. All rows share one length, so neither padding, masks nor position ids are needed.
+    On phiforge's model the prompt is prefilled once and its KV cache copied to the n rows, so n rollouts cost one
+    prefill instead of n; all rows share one length, so neither padding, masks nor position ids are needed. A
+    transformers model decodes n copies of the prompt as one batch: n prefills, but no cache copying.
     """
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if len(prefix_ids) == 0:
         raise ValueError("prefix is empty; sampling needs at least one token to start from")
+    _check(temperature, top_p, [])
     if n <= 0 or max_new_tokens <= 0:
         return [[] for _ in range(max(n, 0))]
-
     model = getattr(model, "_orig_mod", model)
-    if isinstance(model, CausalLM):  # n copies of the prefix in one batch: n prefills, but no cache copying
-        return hf_sample(model, [list(prefix_ids)] * n, max_new_tokens=max_new_tokens, pad_id=0, stop_ids=stop_ids,
-                         temperature=temperature, top_p=top_p, generator=generator, keep_stop=keep_stop)
-    device = next(model.parameters()).device
-    stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device) if stop_ids else None
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), DecodeLinears(model):
-            cache = KVCache(model.cfg.n_layers, len(prefix_ids) + max_new_tokens)
-            ids = torch.tensor([list(prefix_ids)], dtype=torch.long, device=device)
-            logits = model(ids, kv_cache=cache, last_only=True)[:, -1].expand(n, -1)
-            cache.select(torch.zeros(n, dtype=torch.long, device=device))
+    theirs = hf.transformers_model(model)
+    with _Evaluating(model), torch.inference_mode():
+        if theirs is not None:
+            logits, advance, select = hf.begin(theirs, [list(prefix_ids)] * n, 0)
+        else:
+            logits, advance, select = _begin_shared(model, prefix_ids, n, max_new_tokens)
+        steps = decode(logits, advance, select, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
+                       temperature=temperature, top_p=top_p, generator=generator, keep_stop=keep_stop,
+                       drop_at=0.0 if theirs is not None else DROP_AT)
+        return _collect(steps, n)
 
-            out = torch.zeros((n, max_new_tokens), dtype=torch.long, device=device)
-            n_out = torch.full((n,), max_new_tokens, dtype=torch.long, device=device)
-            rows = torch.arange(n, device=device)
-            done = torch.zeros(n, dtype=torch.bool, device=device)
-            for step in range(max_new_tokens):
-                tok = sample_next(logits, temperature, top_p, generator)
-                out[rows, step] = tok
-                if stop is not None:
-                    hit = torch.isin(tok, stop) & ~done
-                    n_out[rows[hit]] = step + 1 if keep_stop else step
-                    done |= hit
-                if step == max_new_tokens - 1 or bool(done.all()):
-                    break
-                if 4 * int(done.sum()) >= len(rows):
-                    keep = (~done).nonzero().squeeze(-1)
-                    rows, tok, done = rows[keep], tok[keep], done[keep]
-                    cache.select(keep)
-                logits = model(tok[:, None], kv_cache=cache)[:, -1]
-    finally:
-        model.train(was_training)
-    return [row[:k] for row, k in zip(out.tolist(), n_out.tolist())]
+
+def _begin_shared(model: nn.Module, prefix_ids: Sequence[int], n: int, max_new_tokens: int):
+    """phiforge's prefill of one prompt, its cache copied to n rows: the logits [n, V] and `decode`'s steps."""
+    device = next(model.parameters()).device
+    linears = DecodeLinears(model)
+
+    def forward(*args, **kwargs):
+        with linears:
+            return model(*args, **kwargs)
+
+    cache = KVCache(model.cfg.n_layers, len(prefix_ids) + max_new_tokens)
+    ids = torch.tensor([list(prefix_ids)], dtype=torch.long, device=device)
+    logits = forward(ids, kv_cache=cache, last_only=True)[:, -1].expand(n, -1)
+    cache.select(torch.zeros(n, dtype=torch.long, device=device))
+    return logits, lambda tok, step: forward(tok[:, None], kv_cache=cache)[:, -1], cache.select

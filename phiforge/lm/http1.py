@@ -2,9 +2,8 @@
 
 Written here rather than taken from aiohttp because the teacher's throughput at high concurrency is bounded by the
 client's CPU per request: replies from a fixed-latency server come back in waves, and a wave of c replies holds the
-event loop for c times that cost before the last of them is sent again. On the 2-core bench machine
-(bench/http_teacher.py, 64 in flight, 50 ms server) a request costs this client about 0.06 ms of CPU against
-aiohttp's 0.15 ms, which is the difference between 95% and 86% of the ideal rate.
+event loop for c times that cost before the last of them is sent again. This client spends well under half of
+aiohttp's CPU per request (bench/http_teacher.py; the figures are in bench/README.md).
 
 What it speaks: HTTP/1.1 over TCP or TLS (the system's CA store), one request at a time per connection, responses
 framed by Content-Length, chunked transfer coding, or the connection's end; gzip and deflate bodies (it asks for

@@ -7,9 +7,9 @@
 
 One asyncio event loop and at most `concurrency` requests in flight (a bounded semaphore, released while a request
 waits to retry) over as many keep-alive connections. The transport is phiforge's own HTTP/1.1 client
-(`phiforge.lm.http1`, about 0.06 ms of CPU a request), or aiohttp where HTTP(S)_PROXY / ALL_PROXY route the URL through
-a proxy (NO_PROXY honoured; 0.15 ms a request); `transport=` picks one by name, httpx (0.7 ms) included, for
-bench/http_teacher.py to compare.
+(`phiforge.lm.http1`, the lightest per request), or aiohttp where HTTP(S)_PROXY / ALL_PROXY route the URL through a
+proxy (NO_PROXY honoured); `transport=` picks one by name, httpx included, for bench/http_teacher.py to compare (its
+figures are in bench/README.md).
 A request is retried, up to `max_retries` times, on 408/429/500/502/503/504, a timeout, a connection error, or a 200
 whose body is not a whole chat completion (truncated or malformed JSON). The wait before retry k is the server's
 Retry-After when it sends one, else "full jitter", uniform in [0, min(max_backoff_s, backoff_s * 2**k)], so that
@@ -17,7 +17,7 @@ clients that failed together do not retry together. Any other status fails at on
 retries the rest of the batch still finishes (every answer that came back is cached), then a `TeacherError` names
 the URL and the last status or error.
 
-Answers are cached on disk (`teacher.DiskCache`) under the SHA-256 of the canonical request: model, messages,
+Answers are cached on disk (`completions.DiskCache`) under the SHA-256 of the canonical request: model, messages,
 temperature, max_tokens, seed and stop; not the URL, so a model moved to another server keeps its cache. Only
 deterministic requests are cached (greedy, or sampled with a seed), and identical ones in one batch are sent once:
 two seedless samples of one prompt are meant to be two different draws, which a cache or a merge would make one.
@@ -39,7 +39,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from phiforge.lm.teachers import ChatRequest, Completion, DiskCache, TeacherError, request_key
+from phiforge.lm.completions import ChatRequest, Completion, DiskCache, TeacherError, request_key
+from phiforge.lm.http1 import Http1Pool
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_S = 600.0  # a Retry-After is honoured up to ten minutes; a larger one is a server bug
@@ -119,8 +120,6 @@ class _Asyncio:
     errors = (OSError,)  # refused, reset, TLS failures, and http1.ProtocolError (closed mid-response, not HTTP)
 
     def __init__(self, url: str, n_slots: int, timeout_s: float, headers: dict[str, str]):
-        from phiforge.lm.http1 import Http1Pool
-
         if env_proxy(url) is not None:
             raise TeacherError(f"transport 'asyncio' speaks to {url} directly, but the environment names a proxy "
                                f"for it; use transport 'aiohttp' (or 'auto')")
@@ -188,7 +187,7 @@ class _Httpx:
 
 @functools.cache
 def _httpx_ssl_context():
-    """httpx's SSL context; loading its CA bundle takes 20-30 ms, so once per process, not per client."""
+    """httpx's SSL context; loading its CA bundle is slow, so once per process, not per client."""
     import httpx
 
     return httpx.create_ssl_context()

@@ -306,12 +306,10 @@ class DecodeLinears:
     """Inside `with` blocks, a Phi3's linears run through oneDNN on CPU in fp32 without autograd: the generation
     engine's forward passes.
 
-    On this machine (AMD EPYC, torch's MKL build) MKL's fp32 GEMM is slow at the few rows of a decode step: over the
-    17 weight matrices of bench/generate.py's model, cycled as a decode step does, oneDNN takes 0.99 / 1.79 / 2.58 /
-    5.67 / 30.5 ms at 1 / 4 / 16 / 64 / 512 rows against F.linear's 2.47 / 4.42 / 4.81 / 9.09 / 38.5 ms (2.5x to
-    1.26x); results differ from F.linear in the last bits only (fp32 accumulation order). Only for generation:
-    training runs under bf16 autocast (already oneDNN), and scoring passes keep F.linear so a policy and its
-    reference compute alike. The weights themselves are used as they are, so nothing is copied.
+    On a CPU where torch's fp32 F.linear goes to MKL, whose GEMM is slow at the few rows of a decode step, oneDNN's
+    is faster at every batch size (bench/README.md, KV-cache generation, has the figures); results differ from
+    F.linear in the last bits only (fp32 accumulation order). Only for generation: training runs under bf16 autocast
+    (already oneDNN), and scoring passes keep F.linear so a policy and its reference compute alike. The weights themselves are used as they are, so nothing is copied.
     """
 
     def __init__(self, model: nn.Module):

@@ -1,8 +1,8 @@
 """`phiforge chat`: a terminal conversation with a trained model, streamed token by token.
 
-Also holds what the HTTP server (`phiforge.serve.server`) shares with it: finding the model in a run folder (or loading a
-transformers folder through `hf_model.HFChatModel`), a step-wise version of `generate`'s decoding loop that yields
-tokens as they are sampled, and incremental detokenisation.
+Also holds what the HTTP server (`phiforge.serve.server`) shares with it: loading the named models, the text a client
+may send, OpenAI-style messages, and fitting a conversation into the context. Models are loaded, decoded and
+detokenised by the inference layer (`phiforge.lm.engine`, `phiforge.lm.generate.stream`).
 """
 
 from __future__ import annotations
@@ -10,22 +10,15 @@ from __future__ import annotations
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from phiforge.errors import PhiforgeError
-from phiforge.lm.generate import generate, stream_rows
-from phiforge.lm.hf_model import HFChatModel
-from phiforge.lm.model import DecodeLinears, KVCache
-from phiforge.rundir import MARKER, RunDir
+from phiforge.lm.engine import TextStream, default_name, load_chat_model
+from phiforge.lm.generate import stream
 from phiforge.lm.tokenizer import ChatTokenizer
-
-# The most-trained model first: judge-guided DPO refines PTS-DPO, which refines SFT, which refines the base
-# (midtrained, then pretrained).
-STAGE_PREFERENCE = ("dpo2", "dpo", "sft", "midtrain", "pretrain")
 
 HELP = "commands: /reset (forget the conversation), /temp X, /system TEXT (empty to clear), /help, /quit"
 
@@ -38,44 +31,6 @@ HELP = "commands: /reset (forget the conversation), /temp X, /system TEXT (empty
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _UNSENDABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 _SHOWN = {c: "\ufffd" for c in [*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0xA0)]}
-
-
-def resolve_model_dir(path: Path | str) -> Path:
-    """A model folder as given, or a run folder's best completed model (dpo2 > dpo > sft > midtrain > pretrain)."""
-    path = Path(path)
-    if not path.exists():
-        raise PhiforgeError(f"{path} does not exist (expected a run folder or a model folder with config.json)")
-    if (path / "config.json").is_file():
-        return path
-    if (path / MARKER).is_file():
-        run = RunDir.open(path)
-        for stage in STAGE_PREFERENCE:
-            # A stage whose manifest is gone was invalidated (e.g. by --force on an earlier stage): its model is stale.
-            model_dir = run.stage_dir(stage) / "model"
-            if run.manifest(stage) is not None and (model_dir / "config.json").is_file():
-                return model_dir
-        raise PhiforgeError(f"run folder {path} has no finished model yet (none of {', '.join(STAGE_PREFERENCE)} "
-                            f"has completed); run `phiforge run --out {path}` first")
-    raise PhiforgeError(f"{path} is neither a model folder (no config.json) nor a phiforge run folder (no {MARKER})")
-
-
-def load_chat_model(path: Path | str) -> tuple[nn.Module, ChatTokenizer, Path]:
-    """A phiforge checkpoint on phiforge's model, any other transformers causal-LM folder through `HFChatModel`."""
-    from phiforge.lm.checkpoint import load_model
-    from phiforge.lm.hf_model import is_hf_folder
-
-    model_dir = resolve_model_dir(path)
-    if is_hf_folder(model_dir):
-        hf = HFChatModel(model_dir)
-        return hf, hf.tok, model_dir
-    model, _, tok = load_model(model_dir)
-    return model.eval(), tok, model_dir
-
-
-def default_name(model_dir: Path) -> str:
-    """runs/tiny/sft/model -> 'tiny-sft'; any other folder -> its own name."""
-    parts = model_dir.resolve().parts
-    return f"{parts[-3]}-{parts[-2]}" if parts[-1] == "model" and len(parts) >= 3 else parts[-1]
 
 
 def load_named_models(path: str | None, named: Sequence[str]) -> list[tuple[str, Path, nn.Module, ChatTokenizer]]:
@@ -93,155 +48,6 @@ def load_named_models(path: str | None, named: Sequence[str]) -> list[tuple[str,
         model, tok, model_dir = load_chat_model(where)
         loaded.append((name or default_name(model_dir), model_dir, model, tok))
     return loaded
-
-
-def stream_generate(
-    model: nn.Module,
-    prompts: Sequence[Sequence[int]],
-    *,
-    max_new_tokens: int,
-    pad_id: int,
-    stop_ids: Sequence[int] = (),
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    seed: int | None = None,
-    alive: Callable[[int], bool] | None = None,
-) -> Iterator[list[tuple[int, int]]]:
-    """`generate`'s batched KV-cache loop, one step at a time: yields [(prompt index, token), ...] per step.
-
-    A row leaves the batch at its first stop token (never yielded), after max_new_tokens, or as soon as
-    alive(index) turns False, so a cancelled request stops costing compute. The forward calls are the same as
-    generate's, so a prompt decoded alone greedily gives the same tokens either way.
-    """
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("a prompt is empty; generation needs at least one token to start from")
-    if max_new_tokens <= 0 or not prompts:
-        return
-    if isinstance(model, HFChatModel):
-        device = model.model.device
-        logits, advance, select = model.begin(prompts, pad_id)
-    else:
-        model = getattr(model, "_orig_mod", model)
-        device = next(model.parameters()).device
-        logits, advance, select = _begin(model, prompts, pad_id, max_new_tokens)
-    generator = None
-    if seed is not None and temperature > 0:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(seed)
-    yield from stream_rows(logits, advance, select, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
-                           temperature=temperature, top_p=top_p, generator=generator, alive=alive)
-
-
-def _begin(model: nn.Module, prompts: Sequence[Sequence[int]], pad_id: int, max_new_tokens: int):
-    """phiforge's prefill of left-padded prompts into a KV cache sized for the whole generation: the last logits
-    [B, V] and the `advance` / `select` steps of `generate.stream_rows`. The forward calls are generate's."""
-    device = next(model.parameters()).device
-
-    # Per call, not around the loop: a block held open across `yield` would leak into the caller.
-    linears = DecodeLinears(model)
-
-    @torch.inference_mode()
-    def forward(*args, **kwargs):
-        with linears:
-            return model(*args, **kwargs)
-
-    B, L = len(prompts), max(len(p) for p in prompts)
-    total = L + max_new_tokens
-    ids = torch.full((B, L), pad_id, dtype=torch.long)
-    key_valid = torch.zeros((B, total), dtype=torch.bool)
-    for r, p in enumerate(prompts):
-        ids[r, L - len(p):] = torch.tensor(list(p), dtype=torch.long)
-        key_valid[r, L - len(p):L] = True
-    ids, key_valid = ids.to(device), key_valid.to(device)
-    positions = (key_valid[:, :L].long().cumsum(-1) - 1).clamp_min(0)
-    cache = KVCache(model.cfg.n_layers, total)
-    logits = forward(ids, position_ids=positions, kv_cache=cache, attention_mask=key_valid[:, :L], last_only=True)
-    state = {"pos": positions[:, -1] + 1, "valid": key_valid}
-
-    def select(idx):
-        state["pos"], state["valid"] = state["pos"][idx], state["valid"][idx]
-        cache.select(idx)
-
-    def advance(tok, step):
-        state["valid"][:, L + step] = True
-        out = forward(tok[:, None], position_ids=state["pos"][:, None], kv_cache=cache,
-                      attention_mask=state["valid"][:, :L + step + 1])[:, -1]
-        state["pos"] = state["pos"] + 1
-        return out
-
-    return logits[:, -1], advance, select
-
-
-def generate_batch(model, prompts: Sequence[Sequence[int]], **kwargs) -> list[list[int]]:
-    """`generate.generate` for phiforge checkpoints, the same call on a transformers folder's `HFChatModel`."""
-    if isinstance(model, HFChatModel):
-        return model.generate(prompts, **kwargs)
-    return generate(model, prompts, **kwargs)
-
-
-def stream_tokens(model: nn.Module, prompt: Sequence[int], **kwargs) -> Iterator[int]:
-    """One prompt's new tokens, one at a time as they are sampled (stop token excluded); kwargs as stream_generate."""
-    for step in stream_generate(model, [prompt], **kwargs):
-        for _, token in step:
-            yield token
-
-
-class TextStream:
-    """Token ids in, text deltas out, never showing text that a later token could still change.
-
-    Byte-level BPE can split one character over several tokens (decoded meanwhile as U+FFFD), and the tail of the
-    text may be the start of a stop string; both are held back until resolved. `text` is everything before the
-    first stop string, `stopped` says whether one was found.
-    """
-
-    def __init__(self, tok: ChatTokenizer, stop: Sequence[str] = ()):
-        self.tok, self.stop = tok, [s for s in stop if s]
-        self.ids: list[int] = []
-        self.text, self.shown, self.stopped = "", 0, False
-
-    def push(self, token: int) -> str:
-        if self.stopped:
-            return ""
-        self.ids.append(token)
-        text = self.tok.decode(self.ids)
-        hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
-        if hits:
-            self.stopped, text = True, text[:min(hits)]
-            safe = len(text)
-        else:
-            safe = len(text) - self._undecided_tail(text)
-        self.text = text
-        delta = text[self.shown:safe]
-        self.shown = max(self.shown, safe)
-        return delta
-
-    def extend(self, tokens: Sequence[int]) -> int:
-        """Push tokens until a stop string appears; returns how many were consumed."""
-        if not self.stop and not self.stopped:  # one decode instead of one per token
-            self.ids += tokens
-            self.text = self.tok.decode(self.ids)
-            return len(tokens)
-        for n, token in enumerate(tokens, 1):
-            self.push(token)
-            if self.stopped:
-                return n
-        return len(tokens)
-
-    def _undecided_tail(self, text: str) -> int:
-        # An unfinished character may be the next one of a stop string, so stop prefixes are sought before it.
-        whole = text.rstrip("\ufffd")
-        prefix = max((next((k for k in range(min(len(s) - 1, len(whole)), 0, -1) if whole.endswith(s[:k])), 0)
-                      for s in self.stop), default=0)
-        return len(text) - len(whole) + prefix
-
-    def flush(self) -> str:
-        """Whatever is still held back, once no more tokens will come."""
-        delta, self.shown = self.text[self.shown:], max(self.shown, len(self.text))
-        return delta
 
 
 def text_problem(text: str, *, raw_bytes: bool = False, generated: bool = False) -> str | None:
@@ -370,7 +176,7 @@ class Conversation:
         try:
             print("assistant> ", end="", flush=True)
             ended = False
-            for step in stream_generate(self.model, [prompt], max_new_tokens=budget, pad_id=self.tok.pad_id,
+            for step in stream(self.model, [prompt], max_new_tokens=budget, pad_id=self.tok.pad_id,
                                         stop_ids=self.tok.stop_ids, temperature=self.temperature, top_p=self.top_p,
                                         seed=self.seed):
                 ended = not step  # an empty step is the stop token
@@ -424,9 +230,9 @@ def run_chat(args) -> int:
     model, tok, model_dir = load_chat_model(args.path)
     # Bytes that are not UTF-8 reach chat_loop as surrogates for it to refuse, rather than ending input() with a
     # UnicodeDecodeError; text the terminal cannot show prints as "?" rather than raising.
-    for stream, errors in ((sys.stdin, "surrogateescape"), (sys.stdout, "replace")):
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors=errors)
+    for std, errors in ((sys.stdin, "surrogateescape"), (sys.stdout, "replace")):
+        if hasattr(std, "reconfigure"):
+            std.reconfigure(errors=errors)
     try:
         import readline  # noqa: F401  (line editing and history for input(), where the platform has it)
     except ImportError:

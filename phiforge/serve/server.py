@@ -1,9 +1,9 @@
 """`phiforge serve`: an OpenAI-compatible HTTP server (chat completions, completions, models) and a chat web page.
 
 Requests are not run one by one: they wait in a queue for a few milliseconds so that those arriving together share
-one batched call of the step-wise engine (`chat.stream_generate`), plain and streamed replies alike. The model runs in
-a single worker thread, so the event loop keeps answering (health checks, disconnects, 429s) while a batch decodes,
-and the model never sees two forward passes at once. A request whose client hangs up, streamed or not, leaves its
+one batched call of the step-wise decode loop (`phiforge.lm.generate.stream`), plain and streamed replies alike. The
+model runs in a single worker thread, so the event loop keeps answering (health checks, disconnects, 429s) while a
+batch decodes, and the model never sees two forward passes at once. A request whose client hangs up, streamed or not, leaves its
 batch at the next step.
 
 Who may send requests (Host, Origin, API key) is `serve_access`'s business; this module refuses what no model should
@@ -34,9 +34,11 @@ from starlette.middleware import Middleware
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from phiforge.serve.chat import TextStream, fit_messages, load_named_models, openai_messages, stream_generate, text_problem
 from phiforge.errors import PhiforgeError
+from phiforge.lm.engine import TextStream
+from phiforge.lm.generate import stream
 from phiforge.serve.access import LOOPBACK, Access, Guard, openai_error
+from phiforge.serve.chat import fit_messages, load_named_models, openai_messages, text_problem
 
 log = logging.getLogger("phiforge.serve.server")
 STATIC = Path(__file__).parent / "static"
@@ -162,7 +164,7 @@ class Server:
         def alive(i: int) -> bool:
             return not (group[i].done or group[i].cancelled or self.closing)
 
-        for step in stream_generate(group[0].served.model, [j.prompt for j in group], alive=alive,
+        for step in stream(group[0].served.model, [j.prompt for j in group], alive=alive,
                                     **self._engine_args(group)):
             for i, token in step:
                 job = group[i]

@@ -8,8 +8,8 @@ then on the root, so each block's parameters are gathered only while that block 
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist

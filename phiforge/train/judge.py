@@ -24,7 +24,7 @@ from typing import Protocol
 
 from phiforge.answers import answers_equal, extract_answer
 from phiforge.errors import PhiforgeError
-from phiforge.lm.teachers import ChatRequest
+from phiforge.lm.completions import ChatRequest
 
 AXES = ("accuracy", "style", "detail")
 

@@ -15,12 +15,12 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from phiforge.train.judge import JudgeTask, LLMJudge, ProgrammaticJudge, preference_pairs
 from phiforge.data.corpus import read_column
 from phiforge.lm.generate import generate
 from phiforge.lm.teachers import make_teacher
 from phiforge.rundir import atomic_write_json, atomic_write_text
 from phiforge.train.dpo import train_on_pairs
+from phiforge.train.judge import JudgeTask, LLMJudge, ProgrammaticJudge, preference_pairs
 from phiforge.train.optim import device
 from phiforge.train.sft import load_policy
 
@@ -51,7 +51,7 @@ def responses(recipe, run, items: list[dict], tok) -> list[list[dict]]:
                 ids = tok.encode(item["reference"]) + [tok.im_end_id]
                 out[i].append({"policy": "teacher", "text": item["reference"], "ids": ids, "finished": True})
             continue
-        model = load_policy(recipe, run, policy, cfg.dtype)[0].to(device()).eval()
+        model = load_policy(recipe, run, policy, "dpo2", cfg.dtype)[0].to(device()).eval()
         k = cfg.samples_per_policy
         prompts = [tok.chat_prompt(item["question"]) for item in items for _ in range(k)]
         sampled = generate(model, prompts, max_new_tokens=cfg.max_response_tokens, pad_id=tok.pad_id,
@@ -66,7 +66,7 @@ def responses(recipe, run, items: list[dict], tok) -> list[list[dict]]:
 def execute(recipe, run) -> dict:
 
     cfg = recipe.dpo2
-    model, tok, save = load_policy(recipe, run, "dpo", cfg.dtype)  # phiforge's, or sft.init's transformers model
+    model, tok, save = load_policy(recipe, run, "dpo", "dpo2", cfg.dtype)  # phiforge's, or sft.init's transformers model
     items = questions(recipe, run)
     answered = responses(recipe, run, items, tok)
     judge = make_judge(cfg, run)

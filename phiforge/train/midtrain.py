@@ -22,20 +22,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from phiforge.train import distributed
-from phiforge.lm.checkpoint import export_model, load_model
+from phiforge import stages
 from phiforge.config import OptimConfig, Recipe
 from phiforge.data import corpus
 from phiforge.data.corpus import stable_fraction
 from phiforge.errors import PhiforgeError
+from phiforge.lm.checkpoint import export_model, load_model
 from phiforge.lm.model import Phi3
-from phiforge.train.pretrain import (
-    PackedTokens, Windows, evaluate_loss, to_batch, tokenize_corpus, train_loop,
-)
-from phiforge.rundir import RunDir, atomic_write_json
-from phiforge import stages
 from phiforge.lm.tokenizer import ChatTokenizer
+from phiforge.rundir import RunDir, atomic_write_json
+from phiforge.train import distributed
 from phiforge.train.optim import autocast
+from phiforge.train.pretrain import PackedTokens, Windows, evaluate_loss, to_batch, tokenize_corpus, train_loop
 
 MIN_PROBLEMS = 2  # a one-problem set has no recall across problems
 
@@ -269,7 +267,7 @@ def execute(recipe: Recipe, run: RunDir) -> dict:
     mcfg = dataclasses.replace(recipe.model, rope_theta=cfg.rope_theta)
     optim = midtrain_optim(recipe)
     fingerprint = stages.fingerprint(recipe, run, "midtrain")
-    tok = ChatTokenizer.load(run.stage_dir("tokenizer"))
+    tok = ChatTokenizer.load(stages.input_path(run, "tokenizer", "midtrain"))
     train_tokens, val_tokens, _ = tokenize_corpus(run, tok, pre.val_fraction)
     train_rows, held_rows = split_rows(exercise_rows(run), pre.val_fraction)
     train_docs = build_problem_sets(train_rows, tok, cfg.seq_len)

@@ -18,26 +18,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from phiforge.lm.checkpoint import (
-    export_model,
-    list_checkpoints,
-    newest_intact,
-    prune_checkpoints,
-    save_training_state,
-    warn,
-)
-from phiforge.train import distributed
-from phiforge.lm import flops
+from phiforge import stages
 from phiforge.config import LoopConfig, OptimConfig, Recipe
-from phiforge.data import corpus
+from phiforge.data import corpus, mixture
 from phiforge.data.corpus import stable_fraction
 from phiforge.errors import PhiforgeError
+from phiforge.lm import flops
+from phiforge.lm.checkpoint import (export_model, list_checkpoints, newest_intact, prune_checkpoints,
+                                    save_training_state, warn)
 from phiforge.lm.model import ModelConfig, Phi3
-from phiforge.rundir import RunDir, atomic_write_json
-from phiforge import stages
 from phiforge.lm.tokenizer import ChatTokenizer
+from phiforge.rundir import RunDir, atomic_write_json
+from phiforge.train import distributed
 from phiforge.train.optim import autocast, build_optimizer, clip_and_step, cross_entropy, lr_at, set_lr
-from phiforge.data import mixture
 
 
 class Windows:
@@ -299,7 +292,7 @@ def execute(recipe: Recipe, run: RunDir) -> dict:
     stage = run.stage_dir("pretrain")
     # Checkpoints only resume a run with the same recipe slice and the same inputs.
     fingerprint = stages.fingerprint(recipe, run, "pretrain")
-    tok = ChatTokenizer.load(run.stage_dir("tokenizer"))
+    tok = ChatTokenizer.load(stages.input_path(run, "tokenizer", "pretrain"))
     w = distributed.world()
     # the tokens the training loop will read: the mixture is planned for exactly this budget
     samples = cfg.steps * cfg.grad_accum * w.size * cfg.batch_size

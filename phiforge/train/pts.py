@@ -41,12 +41,11 @@ from torch import nn
 
 from phiforge.answers import answers_equal, extract_answer
 from phiforge.config import PTSConfig
-from phiforge.errors import PhiforgeError
-from phiforge.lm.generate import sample_from_prefix
 from phiforge.data.corpus import read_column
-from phiforge.lm.generate import generate
+from phiforge.errors import PhiforgeError
+from phiforge.lm.generate import generate, sample_from_prefix
+from phiforge.lm.logprobs import token_logps
 from phiforge.rundir import atomic_write_json, atomic_write_text
-from phiforge.train.dpo import token_logps
 from phiforge.train.optim import device
 from phiforge.train.sft import load_policy
 
@@ -368,7 +367,7 @@ def execute(recipe, run) -> dict:
 
 
     cfg = recipe.pts
-    model, tok, _ = load_policy(recipe, run, "sft")  # phiforge's, or sft.init's transformers model
+    model, tok, _ = load_policy(recipe, run, "sft", "pts")  # phiforge's, or sft.init's transformers model
     model.to(device()).eval()
     n = cfg.n_queries
     questions, answers = read_column(run, "pts", "question")[:n], read_column(run, "pts", "answer")[:n]

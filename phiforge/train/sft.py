@@ -3,7 +3,7 @@
 Conversations are padded on the right with PAD (never EOS), and a target counts only where the loss mask from
 `ChatTokenizer.encode_chat` is set: assistant content and its closing `<|im_end|>`, so the model learns to end a
 turn but never learns to write the user's words. With `sft.init` set, the model is that transformers folder
-instead of the run's midtrained one, rendered in the same chat format (phiforge/lm/hf_posttrain.py).
+instead of the run's midtrained one, rendered in the same chat format (phiforge/lm/hf.py).
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from phiforge.lm.checkpoint import export_model, load_model
+from phiforge import stages
 from phiforge.config import Recipe
-from phiforge.errors import PhiforgeError
-from phiforge.rundir import RunDir, atomic_write_json
 from phiforge.data.corpus import read_column
+from phiforge.errors import PhiforgeError
+from phiforge.lm import hf
+from phiforge.lm.checkpoint import export_model, load_model
 from phiforge.lm.tokenizer import ChatTokenizer
+from phiforge.rundir import RunDir, atomic_write_json
 from phiforge.train.optim import IGNORE, autocast, build_optimizer, clip_and_step, cross_entropy, device, lr_at, set_lr
-from phiforge.lm import hf_posttrain
 
 
 def build_example(tok: ChatTokenizer, messages: list[dict], max_len: int) -> tuple[list[int], list[int]]:
@@ -59,7 +60,7 @@ def train(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], p
     """`cfg.steps` SFT steps (an `SFTConfig`) on examples from `build_example`; the history of logged steps.
 
     Any model that maps ids [B, T] to logits [B, T, V] trains here: phiforge's `Phi3` or a transformers model
-    behind `hf_posttrain.CausalLM`.
+    behind `hf.CausalLM`.
     """
     dev = next(model.parameters()).device
     model.train()
@@ -88,20 +89,19 @@ def train(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], p
 
 def _load(directory, transformers_folder: bool, dtype: str):
     """A model, its tokenizer, and how to save a further-trained copy the same way: a phiforge checkpoint, or a
-    transformers folder (phiforge/lm/hf_posttrain.py, saved in `dtype`)."""
+    transformers folder (phiforge/lm/hf.py, saved in `dtype`)."""
     if not transformers_folder:
         model, mcfg, tok = load_model(directory)
         return model, tok, lambda m, out: export_model(m, mcfg, tok, out)
-
-    model, tok = hf_posttrain.load(directory)
-    return model, tok, lambda m, out: hf_posttrain.save(m, tok, out, dtype)
+    model, tok = hf.load(directory)
+    return model, tok, lambda m, out: hf.save(m, tok, out, dtype)
 
 
 def load_start(cfg, run: RunDir):
     """The model SFT starts from, its tokenizer, and how to save the result: the run's midtrained model (the base
     model, context-extended), or the transformers folder `sft.init` names."""
     if not cfg.init:
-        return _load(run.stage_dir("midtrain") / "model", False, cfg.dtype)
+        return _load(stages.model_dir(run, "midtrain", "sft"), False, cfg.dtype)
     model, tok, save = _load(cfg.init, True, cfg.dtype)
     if cfg.max_len > model.max_seq_len:
         raise PhiforgeError(f"sft.max_len ({cfg.max_len}) exceeds the context of sft.init {cfg.init} "
@@ -109,10 +109,10 @@ def load_start(cfg, run: RunDir):
     return model, tok, save
 
 
-def load_policy(recipe: Recipe, run: RunDir, stage: str, dtype: str = "bf16"):
-    """What load_start gives, for the model a post-training stage (`sft`, `dpo`) wrote: a transformers folder when
-    `sft.init` is set, else a phiforge checkpoint."""
-    return _load(run.stage_dir(stage) / "model", bool(recipe.sft.init), dtype)
+def load_policy(recipe: Recipe, run: RunDir, stage: str, by: str, dtype: str = "bf16"):
+    """What load_start gives, for the model a post-training stage (`sft`, `dpo`, `dpo2`) wrote, for stage `by` to
+    read: a transformers folder when `sft.init` is set, else a phiforge checkpoint."""
+    return _load(stages.model_dir(run, stage, by), bool(recipe.sft.init), dtype)
 
 
 def execute(recipe: Recipe, run: RunDir) -> dict:

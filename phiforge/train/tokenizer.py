@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from phiforge.data.corpus import read_column
 from phiforge.lm.tokenizer import ChatTokenizer, train_bpe
 

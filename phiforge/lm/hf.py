@@ -1,7 +1,13 @@
-"""Post-training of any transformers causal-LM folder (Gemma 3 270M, Llama, Qwen, a transformers Phi-3, ...), the
-model `sft.init` names, with the same SFT loop, DPO loss and PTS search as phiforge's own checkpoints.
+"""The one adapter for transformers causal-LM folders (Gemma 3 270M, Llama, Qwen, a transformers Phi-3, ...): loading
+one to serve or evaluate it, loading one to post-train it, and the prefill and decode steps that phiforge's own decode
+loop (`phiforge.lm.generate`) runs it with.
 
-Two adapters make such a model look like phiforge's to that code:
+Serving and evaluation (`HFChatModel`, loaded through `phiforge.lm.engine.load_chat_model`): the folder as it is, with
+its own chat template, behind the surface the chat code uses for phiforge checkpoints: `cfg.max_seq_len` /
+`cfg.vocab_size` and a tokenizer (`HFTokenizer`) with `encode`, `encode_chat`, `decode`, `pad_id` and `stop_ids`.
+
+Post-training (`load` / `save`, the model `sft.init` names), with the same SFT loop, DPO loss and PTS search as
+phiforge's own checkpoints:
 
 * `CausalLM` wraps the transformers model so that `model(ids)` returns logits [B, T, V], as `Phi3` does. Rows are
   right-padded and read only at real positions, so causal attention alone keeps the padding out; no mask is needed.
@@ -9,28 +15,36 @@ Two adapters make such a model look like phiforge's to that code:
   of phiforge/lm/tokenizer.py) with the same loss mask as `ChatTokenizer.encode_chat`. A base model's tokenizer lacks
   those tokens (Gemma's has `<start_of_turn>` instead), so `load` adds them as special tokens and grows the
   embeddings; the new rows are drawn around the old rows' mean with their covariance (transformers'
-  `mean_resizing`), not at the init scale, which would give them outsized logits in the first steps. The tokenizer's own BOS leads every conversation when it leads every plain encode,
-  since a base model saw it before every document (Gemma degrades badly without it).
+  `mean_resizing`), not at the init scale, which would give them outsized logits in the first steps. The tokenizer's
+  own BOS leads every conversation when it leads every plain encode, since a base model saw it before every document
+  (Gemma degrades badly without it).
 
 PAD is never an end-of-sequence id: when the folder's PAD is missing or equals one, `<|pad|>` is added. The saved
 folder is a plain transformers one (`AutoModelForCausalLM` + `AutoTokenizer`): a chat template that renders exactly
 what `encode_chat` builds, EOS = `<|im_end|>`, generation_config EOS = [`<|im_end|>`, the model's own EOS] and
 PAD = the distinct pad id.
+
+Decoding (`begin`): the prefill of left-padded prompts into transformers' `DynamicCache` and the two per-step
+operations of `generate.decode`. The decode loop is phiforge's, on transformers' forward, rather than `model.generate`:
+generate cannot drop a cancelled request's row mid-batch or hand out tokens as they come, and sharing
+`generate.sample_next` means one checkpoint samples the same way whichever side of the seam it is on.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from torch import nn
 
 from phiforge.errors import PhiforgeError
-from phiforge.rundir import atomic_path
 from phiforge.lm.tokenizer import CHAT_TEMPLATE, IM_END, IM_SEP, IM_START, PAD
+from phiforge.rundir import atomic_path
 
 CHAT_SPECIALS = (IM_START, IM_SEP, IM_END)
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -45,7 +59,7 @@ class HFChatTokenizer:
         lacking = [s for s, i in ids.items() if i is None or i == tok.unk_token_id] + ([] if tok.pad_token else ["PAD"])
         if lacking:
             raise PhiforgeError(f"{tok.name_or_path}: tokenizer lacks {', '.join(lacking)} "
-                                "(hf_posttrain.load adds them)")
+                                "(hf.load adds them)")
         self.im_start_id, self.im_sep_id, self.im_end_id = (ids[s] for s in CHAT_SPECIALS)
         self.pad_id = tok.pad_token_id
         # <|im_end|> ends a turn; the model's own EOS still ends a reply that runs on as a document would.
@@ -175,33 +189,119 @@ def save(model: CausalLM, tok: HFChatTokenizer, directory: Path | str, dtype: st
             raise PhiforgeError(f"{directory}: saved generation_config has PAD = EOS ({gen})")
 
 
-def sample(model: CausalLM, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pad_id: int,
-           stop_ids: Sequence[int] = (), temperature: float = 0.0, top_p: float = 1.0,
-           generator: torch.Generator | None = None, keep_stop: bool = False) -> list[list[int]]:
-    """New tokens of each prompt, decoded as one left-padded batch on transformers' KV cache (the prefill and steps
-    that serving uses, `hf_model.begin`); a row ends at its first stop token, which is kept only with keep_stop.
-
-    This is what `generate.generate` and `generate.sample_from_prefix` run for a `CausalLM`, so PTS samples its
-    solutions and rollouts from either model kind through one call.
-    """
-    from phiforge.lm.generate import stream_rows
-    from phiforge.lm.hf_model import begin
-
-    stop = frozenset(stop_ids)
-    outs: list[list[int]] = [[] for _ in prompts]
-    if max_new_tokens <= 0 or not prompts:
-        return outs
-    was_training = model.training
-    model.eval()
+def is_hf_folder(path: Path) -> bool:
+    """A model folder transformers should load: a config.json of any architecture but phiforge's own (phi3)."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return False
     try:
-        logits, advance, select = begin(model.hf, prompts, pad_id)
-        # No stop ids for stream_rows, which would swallow the stop token: it comes out like any other, and `alive`
-        # then retires its row.
-        for step in stream_rows(logits, advance, select, max_new_tokens=max_new_tokens, stop_ids=(),
-                                temperature=temperature, top_p=top_p, generator=generator,
-                                alive=lambda row: outs[row][-1] not in stop):
-            for row, token in step:
-                outs[row].append(token)
-    finally:
-        model.train(was_training)
-    return [o[:-1] if o and o[-1] in stop and not keep_stop else o for o in outs]
+        return json.loads(config.read_text()).get("model_type") != "phi3"
+    except (OSError, ValueError) as e:
+        raise PhiforgeError(f"{config}: not readable JSON ({e})") from None
+
+
+class HFTokenizer:
+    """A transformers tokenizer as the chat code sees phiforge's ChatTokenizer."""
+
+    def __init__(self, tok, eos_ids: Sequence[int]):
+        self.tok = tok
+        self.stop_ids = sorted(set(eos_ids))
+        if not self.stop_ids:
+            raise PhiforgeError(f"{tok.name_or_path}: neither the tokenizer nor generation_config.json names an end "
+                                "of sequence token, so a reply could never end")
+        # A model without a pad token never attends to padding anyway (the mask hides it): any id will do.
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.stop_ids[0]
+        self.endoftext_id = tok.bos_token_id if tok.bos_token_id is not None else self.stop_ids[0]
+
+    def encode(self, text: str) -> list[int]:
+        # With the BOS the model was trained to see first (Gemma, Llama): a raw completion prompt starts a document.
+        return self.tok(text, add_special_tokens=True)["input_ids"]
+
+    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=skip_special)
+
+    def encode_chat(self, messages: Sequence[dict], add_generation_prompt: bool = False) -> tuple[list[int], list]:
+        if not self.tok.chat_template:
+            raise PhiforgeError(f"{self.tok.name_or_path}: the tokenizer has no chat template (a base model?); use "
+                                "/v1/completions with a plain prompt instead of chat")
+        ids = self.tok.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt, tokenize=True,
+                                           return_dict=False)
+        return list(ids), []  # no loss mask: this side only serves
+
+
+class HFChatModel:
+    """A transformers folder loaded to serve or evaluate: `hf` the model (in `dtype`, eval mode), `tok` its own
+    tokenizer and chat template (`HFTokenizer`), `cfg` its context length and vocabulary size."""
+
+    def __init__(self, directory: Path | str, dtype: str = "bf16", device: str | None = None):
+        import transformers
+
+        directory = Path(directory)
+        try:
+            tok = transformers.AutoTokenizer.from_pretrained(directory)
+            self.hf = transformers.AutoModelForCausalLM.from_pretrained(
+                directory, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32).eval()
+        except Exception as e:  # noqa: BLE001  (transformers, safetensors and tokenizers each raise their own kinds)
+            raise PhiforgeError(f"{directory}: transformers cannot load this folder as a causal LM: {e}") from None
+        if device is not None:
+            self.hf.to(device)
+        self.directory = directory
+        eos = self.hf.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        self.tok = HFTokenizer(tok, eos + ([tok.eos_token_id] if tok.eos_token_id is not None else []))
+        config = self.hf.config.get_text_config()
+        self.cfg = SimpleNamespace(max_seq_len=int(getattr(config, "max_position_embeddings", 2048)),
+                                   vocab_size=int(config.vocab_size))
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.hf.parameters())
+
+    def to(self, device) -> HFChatModel:
+        self.hf.to(device)
+        return self
+
+
+def _cache_kw(model) -> str:
+    # transformers 5.24 renamed forward's `past_key_values` to `cache` (the old name goes in 5.40)
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def begin(model, prompts: Sequence[Sequence[int]], pad_id: int):
+    """Prefill left-padded prompts into a transformers model's `DynamicCache`: their last logits [B, V] and the
+    `advance` / `select` steps of `generate.decode`, for `HFChatModel.hf` and `CausalLM.hf` alike."""
+    from transformers import DynamicCache
+
+    device = model.device
+    cache_kw = _cache_kw(model)
+    B, L = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, L), dtype=torch.long)
+    for r, p in enumerate(prompts):
+        ids[r, L - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        mask[r, L - len(p):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    cache = DynamicCache(config=model.config)
+    with torch.inference_mode():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                       logits_to_keep=1, **{cache_kw: cache}).logits[:, -1].float()
+    state = {"pos": positions[:, -1] + 1, "mask": mask}
+
+    def select(idx):
+        state["pos"], state["mask"] = state["pos"][idx], state["mask"][idx]
+        cache.batch_select_indices(idx)
+
+    def advance(tok, step):
+        m = state["mask"] = torch.cat([state["mask"], state["mask"].new_ones((len(tok), 1))], dim=1)
+        with torch.inference_mode():
+            out = model(input_ids=tok[:, None], attention_mask=m, position_ids=state["pos"][:, None],
+                        use_cache=True, **{cache_kw: cache}).logits[:, -1].float()
+        state["pos"] = state["pos"] + 1
+        return out
+
+    return logits, advance, select
+
+
+def transformers_model(model):
+    """The transformers model behind `model` (an `HFChatModel` or a `CausalLM`), or None for phiforge's own."""
+    return model.hf if isinstance(model, (HFChatModel, CausalLM)) else None
