@@ -172,3 +172,18 @@ def test_a_transformers_start_skips_the_stages_only_phiforge_models_need(tmp_pat
     (tmp_path / "config.json").write_text("{}")
     left_out = {s.name for s in STAGES} - needed(recipe_from_dict({"sft": {"init": str(tmp_path)}}))
     assert left_out == {"tokenizer", "pretrain", "midtrain"}
+
+
+def test_a_stage_reads_only_the_stages_it_declares_and_only_once_they_completed(tmp_path):
+    from phiforge import stages
+    from phiforge.errors import PhiforgeError
+    from phiforge.rundir import RunDir
+
+    run = RunDir.create(tmp_path / "run")
+    with pytest.raises(PhiforgeError, match="stage 'sft' reads 'pts', which is not among its inputs"):
+        stages.input_path(run, "pts", "sft", "pairs.jsonl")
+    with pytest.raises(PhiforgeError, match="stage 'dpo' needs stage 'pts', which has not completed"):
+        stages.input_path(run, "pts", "dpo", "pairs.jsonl")
+    for stage in stages.STAGES:  # every declared input is a stage that runs earlier
+        names = [s.name for s in stages.STAGES]
+        assert all(names.index(i) < names.index(stage.name) for i in stage.inputs), stage.name

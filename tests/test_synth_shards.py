@@ -9,7 +9,8 @@ import pytest
 
 from conftest import MICRO
 from phiforge.data import corpus, synth
-from phiforge.config import recipe_from_dict
+from phiforge import cli
+from phiforge.config import recipe_from_dict, save_recipe
 from phiforge.errors import PhiforgeError
 from phiforge.rundir import RunDir
 
@@ -68,6 +69,20 @@ def test_ranks_split_the_shards_and_the_stage_merges_them(reference, tmp_path):
     assert synth.execute(recipe(), run) == metrics and digests(run) == digests(ref)
     with pytest.raises(PhiforgeError, match="rank must be in"):
         synth.run_rank(recipe(), run, 3, 3)
+
+
+def test_cli_synth_rank_makes_one_workers_share(reference, tmp_path, capsys):
+    ref, _ = reference
+    path = tmp_path / "r.yaml"
+    path.write_text(save_recipe(recipe()))
+    out = tmp_path / "run"
+    assert [cli.main(["synth", str(path), "--out", str(out), "--rank", str(r), "--world-size", "2"]) for r in (0, 1)] \
+        == [0, 0]
+    assert "synth rank 1/2:" in capsys.readouterr().out
+    made = sorted(p.name for p in (out / "synth").glob("*.parquet"))
+    assert made == sorted(p.name for p in ref.stage_dir("synth").glob("*.parquet"))
+    assert cli.main(["synth", str(path), "--out", str(out), "--rank", "2", "--world-size", "2"]) == 2
+    assert "--rank R and --world-size W go together" in capsys.readouterr().err
 
 
 def test_parallel_workers_write_the_same_bytes(reference, tmp_path):

