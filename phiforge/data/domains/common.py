@@ -1,4 +1,4 @@
-"""Formatting and self-check helpers shared by the domain generators in `phiforge/domains_*.py`.
+"""Formatting and self-check helpers shared by the domain generators in this package.
 
 Kept apart from `problems.py` so the generator modules never import it (it imports them), and so the helpers of the
 four original domains there stay untouched: their output is pinned byte for byte.
