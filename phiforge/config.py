@@ -105,7 +105,8 @@ class TeacherConfig:
 
     def validate(self, key: str, need) -> None:
         if self.kind == "http":
-            need(self.url.startswith(("http://", "https://")), f"{key}.url", f"must be an http(s) URL, got {self.url!r}")
+            need(self.url.startswith(("http://", "https://")), f"{key}.url",
+                 f"must be an http(s) URL, got {self.url!r}")
             need(bool(self.model), f"{key}.model", "must name the served model")
         if self.kind == "local":
             need(bool(self.model), f"{key}.model", "must be a phiforge or transformers model folder")
@@ -215,7 +216,8 @@ class OptimConfig:
         need(0.0 <= self.final_lr_ratio <= 1.0, f"{key}.final_lr_ratio", "must be in [0, 1]")
         need(self.warmup_steps >= 0, f"{key}.warmup_steps", "must be >= 0")
         stage = key.rsplit(".", 1)[0]
-        need(self.warmup_steps < steps, f"{key}.warmup_steps", f"({self.warmup_steps}) must be < {stage}.steps ({steps})")
+        need(self.warmup_steps < steps, f"{key}.warmup_steps",
+             f"({self.warmup_steps}) must be < {stage}.steps ({steps})")
         need(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, f"{key}.beta1/beta2", "must be in [0, 1)")
         need(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
         need(self.grad_clip >= 0, f"{key}.grad_clip", "must be >= 0 (0 disables clipping)")
@@ -698,7 +700,8 @@ def validate(r: Recipe, source: str = "recipe") -> None:
     m, s, p, mt, t, d2, e = r.model, r.synth, r.pretrain, r.midtrain, r.pts, r.dpo2, r.eval
     need(m.vocab_size >= r.tokenizer.vocab_size, "model.vocab_size",
          f"({m.vocab_size}) must be >= tokenizer.vocab_size ({r.tokenizer.vocab_size})")
-    need(p.seq_len <= m.max_seq_len, "pretrain.seq_len", f"({p.seq_len}) must be <= model.max_seq_len ({m.max_seq_len})")
+    need(p.seq_len <= m.max_seq_len, "pretrain.seq_len",
+         f"({p.seq_len}) must be <= model.max_seq_len ({m.max_seq_len})")
     need(mt.seq_len <= m.max_seq_len, "midtrain.seq_len",
          f"({mt.seq_len}) must be <= model.max_seq_len ({m.max_seq_len}); raise model.max_seq_len to extend further")
     need(mt.seq_len > p.seq_len, "midtrain.seq_len",

@@ -1,4 +1,5 @@
-"""The runner of the stage graph (phiforge/stages.py): skip what is unchanged, redo what is forced, stale or damaged, resume what crashed.
+"""The runner of the stage graph (phiforge/stages.py): skip what is unchanged, redo what is forced, stale or
+damaged, resume what crashed.
 
 A stage is current when its recipe slice and its inputs' output digests match its manifest and every output still
 has the sha256 the manifest recorded; a damaged output redoes its stage, and the stages after it when the redone
