@@ -17,6 +17,7 @@ matplotlib.use("Agg")  # no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from phiforge import stages  # noqa: E402
 from phiforge.config import Recipe, save_recipe  # noqa: E402
 from phiforge.rundir import RunDir, atomic_path, atomic_write_text  # noqa: E402
 
@@ -175,9 +176,10 @@ BENCH_NOTES = {"gsm8k100": "GSM8K test items (grade-school word problems)",
                "deepmind-math": "DeepMind mathematics modules (arithmetic, algebra, numbers, calculus, ...)"}
 
 
-def benchmark_blocks(bench: dict, models: dict, plots: Path) -> list[tuple]:
-    """Real benchmarks per model: pass@1 in % +- binomial standard error, skipped sets with their install command."""
-    blocks: list[tuple] = [("h2", "Real benchmarks")]
+def benchmark_blocks(bench: dict, models: dict, plots: Path, run: RunDir) -> list[tuple]:
+    """Real benchmarks per model: pass@1 in % +- binomial standard error, DeepMind maths per module, and skipped sets
+    with their install command. They come first in the report: data nobody here wrote is what transfer means."""
+    blocks: list[tuple] = [("h2", "Real benchmarks: maths nobody here wrote")]
     rows_in = bench["models"]
     names = sorted({b for r in rows_in.values() for b in r}, key=lambda b: list(BENCH_NOTES).index(b)
                    if b in BENCH_NOTES else len(BENCH_NOTES))
@@ -201,9 +203,27 @@ def benchmark_blocks(bench: dict, models: dict, plots: Path) -> list[tuple]:
         ax.grid(axis="y", alpha=0.3)
         _save(fig, plots / "benchmarks.png")
         blocks.append(("img", "plots/benchmarks.png", "real benchmarks"))
+        if "deepmind-math" in names:
+            blocks += per_module_blocks(run, [m for m, r in rows_in.items() if "deepmind-math" in r])
     for b, why in bench.get("skipped", {}).items():
         blocks.append(("p", f"{b} not scored: {why}"))
     return blocks
+
+
+def per_module_blocks(run: RunDir, models: list[str]) -> list[tuple]:
+    """DeepMind maths by module: items solved of those scored, per model, read from the eval stage's records."""
+    solved: dict[str, dict[str, list[int]]] = {}
+    for model in models:
+        records = stages.input_path(run, "eval", "report", f"bench-{model}-deepmind-math.jsonl")
+        for line in records.read_text().splitlines():
+            r = json.loads(line)
+            module = r["id"].removeprefix("mathds-").rsplit("-", 1)[0]
+            counts = solved.setdefault(module, {}).setdefault(model, [0, 0])
+            counts[0] += r["n_correct"] > 0
+            counts[1] += 1
+    rows = [[module] + [f"{c[0]}/{c[1]}" if (c := per.get(m)) else "" for m in models]
+            for module, per in sorted(solved.items())]
+    return [("p", "DeepMind maths by module (greedy, solved / scored):"), ("table", ["module"] + models, rows)]
 
 
 def pct(a: dict) -> str:
@@ -264,8 +284,12 @@ def build_blocks(recipe: Recipe, run: RunDir, dest: Path | None = None) -> list[
         summary = json.loads(ev.read_text())
         c = summary["contest"]
         k = c["maj_k"]
-        blocks.append(("h2", "Fresh contest"))
-        blocks.append(("p", f"{c['n_problems']} problems drawn after training from seed {c['seed']}; "
+        if summary.get("benchmarks"):
+            blocks += benchmark_blocks(summary["benchmarks"], summary["models"], plots, run)
+        blocks.append(("h2", "Fresh contest (in-distribution)"))
+        blocks.append(("p", "The training generator's own problem types and phrasings with fresh numbers: it measures "
+                            "what the model learnt of its training distribution, not transfer. "
+                            f"{c['n_problems']} problems drawn after training from seed {c['seed']}; "
                             f"{c['dropped_seen_in_training']} drawn problems were dropped because training had seen "
                             f"their question. Accuracy in % ± standard error; maj@{k} samples at T={c['temperature']}."))
         rows = [[n, r["prompt_style"], pct(r["greedy"]), pct(r["maj"]), f"{100 * r['answered']:.0f}%"]
@@ -283,8 +307,6 @@ def build_blocks(recipe: Recipe, run: RunDir, dest: Path | None = None) -> list[
         blocks.append(("img",) + plot_eval(summary, plots, k))
         if summary.get("amc"):
             blocks += amc_blocks(summary["amc"], plots)
-        if summary.get("benchmarks"):
-            blocks += benchmark_blocks(summary["benchmarks"], summary["models"], plots)
 
     blocks.append(("h2", "Training"))
     pre, sft = m["pretrain"].get("metrics", {}), m["sft"].get("metrics", {})

@@ -41,7 +41,9 @@ def test_run_writes_every_stage_and_a_report(done_run):
     assert set(summary["benchmarks"]["models"]) == {"base", "sft"}
     assert summary["benchmarks"]["models"]["sft"]["gsm8k100"]["n_items"] == 3
     assert len((out / "eval" / "bench-sft-gsm8k100.jsonl").read_text().splitlines()) == 3
-    assert "## Real benchmarks" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()  # data nobody here wrote first, the in-distribution contest after it
+    assert report.index("## Real benchmarks: maths nobody here wrote") \
+        < report.index("## Fresh contest (in-distribution)")
     assert (out / "plots" / "benchmarks.png").stat().st_size > 1000
     # SFT starts from the context-extended model, whose RoPE base it keeps
     sft_cfg = json.loads((out / "sft" / "model" / "config.json").read_text())
@@ -187,3 +189,17 @@ def test_a_stage_reads_only_the_stages_it_declares_and_only_once_they_completed(
     for stage in stages.STAGES:  # every declared input is a stage that runs earlier
         names = [s.name for s in stages.STAGES]
         assert all(names.index(i) < names.index(stage.name) for i in stage.inputs), stage.name
+
+
+def test_the_report_tables_deepmind_maths_by_module_from_the_eval_records(tmp_path):
+    from phiforge.report import per_module_blocks
+    from phiforge.rundir import RunDir
+
+    run = RunDir.create(tmp_path / "run")
+    records = [("algebra__linear_1d", 1), ("algebra__linear_1d", 0), ("numbers__gcd", 0)]
+    (run.stage_dir("eval")).mkdir(parents=True)
+    (run.stage_dir("eval") / "bench-sft-deepmind-math.jsonl").write_text("".join(
+        json.dumps({"id": f"mathds-{m}-{i}", "n_correct": c}) + "\n" for i, (m, c) in enumerate(records)))
+    run.write_manifest("eval", {}, [run.stage_dir("eval")])
+    (_, _), (_, head, rows) = per_module_blocks(run, ["sft"])
+    assert head == ["module", "sft"] and rows == [["algebra__linear_1d", "1/2"], ["numbers__gcd", "0/1"]]
