@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -134,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "folder, any transformers causal-LM folder, or an OpenAI-compatible server's URL "
                         "(http://host:port/v1; chat-style maths only)")
     p.add_argument("--served-model", default=None, help="with a URL: the served model's name (default: the only one)")
+    p.add_argument("--api-key-env", default=None, metavar="VAR",
+                   help="with a URL: the environment variable holding the server's API key (the key itself stays out "
+                        "of the command line)")
     p.add_argument("--tasks", default="gsm8k100,champ,humaneval", help="comma-separated benchmark names")
     p.add_argument("--style", choices=["chat", "completion", "qa"], default="chat",
                    help="maths prompts as a chat turn, as 'Exercise: ...\\nSolution:' or as answer-only "
@@ -219,7 +223,12 @@ def run_benchmark(args) -> int:
     from phiforge.lm.engine import load_engine
     from phiforge.rundir import atomic_write_json, atomic_write_text
 
-    engine, model_dir = load_engine(args.path, args.served_model)
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise PhiforgeError(f"--api-key-env names {args.api_key_env!r}, which is not set in the environment")
+    engine, model_dir = load_engine(args.path, args.served_model, api_key)
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     tasks = [benchmarks.get(n) for n in names]  # every name checked before any generation
     ks = sorted({1, *(k for k in (5, 10, 100) if k <= args.samples)})

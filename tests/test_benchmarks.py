@@ -178,6 +178,26 @@ def test_a_served_model_scores_as_the_checkpoint_does(tmp_path):
             engine_mod.load_engine("http://127.0.0.1:9/v1")
 
 
+def test_a_server_that_wants_an_api_key_is_scored_with_the_key_from_a_variable(tmp_path, monkeypatch, capsys):
+    from test_serve import running
+
+    from phiforge import cli
+    from phiforge.lm.engine import load_chat_model
+    from phiforge.serve.access import Access
+    from phiforge.serve.server import Limits, Served, Server
+
+    path, bench = _toy_checkpoint(tmp_path / "m")
+    server = Server([Served("toy", path, *load_chat_model(path)[:2])], Limits(max_tokens=64))
+    with running(server, Access(api_key="s3cret")) as url:
+        with pytest.raises(PhiforgeError, match="wants an API key .*--api-key-env"):
+            engine_mod.load_engine(url + "/v1")
+        remote, _ = engine_mod.load_engine(url + "/v1", api_key="s3cret")
+        assert len(B.evaluate(remote, bench, max_new_tokens=4)[1]) == len(bench.load())
+        monkeypatch.delenv("PHIFORGE_TEST_KEY", raising=False)
+        assert cli.main(["benchmark", url + "/v1", "--api-key-env", "PHIFORGE_TEST_KEY", "--tasks", "gsm8k100"]) == 2
+        assert "'PHIFORGE_TEST_KEY', which is not set" in capsys.readouterr().err
+
+
 def test_few_shot_prompts_put_worked_examples_first(tmp_path):
     path, bench = _toy_checkpoint(tmp_path / "m")
     engine, _ = engine_mod.load_engine(path)

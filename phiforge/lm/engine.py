@@ -253,12 +253,18 @@ class OpenAIEngine:
     through `HTTPTeacher`: concurrent requests, retries, and a disk cache when given one. Only chat-style maths runs
     this way: raw completions (HumanEval, `--style completion`) and option log-likelihoods need the model itself."""
 
-    def __init__(self, base_url: str, model: str | None = None, *, concurrency: int = 8, cache_dir=None):
+    def __init__(self, base_url: str, model: str | None = None, *, api_key: str | None = None, concurrency: int = 8,
+                 cache_dir=None):
         if model is None:  # a server with one model needs no name
             import httpx
 
+            headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
             try:
-                served = [m["id"] for m in httpx.get(base_url.rstrip("/") + "/models", timeout=30).json()["data"]]
+                reply = httpx.get(base_url.rstrip("/") + "/models", headers=headers, timeout=30)
+                if reply.status_code == 401:
+                    raise PhiforgeError(f"{base_url}/models: the server wants an API key (401); name the variable "
+                                        "holding it with --api-key-env")
+                served = [m["id"] for m in reply.json()["data"]]
             except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
                 raise PhiforgeError(f"{base_url}/models: cannot list the served models ({e}); name one with "
                                     "--served-model") from None
@@ -266,7 +272,7 @@ class OpenAIEngine:
                 raise PhiforgeError(f"{base_url} serves {len(served)} models ({', '.join(served)}); pick one with "
                                     "--served-model")
             model = served[0]
-        self.teacher = HTTPTeacher(base_url, model, concurrency=concurrency, cache_dir=cache_dir)
+        self.teacher = HTTPTeacher(base_url, model, api_key, concurrency=concurrency, cache_dir=cache_dir)
         self.directory = f"{base_url.rstrip('/')} ({model})"
 
     def encode(self, text: str):
@@ -286,11 +292,11 @@ class OpenAIEngine:
         return [cut_at(c.text, stops) for c in self.teacher.complete(requests)]
 
 
-def load_engine(path: Path | str, served_model: str | None = None):
-    """(engine, where): an http(s) URL on OpenAIEngine; a phiforge run or model folder on PhiforgeEngine; any other
-    transformers model folder on HFEngine."""
+def load_engine(path: Path | str, served_model: str | None = None, api_key: str | None = None):
+    """(engine, where): an http(s) URL on OpenAIEngine (with `api_key` as its bearer token); a phiforge run or model
+    folder on PhiforgeEngine; any other transformers model folder on HFEngine."""
     if str(path).startswith(("http://", "https://")):
-        engine = OpenAIEngine(str(path), served_model)
+        engine = OpenAIEngine(str(path), served_model, api_key=api_key)
         return engine, engine.directory
     path = Path(path)
     if is_hf_folder(path):
