@@ -129,3 +129,11 @@ def test_served_over_the_openai_api(hf, hf_dir):
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want
         with pytest.raises(openai.BadRequestError, match="context"):
             client.completions.create(model="gemma-tiny", prompt="cat " * 300, max_tokens=4)
+        template = hf.tok.tok.chat_template  # a template that refuses, as Gemma's does a system turn or a repeat
+        hf.tok.tok.chat_template = "{{ raise_exception('Conversation roles must alternate') }}"
+        try:
+            with pytest.raises(openai.BadRequestError, match="chat template refused.*roles must alternate"):
+                client.chat.completions.create(model="gemma-tiny", max_tokens=4,
+                                               messages=[{"role": "user", "content": "a"}])
+        finally:
+            hf.tok.tok.chat_template = template

@@ -224,8 +224,13 @@ class HFTokenizer:
         if not self.tok.chat_template:
             raise PhiforgeError(f"{self.tok.name_or_path}: the tokenizer has no chat template (a base model?); use "
                                 "/v1/completions with a plain prompt instead of chat")
-        ids = self.tok.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt, tokenize=True,
-                                           return_dict=False)
+        from jinja2 import TemplateError  # transformers' template engine, there whenever a tokenizer is
+
+        try:
+            ids = self.tok.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt,
+                                               tokenize=True, return_dict=False)
+        except TemplateError as e:  # the template's own refusal, e.g. Gemma's "roles must alternate"
+            raise PhiforgeError(f"{self.tok.name_or_path}: its chat template refused these messages: {e}") from None
         return list(ids), []  # no loss mask: this side only serves
 
 
