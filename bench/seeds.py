@@ -67,6 +67,7 @@ def table(folders: dict[int, Path]) -> str:
     columns = sorted({c for rows in per_seed.values() for row in rows.values() for c in row},
                      key=lambda c: (order.index(c) if c in order else len(order), c))
     names = {"greedy": "contest greedy %", "maj": "contest maj %", "amc": "AMC / 150", "gsm8k100": "GSM8K-100 %",
+             "gsm-symbolic": "GSM-Symbolic %",
              "deepmind-math": "DeepMind maths %"}
     lines = [f"{len(folders)} seeds ({', '.join(map(str, folders))}); mean ± s.e. over seeds", "",
              "| model | " + " | ".join(names.get(c, c) for c in columns) + " |",
