@@ -173,6 +173,7 @@ def amc_blocks(amc: dict, plots: Path) -> list[tuple]:
 
 
 BENCH_NOTES = {"gsm8k100": "GSM8K test items (grade-school word problems)",
+               "gsm-symbolic": "one fresh variant of each GSM8K template (new names and numbers)",
                "deepmind-math": "DeepMind mathematics modules (arithmetic, algebra, numbers, calculus, ...)"}
 
 
