@@ -40,15 +40,8 @@ def read_rows(shard: Path, columns: Sequence[str], drop: frozenset[str] = frozen
 def read_column(run: RunDir, kind: str, column: str, *, include_dropped: bool = False) -> list:
     """One column across a kind's shards, without the samples decontamination dropped unless asked for them."""
     drop = frozenset() if include_dropped else dropped(run)
-    values: list = []
-    for shard in shards(run, kind):
-        cols = [column] if not drop or column == "id" else [column, "id"]
-        table = pq.read_table(shard, columns=cols)
-        col = table.column(column).to_pylist()
-        if drop:
-            col = [v for v, i in zip(col, table.column("id").to_pylist()) if i not in drop]
-        values += col
-    return values
+    columns = [column] if not drop or column == "id" else [column, "id"]
+    return [r[column] for shard in shards(run, kind) for r in read_rows(shard, columns, drop)]
 
 
 def stable_fraction(key: str) -> float:
