@@ -19,6 +19,7 @@ import torch  # noqa: E402
 
 from phiforge import stages  # noqa: E402
 from phiforge.config import Recipe, save_recipe  # noqa: E402
+from phiforge.eval import deepmind  # noqa: E402
 from phiforge.rundir import RunDir, atomic_path, atomic_write_text  # noqa: E402
 
 STAGES_SHOWN = ("synth", "organic", "decontam", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "dpo2",
@@ -218,8 +219,7 @@ def per_module_blocks(run: RunDir, models: list[str]) -> list[tuple]:
         records = stages.input_path(run, "eval", "report", f"bench-{model}-deepmind-math.jsonl")
         for line in records.read_text().splitlines():
             r = json.loads(line)
-            module = r["id"].removeprefix("mathds-").rsplit("-", 1)[0]
-            counts = solved.setdefault(module, {}).setdefault(model, [0, 0])
+            counts = solved.setdefault(deepmind.module_of(r["id"]), {}).setdefault(model, [0, 0])
             counts[0] += r["n_correct"] > 0
             counts[1] += 1
     rows = [[module] + [f"{c[0]}/{c[1]}" if (c := per.get(m)) else "" for m in models]

@@ -115,6 +115,14 @@ def available(split: str = "interpolate") -> list[Path]:
     return sorted((SETS / split).glob("*.jsonl"))
 
 
+ID_PREFIX = "mathds-"  # an item's id: the prefix, its module, its line in the module's file
+
+
+def module_of(item_id: str) -> str:
+    """The DeepMind module an item id names."""
+    return item_id.removeprefix(ID_PREFIX).rsplit("-", 1)[0]
+
+
 def load(split: str = "interpolate") -> list[Item]:
     """Every pre-generated problem of the split; the default modules are generated first where none were, or where
     they were made before the generation settings were recorded (those drew other problems on each machine)."""
@@ -126,7 +134,7 @@ def load(split: str = "interpolate") -> list[Item]:
         for n, line in enumerate(f.read_text(encoding="utf-8").splitlines()):
             try:
                 row = json.loads(line)
-                items.append(Item(f"mathds-{f.stem}-{n}", row["question"], (row["answer"],), row["answer"]))
+                items.append(Item(f"{ID_PREFIX}{f.stem}-{n}", row["question"], (row["answer"],), row["answer"]))
             except (json.JSONDecodeError, KeyError) as e:
                 raise PhiforgeError(f"{f}:{n + 1}: not a question/answer line ({e})") from e
     return items
