@@ -9,6 +9,7 @@ terms), so "0.333" does not equal "1/3". What counts as equal:
   * a number followed by a simple unit ("12 cm", "12cm", "5 apples", "3 m/s") matches the bare number,
     and two numbers with units match only when the units are the same;
   * a leading single-variable assignment is dropped ("x = 5" ~ "5");
+  * a truth value: "yes" ~ "true" and "no" ~ "false", in any case (a yes/no question answered either way);
   * otherwise both sides are parsed with sympy (whitelisted characters and names only, length-limited,
     floats made rational) and are equal when their difference simplifies to 0.
 Anything that fails to parse is simply not equal; these functions never raise on odd model output.
@@ -172,12 +173,18 @@ def _symbolic_equal(a: str, b: str) -> bool:
 
 # --- equivalence -----------------------------------------------------------------------------
 
+_TRUTH = {"yes": True, "true": True, "no": False, "false": False}
+
+
 def _equal(pred: str, gold: str) -> bool:
     p, g = _normalize(pred), _normalize(gold)
     if not p or not g:
         return False
     if p == g:
         return True
+    p_truth, g_truth = _TRUTH.get(p.lower()), _TRUTH.get(g.lower())
+    if p_truth is not None or g_truth is not None:
+        return p_truth == g_truth
     p_value, p_unit = _split_unit(p)
     g_value, g_unit = _split_unit(g)
     if g_unit == "%":

@@ -46,6 +46,9 @@ def test_boxed_beats_other_markers():
     ("50%", "50%"),
     ("sqrt(4)", "2"),
     ("$7$", "7"),
+    ("yes", "True"),        # a yes/no question answered in words or as a truth value
+    ("False", "no"),
+    ("TRUE", "true"),
 ])
 def test_equal(pred, gold):
     assert answers_equal(pred, gold)
@@ -66,6 +69,9 @@ def test_equal(pred, gold):
     ("(" * 500, "1"),
     ("1" * 300, "1"),
     ("\\frac{1}", "1"),
+    ("yes", "False"),
+    ("no", "0"),            # a truth word is never a number
+    ("1", "True"),
 ])
 def test_not_equal(pred, gold):
     assert not answers_equal(pred, gold)
