@@ -27,7 +27,9 @@ DEFAULT_RECIPE = "tiny"
 # against when it is loaded; each implementing registry is keyed by exactly these (tests/test_config.py).
 DOMAINS = ("arithmetic", "fractions", "linear_equations", "number_theory", "quadratics_polynomials", "linear_systems",
            "decimals_percentages", "combinatorics", "probability", "sequences_series", "geometry", "unit_conversion",
-           "physics", "python_code")  # phiforge.data.problems
+           "physics", "python_code", "place_value", "comparison", "signed_arithmetic", "multiply_divide", "divisibility",
+           "number_bases", "linear_one_unknown", "linear_two_unknowns", "polynomials", "expressions",
+           "chained_steps")  # phiforge.data.problems
 STYLES = ("textbook", "exercise", "answer_only", "fill_in_the_middle")  # phiforge.data.render
 WORKFLOWS = ("rewrite", "revise", "reverse_code", "plurality", "qa")  # phiforge.data.workflows
 FEEDS = ("stdlib_code", "stdlib_docs", "package_pages", "pydoc_topics")  # phiforge.data.ingest
@@ -262,11 +264,11 @@ class PretrainConfig(LoopConfig):
 class DecontamConfig:
     """Phi-4 App. B decontamination of every training sample against the benchmarks of `phiforge benchmark`."""
 
-    # deepmind-math is left out by default: its items are one-line templates ("What is the greatest common divisor
-    # of 5 and 35?"), so every synthetic gcd/lcm question shares a fifth of their 7-grams (39 of 28,200 samples of
-    # the default run flagged PARTIAL, none a copy). With it, set allow_min_train_docs (20 to 1000 all give the same
-    # here): 8 remain flagged, each one number away from an item. amc-synthetic is generated after training.
-    benchmarks: list[str] = field(default_factory=lambda: ["gsm8k100", "gsm-symbolic", "champ", "humaneval"])
+    # Every benchmark the report scores. deepmind-math's items are one-line questions, so a synthetic question of the
+    # same kind shares a fifth of an item's 7-grams through common phrasing alone; allow_min_train_docs below is what
+    # keeps those from being flagged. amc-synthetic is generated after training.
+    benchmarks: list[str] = field(default_factory=lambda: ["gsm8k100", "gsm-symbolic", "deepmind-math", "champ",
+                                                           "humaneval"])
     if_missing: Literal["skip", "error"] = "skip"  # a benchmark whose data package is not installed
     drop_partial: bool = True  # PARTIAL = a fifth or more of an item's 7-grams copied verbatim
     info_threshold: float = 0.2
@@ -276,7 +278,7 @@ class DecontamConfig:
     # phrasing ("what is the greatest common divisor of"), never a match; 0 = off. Keep it far above how often one
     # leaked item could be copied. With deepmind-math in `benchmarks`, whose items are one-line templates, it is
     # what keeps every programmatic gcd/lcm question from being flagged.
-    allow_min_train_docs: int = 0
+    allow_min_train_docs: int = 20
 
     def validate(self, key: str, need) -> None:
         for name in self.benchmarks:
@@ -328,6 +330,9 @@ class SFTConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, warmup_steps=50, weight_decay=0.0))
     dtype: Literal["bf16", "fp32"] = "bf16"
     log_every: int = 10
+    # Batches drawn from windows of this many batches sorted by length, so a batch pads little (sft.batches);
+    # 0 = plain shuffled batches.
+    length_group: int = 32
     # "" = the run's midtrained model; else a transformers causal-LM folder to fine-tune instead (e.g.
     # data/models/gemma-3-270m-hf), saved as a transformers folder that pts and dpo then train further
     init: str = ""
@@ -336,6 +341,7 @@ class SFTConfig:
         self.optim.validate(f"{key}.optim", need, self.steps)
         need(self.batch_size > 0, f"{key}.batch_size", "must be positive")
         need(self.steps > 0, f"{key}.steps", "must be positive")
+        need(self.length_group >= 0, f"{key}.length_group", "must be >= 0 (0 = no grouping by length)")
         if self.init:  # its own context is checked when the stage loads it
             need((Path(self.init) / "config.json").is_file(), f"{key}.init",
                  f"({self.init}) must be a transformers model folder (with config.json), or empty for the run's own "

@@ -19,6 +19,9 @@ from phiforge.data.domains.algebra import linear_systems, quadratics, sequences
 from phiforge.data.domains.code import python_code
 from phiforge.data.domains.measure import geometry, physics, unit_conversion
 from phiforge.data.domains.numeric import combinatorics, decimals_percentages, probability
+from phiforge.data.domains.school_algebra import chained, expressions, linear_equation, linear_system, polynomials
+from phiforge.data.domains.school_numbers import (comparison, divisibility, multiply_divide, number_bases, place_value,
+                                                  signed_arithmetic)
 from phiforge.errors import PhiforgeError
 
 
@@ -289,6 +292,18 @@ _GENERATORS: dict[str, Callable[[random.Random, int], tuple]] = {
     "unit_conversion": unit_conversion,
     "physics": physics,
     "python_code": python_code,
+    # The school-maths curriculum (item 2 of the transfer issue): many phrasings, numbers of every length.
+    "place_value": place_value,
+    "comparison": comparison,
+    "signed_arithmetic": signed_arithmetic,
+    "multiply_divide": multiply_divide,
+    "divisibility": divisibility,
+    "number_bases": number_bases,
+    "linear_one_unknown": linear_equation,
+    "linear_two_unknowns": linear_system,
+    "polynomials": polynomials,
+    "expressions": expressions,
+    "chained_steps": chained,
 }
 
 DOMAINS: tuple[str, ...] = tuple(_GENERATORS)
