@@ -1,11 +1,13 @@
+import random
+
 import pytest
 import torch
 
 from phiforge.config import OptimConfig
 from phiforge.lm.model import ModelConfig, Phi3
-from phiforge.train.sft import build_example, collate
 from phiforge.lm.tokenizer import ChatTokenizer, train_bpe
 from phiforge.train.optim import IGNORE, build_optimizer, clip_and_step, cross_entropy, lr_at
+from phiforge.train.sft import batches, build_example, collate
 
 
 def test_lr_schedule_is_linear_warmup_then_linear_decay():
@@ -91,3 +93,25 @@ def test_sft_targets_are_assistant_tokens_only_and_padding_is_pad():
     n = len(short[0])
     assert (bx[1, n:] == tok.pad_id).all() and (by[1, n:] == IGNORE).all()
     assert tok.pad_id not in (tok.im_end_id, tok.endoftext_id)
+
+
+def test_length_grouped_batches_cover_each_epoch_once_and_pad_little():
+    rng = random.Random(0)
+    lengths = [rng.randint(10, 400) for _ in range(1024)]
+    grouped = list(batches(1024, 16, 64, seed=3, lengths=lengths, group=32))  # exactly one epoch
+    assert sorted(i for b in grouped for i in b) == list(range(1024))  # every example once
+    plain = list(batches(1024, 16, 64, seed=3))
+    assert sorted(i for b in plain for i in b) == list(range(1024))
+
+    def padded(bs):
+        return sum(max(lengths[i] for i in b) * len(b) for b in bs)
+    assert padded(grouped) < 0.7 * padded(plain)
+    assert list(batches(1024, 16, 64, seed=3, lengths=lengths, group=32))[5].tolist() == grouped[5].tolist()
+    # the order of lengths is not the order of training: batches of a window are shuffled
+    maxima = [max(lengths[i] for i in b) for b in grouped[:32]]
+    assert maxima != sorted(maxima)
+
+
+def test_a_set_smaller_than_a_window_batches_plainly():
+    out = list(batches(10, 4, 6, seed=0, lengths=list(range(10)), group=32))
+    assert [b.tolist() for b in out] == [b.tolist() for b in batches(10, 4, 6, seed=0)]
