@@ -9,6 +9,7 @@ import html
 import json
 import os
 import platform
+import re
 from pathlib import Path
 
 import matplotlib
@@ -224,7 +225,48 @@ def per_module_blocks(run: RunDir, models: list[str]) -> list[tuple]:
             counts[1] += 1
     rows = [[module] + [f"{c[0]}/{c[1]}" if (c := per.get(m)) else "" for m in models]
             for module, per in sorted(solved.items())]
-    return [("p", "DeepMind maths by module (greedy, solved / scored):"), ("table", ["module"] + models, rows)]
+    return [("p", "DeepMind maths by module (greedy, solved / scored):"), ("table", ["module"] + models, rows),
+            *length_blocks(run, models)]
+
+
+LENGTH_BINS = ((1, 3), (4, 6), (7, 9), (10, 12), (13, 99))
+
+
+def longest_number(question: str) -> int:
+    """Digits of the longest number in a question (a decimal's digits on both sides of the point count)."""
+    return max((len(n.replace(".", "")) for n in re.findall(r"\d+(?:\.\d+)?", question)), default=0)
+
+
+def length_blocks(run: RunDir, models: list[str]) -> list[tuple]:
+    """DeepMind maths by the length of the longest number in the question: numbers longer than any the generator
+    writes (12 digits in the default curriculum) measure length generalisation on their own row."""
+    solved: dict[tuple, dict[str, list[int]]] = {}
+    for model in models:
+        records = stages.input_path(run, "eval", "report", f"bench-{model}-deepmind-math.jsonl")
+        for line in records.read_text().splitlines():
+            r = json.loads(line)
+            n = longest_number(r["question"])
+            if n == 0:
+                continue
+            bin_ = next(b for b in LENGTH_BINS if b[0] <= n <= b[1])
+            counts = solved.setdefault(bin_, {}).setdefault(model, [0, 0])
+            counts[0] += r["n_correct"] > 0
+            counts[1] += 1
+    rows = [[f"{lo}-{hi}" if hi < 99 else f"{lo}+"] + [f"{c[0]}/{c[1]}" if (c := per.get(m)) else "" for m in models]
+            for (lo, hi), per in sorted(solved.items())]
+    return [("p", "DeepMind maths by the digits of the longest number in the question (solved / scored):"),
+            ("table", ["digits"] + models, rows)]
+
+
+def flagged_examples(run: RunDir, n: int = 5) -> list[tuple]:
+    """The first flagged samples, each beside the benchmark item it shares n-grams with."""
+    path = run.stage_dir("decontam") / "flagged.jsonl"
+    lines = path.read_text().splitlines()[:n] if path.is_file() else []
+    if not lines:
+        return []
+    rows = [[f["source"], f["id"], f["benchmark"], f["item_id"], f["status"], f"`{f['ngram']}`"]
+            for f in map(json.loads, lines)]
+    return [("table", ["source", "sample", "benchmark", "item", "verdict", "shared n-gram"], rows)]
 
 
 def pct(a: dict) -> str:
@@ -405,6 +447,13 @@ def build_blocks(recipe: Recipe, run: RunDir, dest: Path | None = None) -> list[
         rows = [[src, x["docs"], x["status"]["PARTIAL"], x["status"]["CONTAMINATED"], x["kept"]]
                 for src, x in dc["sources"].items()]
         blocks.append(("table", ["source", "samples", "partial", "contaminated", "kept"], rows))
+        by_bench = {}
+        for x in dc["sources"].values():
+            for b, v in x.get("benchmark", {}).items():
+                by_bench[b] = by_bench.get(b, 0) + v["PARTIAL"] + v["CONTAMINATED"]
+        blocks.append(("p", "Flagged per benchmark: " + ", ".join(f"{b} {by_bench.get(b, 0)}" for b in used)
+                            + ". Each flagged sample, with the benchmark item it matched, is in `decontam/flagged.jsonl`."))
+        blocks += flagged_examples(run)
     if tok:
         blocks.append(("p", f"Tokenizer: byte-level BPE, {tok['vocab_size']} tokens, {tok['chars_per_token']} "
                             f"characters per token; PAD id {tok['pad_id']}, EOS `<|im_end|>` id {tok['im_end_id']}."))

@@ -264,7 +264,8 @@ def test_stage_drops_planted_benchmark_items_from_every_training_reader(synth_ru
     assert metrics["dropped"] == 0 and json.loads((clean.stage_dir("decontam") / "dropped.json").read_text()) == []
     assert metrics["sources"]["pretrain"]["docs"] == len(corpus.read_column(clean, "pretrain", "id"))
     assert {k: v["items"] for k, v in metrics["benchmarks"].items()} == {"gsm8k100": 100, "gsm-symbolic": 99,
-                                                                         "champ": 270, "humaneval": 164}
+                                                                         "deepmind-math": 800, "champ": 270,
+                                                                         "humaneval": 164}
 
     shutil.copytree(clean.root, tmp_path / "run")
     run = RunDir.open(tmp_path / "run")
