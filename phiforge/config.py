@@ -27,8 +27,8 @@ DEFAULT_RECIPE = "tiny"
 # against when it is loaded; each implementing registry is keyed by exactly these (tests/test_config.py).
 DOMAINS = ("arithmetic", "fractions", "linear_equations", "number_theory", "quadratics_polynomials", "linear_systems",
            "decimals_percentages", "combinatorics", "probability", "sequences_series", "geometry", "unit_conversion",
-           "physics", "python_code", "place_value", "comparison", "signed_arithmetic", "multiply_divide", "divisibility",
-           "number_bases", "linear_one_unknown", "linear_two_unknowns", "polynomials", "expressions",
+           "physics", "python_code", "place_value", "comparison", "signed_arithmetic", "multiply_divide",
+           "divisibility", "number_bases", "linear_one_unknown", "linear_two_unknowns", "polynomials", "expressions",
            "chained_steps")  # phiforge.data.problems
 STYLES = ("textbook", "exercise", "answer_only", "fill_in_the_middle")  # phiforge.data.render
 WORKFLOWS = ("rewrite", "revise", "reverse_code", "plurality", "qa")  # phiforge.data.workflows

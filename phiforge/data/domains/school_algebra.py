@@ -171,7 +171,8 @@ def linear_system(rng: random.Random, d: int) -> tuple[str, list[str], str, str]
     k, m = p1 * q2 - p2 * q1, c1 * q2 - c2 * q1
     answer = xv if keep == v else xw
     s = [_show(Fraction(n)) for n in (p1, q2, p2, q1, c1, c2)]
-    steps = [task(f"solve {e1}, {e2} for {ask}"), f"Remove {drop}: first equation times {s[1]}, minus second equation times {s[3]}.",
+    steps = [task(f"solve {e1}, {e2} for {ask}"),
+             f"Remove {drop}: first equation times {s[1]}, minus second equation times {s[3]}.",
              f"({s[0]}*{s[1]} - {s[2]}*{s[3]})*{keep} = {s[4]}*{s[1]} - {s[5]}*{s[3]}, so {k}*{keep} = {m}.",
              f"{keep} = {m}/{_show(Fraction(k))} = {answer}."]
     check(m == k * answer, "linear system")
@@ -206,7 +207,8 @@ def polynomials(rng: random.Random, d: int) -> tuple[str, list[str], str, str]:
                 steps.append(f"({x}){pw}{power} = {x ** power}, {c}*{x ** power} = {c * x ** power}")
                 total.append(c * x ** power)
         value = sum(total)
-        lines = [task(f"{p} at {v} = {x}"), f"Term by term: {'; '.join(steps)}." if steps else "No terms in the unknown.",
+        lines = [task(f"{p} at {v} = {x}"),
+                 f"Term by term: {'; '.join(steps)}." if steps else "No terms in the unknown.",
                  f"Add: {_sum_line(total)}." if len(total) > 1 else f"So the value is {value}."]
         check(value == sum(c * x ** (deg - i) for i, c in enumerate(coeffs)), "evaluation")
         topic = "To evaluate a polynomial, work out each power, multiply by its coefficient, then add the terms."
@@ -248,13 +250,14 @@ def polynomials(rng: random.Random, d: int) -> tuple[str, list[str], str, str]:
                 result.append(0)
         answer = poly(result, v)
         topic = "Like terms have the same letter and power; add their coefficients."
-        return _COLLECT.ask(rng, e=e), [task(f"collect {e}"), f"Group like terms: {'; '.join(rows)}.", f"So {answer.replace('^', pw)}."], \
-            answer, topic
+        steps = [task(f"collect {e}"), f"Group like terms: {'; '.join(rows)}.", f"So {answer.replace('^', pw)}."]
+        return _COLLECT.ask(rng, e=e), steps, answer, topic
     a, b, c, e = _coef(rng, 6), rng.randint(-12, 12), _coef(rng, 6), rng.randint(-12, 12)
     expr = f"({_side([(a, v), (b, '')] if b else [(a, v)])})*({_side([(c, v), (e, '')] if e else [(c, v)])})"
     result = [a * c, a * e + b * c, b * e]
     sa, sb, sc, se = (_show(Fraction(n)) for n in (a, b, c, e))
-    steps = [task(f"expand {expr}"), f"Each term times each term: {sa}*{sc} = {a * c} ({v}{pw}2); {sa}*{se} + {sb}*{sc} = {a * e + b * c} "
+    steps = [task(f"expand {expr}"),
+             f"Each term times each term: {sa}*{sc} = {a * c} ({v}{pw}2); {sa}*{se} + {sb}*{sc} = {a * e + b * c} "
              f"({v}); {sb}*{se} = {b * e}.", f"So {_poly_text(result, v, pw)}."]
     topic = "To expand a product of brackets, multiply every term of one by every term of the other, then collect."
     return _EXPAND.ask(rng, e=expr), steps, poly(result, v), topic
@@ -321,8 +324,8 @@ def chained(rng: random.Random, d: int) -> tuple[str, list[str], str, str]:
         c = rng.randint(-30, 30)
         eq = f"{_side([(k, v), (c, '')] if c else [(k, v)])} = {k * int(value) + c}"
         rhs = k * int(value) + c
-        first = (f"From {eq}: {k}*{v} = {rhs} - {_show(Fraction(c))} = {rhs - c}, so {v} = {rhs - c}/{_show(Fraction(k))} = "
-                 f"{frac(value)}.")
+        first = (f"From {eq}: {k}*{v} = {rhs} - {_show(Fraction(c))} = {rhs - c}, so {v} = "
+                 f"{rhs - c}/{_show(Fraction(k))} = {frac(value)}.")
         question_book, slots = _CHAIN_SOLVE, {"eq": eq}
     c1, c0 = _coef(rng, 12), rng.randint(-40, 40)
     pw = power_sign(rng)

@@ -308,11 +308,13 @@ _SORT = Phrasebook((
     "Line up {xs} from lowest to highest.",
 ))
 _NEAREST = Phrasebook((
-    "Which of {xs} is nearest to {v}?", "Which number in {xs} is closest to {v}?", "Find the value nearest {v} in {xs}.",
+    "Which of {xs} is nearest to {v}?", "Which number in {xs} is closest to {v}?",
+    "Find the value nearest {v} in {xs}.",
     "From {xs}, pick the one closest to {v}.", "Of the numbers {xs}, which lies nearest to {v}?",
     "What is the closest number to {v} among {xs}?", "Among {xs}, which is closest to {v}?",
     "Choose the number nearest to {v}: {xs}.", "Which value in the list {xs} is closest to {v}?",
-    "Nearest to {v} out of {xs}?", "Find the closest number to {v} from {xs}.", "Which of these is closest to {v}: {xs}?",
+    "Nearest to {v} out of {xs}?", "Find the closest number to {v} from {xs}.",
+    "Which of these is closest to {v}: {xs}?",
     "Closest to {v}: which of {xs}?", "In the list {xs}, what number is nearest to {v}?",
     "Which of {xs} is the smallest distance from {v}?", "Give the element of {xs} nearest to {v}.",
     "Pick from {xs} the value closest to {v}.", "What number of {xs} is nearest {v}?",
@@ -384,7 +386,8 @@ def comparison(rng: random.Random, d: int) -> tuple[str, list[str], str, str]:
     best = xs[gaps.index(min(gaps))]
     if gaps.count(min(gaps)) > 1:
         return comparison(rng, d)
-    steps = [task(f"nearest to {show(v)} of {listed}"), "Distances: " + "; ".join(f"|{show(x)} - {show(v)}| = {show(g)}" for x, g in zip(xs, gaps)) + ".",
+    distances = "; ".join(f"|{show(x)} - {show(v)}| = {show(g)}" for x, g in zip(xs, gaps))
+    steps = [task(f"nearest to {show(v)} of {listed}"), f"Distances: {distances}.",
              f"The smallest distance is {show(min(gaps))}, from {show(best)}."]
     return _NEAREST.ask(rng, xs=listed, v=show(v)), steps, show(best), topic
 
@@ -393,7 +396,8 @@ def comparison(rng: random.Random, d: int) -> tuple[str, list[str], str, str]:
 
 _ROUND = Phrasebook((
     "Round {x} to the nearest {place}.", "What is {x} rounded to the nearest {place}?", "Round {x} off to the {place}.",
-    "Give {x} to the nearest {place}.", "{x} to the nearest {place} is what?", "Approximate {x} to the nearest {place}.",
+    "Give {x} to the nearest {place}.", "{x} to the nearest {place} is what?",
+    "Approximate {x} to the nearest {place}.",
     "Round off {x} to the nearest {place}.", "What do you get rounding {x} to the nearest {place}?",
     "Write {x} rounded to the {place}.", "Round the number {x} to the {place}.", "To the nearest {place}, what is {x}?",
     "Estimate {x} to the nearest {place}.", "Rounded to the nearest {place}, {x} is what?",
@@ -404,7 +408,8 @@ _ROUND = Phrasebook((
 ))
 _ROUND_DP = Phrasebook((
     "Round {x} to {k} decimal places.", "What is {x} to {k} decimal places?", "Give {x} correct to {k} decimal places.",
-    "Round {x} to {k} dp.", "Write {x} with {k} decimal places, rounded.", "Round off {x} to {k} places after the point.",
+    "Round {x} to {k} dp.", "Write {x} with {k} decimal places, rounded.",
+    "Round off {x} to {k} places after the point.",
     "{x} rounded to {k} decimal places is what?", "Keep {k} decimal places of {x}, rounding.",
     "Approximate {x} to {k} decimal places.", "Express {x} to {k} decimal places.", "To {k} decimal places, {x} is?",
     "Round {x}, keeping {k} digits after the decimal point.", "What is {x} rounded to {k} decimals?",
@@ -476,7 +481,8 @@ _FROM_BASE = Phrasebook((
     "Express the base-{b} number {s} in base 10.", "What decimal number is {s} in base {b}?", "Turn {s} (base {b}) "
     "into an ordinary number.", "Find the value of {s} in base {b} as a decimal.", "Base {b} number {s}: its value?",
     "Convert {s}_{b} to base 10.", "What is {s}_{b} in base ten?", "Rewrite the base {b} numeral {s} in base 10.",
-    "How much is {s} when read in base {b}?", "Give the base-10 value of {s}_{b}.", "Read {s} as base {b}: what number?",
+    "How much is {s} when read in base {b}?", "Give the base-10 value of {s}_{b}.",
+    "Read {s} as base {b}: what number?",
     "The numeral {s} is in base {b}; write it in base 10.", "Decimal value of {s} (base {b})?",
     "What is {s} base {b} in decimal?", "Convert the base-{b} number {s} into base 10.",
 ))
