@@ -216,17 +216,23 @@ def benchmark_blocks(bench: dict, models: dict, plots: Path, run: RunDir) -> lis
 def per_module_blocks(run: RunDir, models: list[str]) -> list[tuple]:
     """DeepMind maths by module: items solved of those scored, per model, read from the eval stage's records."""
     solved: dict[str, dict[str, list[int]]] = {}
+    yes_no: dict[str, set] = {}
     for model in models:
         records = stages.input_path(run, "eval", "report", f"bench-{model}-deepmind-math.jsonl")
         for line in records.read_text().splitlines():
             r = json.loads(line)
-            counts = solved.setdefault(deepmind.module_of(r["id"]), {}).setdefault(model, [0, 0])
+            module = deepmind.module_of(r["id"])
+            counts = solved.setdefault(module, {}).setdefault(model, [0, 0])
             counts[0] += r["n_correct"] > 0
             counts[1] += 1
+            if str(r.get("answers", [""])[0]).lower() in ("true", "false"):
+                yes_no.setdefault(module, set()).add(r["id"])
     rows = [[module] + [f"{c[0]}/{c[1]}" if (c := per.get(m)) else "" for m in models]
             for module, per in sorted(solved.items())]
-    return [("p", "DeepMind maths by module (greedy, solved / scored):"), ("table", ["module"] + models, rows),
-            *length_blocks(run, models)]
+    note = ("; ".join(f"{len(ids)} of {module}'s items" for module, ids in sorted(yes_no.items()))
+            + " are yes/no questions, of which a constant answer gets about half") if yes_no else ""
+    return [("p", "DeepMind maths by module (greedy, solved / scored)" + (f". {note}:" if note else ":")),
+            ("table", ["module"] + models, rows), *length_blocks(run, models)]
 
 
 LENGTH_BINS = ((1, 3), (4, 6), (7, 9), (10, 12), (13, 99))

@@ -196,14 +196,18 @@ def test_the_report_tables_deepmind_maths_by_module_from_the_eval_records(tmp_pa
     from phiforge.rundir import RunDir
 
     run = RunDir.create(tmp_path / "run")
-    records = [("algebra__linear_1d", 1, "Solve 3*x = 12 for x."), ("algebra__linear_1d", 0, "Solve 7*y = 0.35 for y."),
-               ("numbers__gcd", 0, "gcd of 12345678901234 and 6?")]
+    records = [("algebra__linear_1d", 1, "Solve 3*x = 12 for x.", "4"),
+               ("algebra__linear_1d", 0, "Solve 7*y = 0.35 for y.", "0.05"),
+               ("numbers__gcd", 0, "gcd of 12345678901234 and 6?", "2"),
+               ("numbers__is_prime", 1, "Is 7 prime?", "True")]
     (run.stage_dir("eval")).mkdir(parents=True)
     (run.stage_dir("eval") / "bench-sft-deepmind-math.jsonl").write_text("".join(
-        json.dumps({"id": f"mathds-{m}-{i}", "n_correct": c, "question": q}) + "\n"
-        for i, (m, c, q) in enumerate(records)))
+        json.dumps({"id": f"mathds-{m}-{i}", "n_correct": c, "question": q, "answers": [a]}) + "\n"
+        for i, (m, c, q, a) in enumerate(records)))
     run.write_manifest("eval", {}, [run.stage_dir("eval")])
-    (_, _), (_, head, rows), (_, _), (_, length_head, length_rows) = per_module_blocks(run, ["sft"])
-    assert head == ["module", "sft"] and rows == [["algebra__linear_1d", "1/2"], ["numbers__gcd", "0/1"]]
+    (_, text), (_, head, rows), (_, _), (_, length_head, length_rows) = per_module_blocks(run, ["sft"])
+    assert head == ["module", "sft"] and rows == [["algebra__linear_1d", "1/2"], ["numbers__gcd", "0/1"],
+                                                  ["numbers__is_prime", "1/1"]]
+    assert "1 of numbers__is_prime's items are yes/no questions" in text
     # by the longest number's digits (0.35 has 3): a 14-digit number is past the 12 the curriculum writes
-    assert length_head == ["digits", "sft"] and length_rows == [["1-3", "1/2"], ["13+", "0/1"]]
+    assert length_head == ["digits", "sft"] and length_rows == [["1-3", "2/3"], ["13+", "0/1"]]
