@@ -20,10 +20,9 @@ from phiforge.data.domains.procedures import (PLACE_NAMES, euclid_rows, long_div
 MAX_DIGITS = 12
 
 
-def sized(rng: random.Random, max_digits: int = MAX_DIGITS, decimals: bool = True, negative: float = 0.4,
-          digits: int | None = None) -> Fraction:
-    """A number of `digits` significant digits (drawn evenly from 1..max_digits), some after the point."""
-    n = digits or rng.randint(1, max_digits)
+def sized(rng: random.Random, max_digits: int = MAX_DIGITS, decimals: bool = True, negative: float = 0.4) -> Fraction:
+    """A number of 1..max_digits significant digits, its length drawn evenly, some of them after the point."""
+    n = rng.randint(1, max_digits)
     whole = rng.randint(10 ** (n - 1), 10 ** n - 1) if n > 1 else rng.randint(1, 9)
     after = rng.randint(1, min(n, 10)) if decimals and rng.random() < 0.5 else 0
     value = Fraction(whole, 10 ** after)
