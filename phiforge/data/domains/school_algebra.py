@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from fractions import Fraction
 
-from phiforge.data.domains.common import check, frac, poly
+from phiforge.data.domains.common import check, frac, linear, poly, term
 from phiforge.data.domains.phrasing import VALUE_OF, Phrasebook, function_name, letter, power_sign, task
 
 _SOLVE = Phrasebook((
@@ -104,15 +104,6 @@ def _coef(rng: random.Random, hi: int) -> int:
     return rng.choice((-1, 1)) * rng.randint(1, hi)
 
 
-def _term(c: int, v: str, first: bool) -> str:
-    body = v if abs(c) == 1 and v else f"{abs(c)}*{v}" if v else str(abs(c))
-    return (f"-{body}" if c < 0 else body) if first else (f" - {body}" if c < 0 else f" + {body}")
-
-
-def _side(terms: list[tuple[int, str]]) -> str:
-    return "".join(_term(c, v, i == 0) for i, (c, v) in enumerate(terms)) or "0"
-
-
 def _sum_line(values: list[int | Fraction]) -> str:
     """`3 - 5 + 12 = 10`: a short signed sum on one line."""
     text = frac(values[0]) + "".join(f" - {frac(-x)}" if x < 0 else f" + {frac(x)}" for x in values[1:])
@@ -140,7 +131,7 @@ def linear_equation(rng: random.Random, d: int) -> tuple[str, list[str], str, st
         right.append((fix, ""))
     rng.shuffle(left)
     rng.shuffle(right)
-    eq = f"{_side(left)} = {_side(right)}"
+    eq = f"{linear(left)} = {linear(right)}"
     v_terms = [c for c, t in left if t] + [-c for c, t in right if t]
     numbers = [c for c, t in right if not t] + [-c for c, t in left if not t]
     steps = [task(f"solve {eq} for {v}"), f"Move the {v} terms to the left and the numbers to the right.",
@@ -162,7 +153,7 @@ def linear_system(rng: random.Random, d: int) -> tuple[str, list[str], str, str]
         if a1 * b2 - a2 * b1:
             break
     c1, c2 = a1 * xv + b1 * xw, a2 * xv + b2 * xw
-    e1, e2 = f"{_side([(a1, v), (b1, w)])} = {c1}", f"{_side([(a2, v), (b2, w)])} = {c2}"
+    e1, e2 = f"{linear([(a1, v), (b1, w)])} = {c1}", f"{linear([(a2, v), (b2, w)])} = {c2}"
     ask = rng.choice((v, w))
     # Eliminate the other unknown: scale each equation by the other's coefficient of it, subtract.
     keep, drop = (v, w) if ask == v else (w, v)
@@ -236,7 +227,7 @@ def polynomials(rng: random.Random, d: int) -> tuple[str, list[str], str, str]:
         return book.ask(rng, f=f, v=v, p=p), steps, _poly_text(cur, v, "^"), topic
     if kind == "collect":
         terms = [(rng.randint(-15, 15) or 1, rng.choice((f"{v}{pw}2", v, ""))) for _ in range(rng.randint(3, 6))]
-        e = _side(terms)
+        e = linear(terms)
         groups = {}
         for c, t in terms:
             groups.setdefault(t, []).append(c)
@@ -253,7 +244,7 @@ def polynomials(rng: random.Random, d: int) -> tuple[str, list[str], str, str]:
         steps = [task(f"collect {e}"), f"Group like terms: {'; '.join(rows)}.", f"So {answer.replace('^', pw)}."]
         return _COLLECT.ask(rng, e=e), steps, answer, topic
     a, b, c, e = _coef(rng, 6), rng.randint(-12, 12), _coef(rng, 6), rng.randint(-12, 12)
-    expr = f"({_side([(a, v), (b, '')] if b else [(a, v)])})*({_side([(c, v), (e, '')] if e else [(c, v)])})"
+    expr = f"({linear([(a, v), (b, '')])})*({linear([(c, v), (e, '')])})"
     result = [a * c, a * e + b * c, b * e]
     sa, sb, sc, se = (_show(Fraction(n)) for n in (a, b, c, e))
     steps = [task(f"expand {expr}"),
@@ -322,7 +313,7 @@ def chained(rng: random.Random, d: int) -> tuple[str, list[str], str, str]:
     else:
         k = _coef(rng, 9)
         c = rng.randint(-30, 30)
-        eq = f"{_side([(k, v), (c, '')] if c else [(k, v)])} = {k * int(value) + c}"
+        eq = f"{linear([(k, v), (c, '')])} = {k * int(value) + c}"
         rhs = k * int(value) + c
         first = (f"From {eq}: {k}*{v} = {rhs} - {_show(Fraction(c))} = {rhs - c}, so {v} = "
                  f"{rhs - c}/{_show(Fraction(k))} = {frac(value)}.")
@@ -330,13 +321,13 @@ def chained(rng: random.Random, d: int) -> tuple[str, list[str], str, str]:
     c1, c0 = _coef(rng, 12), rng.randint(-40, 40)
     pw = power_sign(rng)
     if rng.random() < 0.5:
-        e = _side([(c1, v), (c0, "")] if c0 else [(c1, v)])
+        e = linear([(c1, v), (c0, "")])
         result = c1 * value + c0
-        second = f"{e} = {c1}*({frac(value)}){_term(c0, '', False)} = {frac(result)}."
+        second = f"{e} = {c1}*({frac(value)}){term(c0, '', False)} = {frac(result)}."
     else:
-        e = _side([(1, f"{v}{pw}2"), (c1, v)])
+        e = linear([(1, f"{v}{pw}2"), (c1, v)])
         result = value ** 2 + c1 * value
-        second = f"{e} = {frac(value ** 2)}{_term(int(c1 * value), '', False)} = {frac(result)}."
+        second = f"{e} = {frac(value ** 2)}{term(int(c1 * value), '', False)} = {frac(result)}."
     given = f"{v} = {slots['d']}" if question_book is _CHAIN else slots["eq"]
     steps = [task(f"{e} where {given}"), first, f"Substitute: {second}"]
     topic = "A chained problem: work out the defined quantity first, then substitute it into what is asked."
