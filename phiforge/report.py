@@ -214,25 +214,24 @@ def benchmark_blocks(bench: dict, models: dict, plots: Path, run: RunDir) -> lis
 
 
 def per_module_blocks(run: RunDir, models: list[str]) -> list[tuple]:
-    """DeepMind maths by module: items solved of those scored, per model, read from the eval stage's records."""
-    solved: dict[str, dict[str, list[int]]] = {}
+    """DeepMind maths by module, then by number length: items solved of those scored, per model, from the eval stage's
+    records (read once for both tables)."""
+    records = {m: [json.loads(line) for line in stages.input_path(
+        run, "eval", "report", f"bench-{m}-deepmind-math.jsonl").read_text().splitlines()] for m in models}
     yes_no: dict[str, set] = {}
-    for model in models:
-        records = stages.input_path(run, "eval", "report", f"bench-{model}-deepmind-math.jsonl")
-        for line in records.read_text().splitlines():
-            r = json.loads(line)
-            module = deepmind.module_of(r["id"])
-            counts = solved.setdefault(module, {}).setdefault(model, [0, 0])
-            counts[0] += r["n_correct"] > 0
-            counts[1] += 1
-            if str(r.get("answers", [""])[0]).lower() in ("true", "false"):
-                yes_no.setdefault(module, set()).add(r["id"])
-    rows = [[module] + [f"{c[0]}/{c[1]}" if (c := per.get(m)) else "" for m in models]
-            for module, per in sorted(solved.items())]
+    for r in (r for rs in records.values() for r in rs):
+        if str(r.get("answers", [""])[0]).lower() in ("true", "false"):
+            yes_no.setdefault(deepmind.module_of(r["id"]), set()).add(r["id"])
     note = ("; ".join(f"{len(ids)} of {module}'s items" for module, ids in sorted(yes_no.items()))
             + " are yes/no questions, of which a constant answer gets about half") if yes_no else ""
+    by_module = _solved_table(records, lambda r: deepmind.module_of(r["id"]))
+    by_length = _solved_table(records, lambda r: _length_bin(longest_number(r["question"])))
+    rows = [[f"{lo}-{hi}" if hi < 99 else f"{lo}+", *cells] for (lo, hi), *cells in by_length]
+    # numbers longer than any the generator writes (12 digits in the default curriculum) get a row of their own
     return [("p", "DeepMind maths by module (greedy, solved / scored)" + (f". {note}:" if note else ":")),
-            ("table", ["module"] + models, rows), *length_blocks(run, models)]
+            ("table", ["module"] + models, by_module),
+            ("p", "DeepMind maths by the digits of the longest number in the question (solved / scored):"),
+            ("table", ["digits"] + models, rows)]
 
 
 LENGTH_BINS = ((1, 3), (4, 6), (7, 9), (10, 12), (13, 99))
@@ -243,25 +242,21 @@ def longest_number(question: str) -> int:
     return max((len(n.replace(".", "")) for n in re.findall(r"\d+(?:\.\d+)?", question)), default=0)
 
 
-def length_blocks(run: RunDir, models: list[str]) -> list[tuple]:
-    """DeepMind maths by the length of the longest number in the question: numbers longer than any the generator
-    writes (12 digits in the default curriculum) measure length generalisation on their own row."""
-    solved: dict[tuple, dict[str, list[int]]] = {}
-    for model in models:
-        records = stages.input_path(run, "eval", "report", f"bench-{model}-deepmind-math.jsonl")
-        for line in records.read_text().splitlines():
-            r = json.loads(line)
-            n = longest_number(r["question"])
-            if n == 0:
-                continue
-            bin_ = next(b for b in LENGTH_BINS if b[0] <= n <= b[1])
-            counts = solved.setdefault(bin_, {}).setdefault(model, [0, 0])
-            counts[0] += r["n_correct"] > 0
-            counts[1] += 1
-    rows = [[f"{lo}-{hi}" if hi < 99 else f"{lo}+"] + [f"{c[0]}/{c[1]}" if (c := per.get(m)) else "" for m in models]
-            for (lo, hi), per in sorted(solved.items())]
-    return [("p", "DeepMind maths by the digits of the longest number in the question (solved / scored):"),
-            ("table", ["digits"] + models, rows)]
+def _length_bin(n: int) -> tuple | None:
+    return next((b for b in LENGTH_BINS if b[0] <= n <= b[1]), None)
+
+
+def _solved_table(records: dict[str, list[dict]], key) -> list[list]:
+    """Rows of [key, "solved/scored" per model], sorted by key; records whose key is None are left out."""
+    solved: dict = {}
+    for model, rs in records.items():
+        for r in rs:
+            k = key(r)
+            if k is not None:
+                counts = solved.setdefault(k, {}).setdefault(model, [0, 0])
+                counts[0] += r["n_correct"] > 0
+                counts[1] += 1
+    return [[k] + [f"{c[0]}/{c[1]}" if (c := per.get(m)) else "" for m in records] for k, per in sorted(solved.items())]
 
 
 def flagged_examples(run: RunDir, n: int = 5) -> list[tuple]:
