@@ -453,7 +453,8 @@ def build_blocks(recipe: Recipe, run: RunDir, dest: Path | None = None) -> list[
             for b, v in x.get("benchmark", {}).items():
                 by_bench[b] = by_bench.get(b, 0) + v["PARTIAL"] + v["CONTAMINATED"]
         blocks.append(("p", "Flagged per benchmark: " + ", ".join(f"{b} {by_bench.get(b, 0)}" for b in used)
-                            + ". Each flagged sample, with the benchmark item it matched, is in `decontam/flagged.jsonl`."))
+                            + ". Each flagged sample, with the benchmark item it matched, is in "
+                            "`decontam/flagged.jsonl`."))
         blocks += flagged_examples(run)
     if tok:
         blocks.append(("p", f"Tokenizer: byte-level BPE, {tok['vocab_size']} tokens, {tok['chars_per_token']} "
