@@ -322,6 +322,24 @@ class MidtrainConfig(LoopConfig):
 
 
 @dataclass
+class LoRAConfig:
+    """Low-rank adapters (peft's LoRA) instead of full fine-tuning of a transformers `sft.init` model: only the
+    adapters and the chat tokens' rows train; the saved folder has them merged (phiforge/train/lora.py)."""
+
+    r: int = 0  # adapter rank; 0 = full fine-tuning
+    alpha: float = 32.0  # the adapters' update is scaled by alpha / r
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                          "up_proj", "down_proj"])
+
+    def validate(self, key: str, need) -> None:
+        need(self.r >= 0, f"{key}.r", "must be >= 0 (0 = full fine-tuning)")
+        need(self.alpha > 0, f"{key}.alpha", "must be positive")
+        need(0.0 <= self.dropout < 1.0, f"{key}.dropout", "must be in [0, 1)")
+        need(bool(self.targets), f"{key}.targets", "must name at least one module (e.g. q_proj)")
+
+
+@dataclass
 class SFTConfig:
     seed: int = 0
     batch_size: int = 16
@@ -336,9 +354,13 @@ class SFTConfig:
     # "" = the run's midtrained model; else a transformers causal-LM folder to fine-tune instead (e.g.
     # data/models/gemma-3-270m-hf), saved as a transformers folder that pts and dpo then train further
     init: str = ""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # r > 0: adapters on the `init` model, merged when saved
 
     def validate(self, key: str, need) -> None:
         self.optim.validate(f"{key}.optim", need, self.steps)
+        self.lora.validate(f"{key}.lora", need)
+        need(not self.lora.r or bool(self.init), f"{key}.lora.r",
+             f"({self.lora.r}) needs {key}.init: adapters go on a transformers model (0 = full fine-tuning)")
         need(self.batch_size > 0, f"{key}.batch_size", "must be positive")
         need(self.steps > 0, f"{key}.steps", "must be positive")
         need(self.length_group >= 0, f"{key}.length_group", "must be >= 0 (0 = no grouping by length)")

@@ -45,15 +45,16 @@ def base_tokenizer(pad_is_eos: bool = False):
                                                 unk_token="<unk>", pad_token="<eos>" if pad_is_eos else None)
 
 
-def base_model_dir(root, pad_is_eos: bool = False):
+def base_model_dir(root, pad_is_eos: bool = False, init_std: float = 0.02):
     tok = base_tokenizer(pad_is_eos)
     cfg = transformers.Gemma3TextConfig(
         vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
         num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16, max_position_embeddings=128, sliding_window=8,
         layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        initializer_range=init_std)
     torch.manual_seed(0)
-    out = root / ("base-pad-eos" if pad_is_eos else "base")
+    out = root / f"base{'-pad-eos' if pad_is_eos else ''}-{init_std}"
     transformers.Gemma3ForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
@@ -304,3 +305,74 @@ def test_head_on_hidden_states_is_the_models_own_logits_with_soft_capping(base_d
         finally:
             logprobs.CHUNK_ELEMENTS = budget
     assert torch.allclose(chunked, whole, atol=1e-5)
+
+
+def test_sft_loss_through_the_head_in_chunks_is_the_whole_logits_loss(base_dir, monkeypatch):
+    """A batch too large for whole logits (Gemma 3's 262k vocabulary) is scored from hidden states at the target
+    positions only: the same sum, count and gradients as the whole [B, T, V] logits."""
+    import phiforge.train.sft as sft
+
+    model, tok = adapter.load(base_dir)
+    x, y = collate([build_example(tok, c, 128) for c in CHATS], tok.pad_id)
+
+    def run(limit: int):
+        monkeypatch.setattr(sft, "CHUNK_ELEMENTS", limit)
+        monkeypatch.setattr("phiforge.lm.logprobs.CHUNK_ELEMENTS", limit)
+        model.zero_grad()
+        loss, count = sft.loss_sum(model, x, y, "fp32")
+        loss.backward()
+        return float(loss.detach()), count, [p.grad.clone() for p in model.parameters()]
+
+    whole, chunked = run(1 << 30), run(3 * model.vocab_size)  # 3 rows a chunk: several chunks, a ragged last one
+    assert chunked[1] == whole[1] == int((y != -100).sum())
+    assert chunked[0] == pytest.approx(whole[0], rel=1e-5)
+    # fp32 sums in another order: equal to ~1e-6 of each gradient's scale
+    assert all((a - b).abs().max() <= 1e-5 * b.abs().max() + 1e-7 for a, b in zip(chunked[2], whole[2]))
+
+
+def test_lora_trains_adapters_and_chat_rows_only_and_saves_a_merged_plain_folder(tmp_path):
+    pytest.importorskip("peft")
+    from phiforge.config import LoRAConfig
+    from phiforge.train import lora
+
+    # Embeddings at a pretrained model's scale: with the frozen head at 0.02 (random init) no adapter could move a
+    # logit past about +-0.6, and the loss would stall near uniform
+    model, tok = adapter.load(base_model_dir(tmp_path, init_std=0.5))
+    before = {k: v.clone() for k, v in model.hf.state_dict().items()}
+    save = lora.attach(model, tok, LoRAConfig(r=4, alpha=8), lambda m, out: adapter.save(m, tok, out, "fp32"))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or "token_adapter" in n for n in trainable)
+    examples = [build_example(tok, c, 128) for c in CHATS]
+    start = assistant_loss(model, examples, tok.pad_id)
+    train(model, examples, tok.pad_id, SFTConfig(batch_size=3, steps=30, dtype="fp32", log_every=10,
+                                                 optim=OptimConfig(lr=2e-2, warmup_steps=3, weight_decay=0.0)))
+    trained = assistant_loss(model, examples, tok.pad_id)
+    assert trained < 0.6 * start
+    save(model, tmp_path / "lora")
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "lora")  # no peft needed to read it
+    after = loaded.state_dict()
+    assert not [k for k in after if "lora" in k or "token_adapter" in k]
+    assert loaded.get_output_embeddings().weight.data_ptr() == loaded.get_input_embeddings().weight.data_ptr()
+    emb, old = after["model.embed_tokens.weight"], before["model.embed_tokens.weight"]
+    chat = [tok.im_start_id, tok.im_sep_id, tok.im_end_id]
+    assert not torch.equal(emb[tok.im_end_id], old[tok.im_end_id])  # the model can learn to end a turn
+    others = torch.ones(len(emb), dtype=torch.bool)
+    others[chat] = False
+    assert torch.equal(emb[others], old[others])
+    assert torch.equal(after["model.layers.0.input_layernorm.weight"], before["model.layers.0.input_layernorm.weight"])
+    assert not torch.equal(after["model.layers.0.mlp.down_proj.weight"], before["model.layers.0.mlp.down_proj.weight"])
+    assert assistant_loss(adapter.CausalLM(loaded), examples, tok.pad_id) == pytest.approx(trained, abs=1e-5)
+
+
+def test_lora_config_is_checked(base_dir):
+    pytest.importorskip("peft")
+    from phiforge.config import LoRAConfig
+    from phiforge.train import lora
+
+    with pytest.raises(PhiforgeError, match="sft.lora.r .* needs sft.init"):
+        recipe_from_dict({"sft": {"lora": {"r": 8}}})
+    with pytest.raises(PhiforgeError, match="sft.lora.alpha"):
+        recipe_from_dict({"sft": {"init": str(base_dir), "lora": {"r": 8, "alpha": 0}}})
+    model, tok = adapter.load(base_dir)
+    with pytest.raises(PhiforgeError, match="sft.lora.targets: qkv_proj name no module"):
+        lora.attach(model, tok, LoRAConfig(r=4, targets=["q_proj", "qkv_proj"]), None)

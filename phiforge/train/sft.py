@@ -21,8 +21,10 @@ from phiforge.data.corpus import read_column
 from phiforge.errors import PhiforgeError
 from phiforge.lm import hf
 from phiforge.lm.checkpoint import export_model, load_model
+from phiforge.lm.logprobs import CHUNK_ELEMENTS, target_logps
 from phiforge.lm.tokenizer import ChatTokenizer
 from phiforge.rundir import RunDir, atomic_write_json
+from phiforge.train import lora
 from phiforge.train.optim import IGNORE, autocast, build_optimizer, clip_and_step, cross_entropy, device, lr_at, set_lr
 
 
@@ -74,6 +76,25 @@ def batches(n: int, batch_size: int, steps: int, seed: int, lengths=None, group:
         yield ready.pop(0)
 
 
+def loss_sum(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: str) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy of the targets of ids `x` that are not IGNORE in `y`, and how many there were.
+
+    A batch whose [B, T, V] logits are small (phiforge's own models: 16 x 384 x 1,024) goes through the model's
+    forward whole. A large one (Gemma 3: a 262,144-token head) stops at the hidden states and sends only the target
+    positions through the head, a chunk at a time (`target_logps`): the prompt and padding positions, often most of
+    a batch, never get logits, and memory holds one chunk's [rows, V] instead of the batch's.
+    """
+    vocab = getattr(model, "vocab_size", None)
+    if vocab is None or x.numel() * vocab <= CHUNK_ELEMENTS:
+        with autocast(dtype, x.device):
+            logits = model(x)
+        return cross_entropy(logits, y)  # fp32 outside autocast
+    keep = y != IGNORE
+    with autocast(dtype, x.device):
+        hidden = model(x, return_hidden=True)
+        return -target_logps(model.head, hidden[keep], y[keep], vocab).sum(), int(keep.sum())
+
+
 def train(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], pad_id: int, cfg) -> list[dict]:
     """`cfg.steps` SFT steps (an `SFTConfig`) on examples from `build_example`; the history of logged steps.
 
@@ -92,9 +113,7 @@ def train(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], p
         set_lr(opt, lr)
         x, y = collate([examples[i] for i in idx], pad_id)
         x, y = x.to(dev), y.to(dev)
-        with autocast(cfg.dtype, dev):
-            logits = model(x)
-        loss, count = cross_entropy(logits, y)
+        loss, count = loss_sum(model, x, y, cfg.dtype)
         (loss / max(1, count)).backward()
         clip_and_step(model, opt, cfg.optim.grad_clip)
         value = float(loss.detach()) / max(1, count)
@@ -137,6 +156,9 @@ def load_policy(recipe: Recipe, run: RunDir, stage: str, by: str, dtype: str = "
 def execute(recipe: Recipe, run: RunDir) -> dict:
     cfg = recipe.sft
     model, tok, save = load_start(cfg, run)
+    if cfg.lora.r:
+        save = lora.attach(model, tok, cfg.lora, save)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     model.to(device())
     conversations = read_column(run, "sft", "messages")
     examples = [build_example(tok, c, cfg.max_len) for c in conversations]
@@ -149,6 +171,8 @@ def execute(recipe: Recipe, run: RunDir) -> dict:
     atomic_write_json(out / "history.json", {"train": history})
     return {
         "init": cfg.init or "midtrain",
+        "lora_rank": cfg.lora.r,
+        "trainable_params": trainable,
         "conversations": len(examples),
         "assistant_tokens": int(n_targets),
         "steps": cfg.steps,
