@@ -307,12 +307,23 @@ def test_head_on_hidden_states_is_the_models_own_logits_with_soft_capping(base_d
     assert torch.allclose(chunked, whole, atol=1e-5)
 
 
-def test_sft_loss_through_the_head_in_chunks_is_the_whole_logits_loss(base_dir, monkeypatch):
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_sft_loss_through_the_head_in_chunks_is_the_whole_logits_loss(base_dir, monkeypatch, lora_rank):
     """A batch too large for whole logits (Gemma 3's 262k vocabulary) is scored from hidden states at the target
-    positions only: the same sum, count and gradients as the whole [B, T, V] logits."""
+    positions only, the head fused with the loss: the same sum, count and gradients as the whole [B, T, V] logits,
+    with every weight training or LoRA's adapters and chat-token rows."""
     import phiforge.train.sft as sft
 
     model, tok = adapter.load(base_dir)
+    if lora_rank:
+        pytest.importorskip("peft")
+        from phiforge.config import LoRAConfig
+        from phiforge.train import lora
+
+        lora.attach(model, tok, LoRAConfig(r=lora_rank), None, "fp32")
+        with torch.no_grad():  # adapters away from their zero start, so that they change the loss
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p)) if p.requires_grad else None
     x, y = collate([build_example(tok, c, 128) for c in CHATS], tok.pad_id)
 
     def run(limit: int):
@@ -321,7 +332,7 @@ def test_sft_loss_through_the_head_in_chunks_is_the_whole_logits_loss(base_dir, 
         model.zero_grad()
         loss, count = sft.loss_sum(model, x, y, "fp32")
         loss.backward()
-        return float(loss.detach()), count, [p.grad.clone() for p in model.parameters()]
+        return float(loss.detach()), count, [p.grad.clone() for p in model.parameters() if p.requires_grad]
 
     whole, chunked = run(1 << 30), run(3 * model.vocab_size)  # 3 rows a chunk: several chunks, a ragged last one
     assert chunked[1] == whole[1] == int((y != -100).sum())
@@ -339,7 +350,7 @@ def test_lora_trains_adapters_and_chat_rows_only_and_saves_a_merged_plain_folder
     # logit past about +-0.6, and the loss would stall near uniform
     model, tok = adapter.load(base_model_dir(tmp_path, init_std=0.5))
     before = {k: v.clone() for k, v in model.hf.state_dict().items()}
-    save = lora.attach(model, tok, LoRAConfig(r=4, alpha=8), lambda m, out: adapter.save(m, tok, out, "fp32"))
+    save = lora.attach(model, tok, LoRAConfig(r=4, alpha=8), lambda m, out: adapter.save(m, tok, out, "fp32"), "fp32")
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n or "token_adapter" in n for n in trainable)
     examples = [build_example(tok, c, 128) for c in CHATS]
@@ -376,3 +387,18 @@ def test_lora_config_is_checked(base_dir):
     model, tok = adapter.load(base_dir)
     with pytest.raises(PhiforgeError, match="sft.lora.targets: qkv_proj name no module"):
         lora.attach(model, tok, LoRAConfig(r=4, targets=["q_proj", "qkv_proj"]), None)
+
+
+def test_lora_in_bf16_keeps_frozen_weights_in_bf16_and_trains(tmp_path):
+    pytest.importorskip("peft")
+    from phiforge.config import LoRAConfig
+    from phiforge.train import lora
+
+    model, tok = adapter.load(base_model_dir(tmp_path, init_std=0.5))
+    lora.attach(model, tok, LoRAConfig(r=4, alpha=8), None, "bf16")
+    kinds = {(p.requires_grad, p.dtype) for p in model.parameters()}
+    assert kinds == {(False, torch.bfloat16), (True, torch.float32)}  # the optimiser still updates fp32 values
+    examples = [build_example(tok, c, 128) for c in CHATS]
+    history = train(model, examples, tok.pad_id, SFTConfig(batch_size=3, steps=30, log_every=1, optim=OptimConfig(
+        lr=2e-2, warmup_steps=3, weight_decay=0.0)))
+    assert history[-1]["loss"] < 0.6 * history[0]["loss"]

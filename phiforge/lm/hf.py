@@ -121,9 +121,23 @@ class CausalLM(nn.Module):
         cap = getattr(self.hf.config.get_text_config(), "final_logit_softcapping", None)
         return logits if cap is None else torch.tanh(logits / cap) * cap
 
+    def head_weight(self) -> tuple[torch.Tensor, list[int] | None, float | None]:
+        """What `head` computes, as (weight [V, d], the rows of it that train or None for all, soft-cap or None),
+        for losses that fuse the head's matmul (phiforge/train/linear_ce.py). With peft's trainable chat tokens on
+        the head (phiforge/train/lora.py) the weight is the frozen one with those rows swapped in, as peft's own
+        forward builds it."""
+        head = self.hf.get_output_embeddings()
+        cap = getattr(self.hf.config.get_text_config(), "final_logit_softcapping", None)
+        tokens = getattr(head, "token_adapter", None)
+        if tokens is None:
+            return head.weight, None, cap
+        active = [a for a in tokens.active_adapters if a in tokens.token_indices]
+        return (tokens.get_merged_weights(active), sorted({i for a in active for i in tokens.token_indices[a]}),
+                cap)
+
     @property
     def vocab_size(self) -> int:
-        return self.hf.get_output_embeddings().out_features
+        return self.hf.get_output_embeddings().weight.shape[0]  # .weight: peft's wrapped head has no out_features
 
     @property
     def max_seq_len(self) -> int:

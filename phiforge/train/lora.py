@@ -9,12 +9,14 @@ the model is saved: what follows (PTS, DPO, eval, chat, serve, transformers itse
 
 from __future__ import annotations
 
+import torch
+
 from phiforge.config import LoRAConfig
 from phiforge.errors import PhiforgeError
 from phiforge.lm.hf import CausalLM, HFChatTokenizer
 
 
-def attach(model: CausalLM, tok: HFChatTokenizer, cfg: LoRAConfig, save):
+def attach(model: CausalLM, tok: HFChatTokenizer, cfg: LoRAConfig, save, dtype: str = "bf16"):
     """Put adapters into `model.hf` in place (every other weight frozen) and return `save` made to merge them first."""
     try:
         from peft import LoraConfig, get_peft_model
@@ -28,6 +30,11 @@ def attach(model: CausalLM, tok: HFChatTokenizer, cfg: LoRAConfig, save):
         r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.targets), bias="none",
         trainable_token_indices=sorted({tok.im_start_id, tok.im_sep_id, tok.im_end_id})))
     model.hf = wrapped.get_base_model()  # the same model, its Linear layers now adapter-carrying
+    # Training in bf16, frozen weights are stored in bf16, what autocast computes with anyway: in fp32 every matmul
+    # would cast its weight again (autocast caches casts only of weights that train), a quarter of a CPU step.
+    for p in model.hf.parameters() if dtype == "bf16" else ():
+        if not p.requires_grad:
+            p.data = p.data.to(torch.bfloat16)
 
     def merged_save(m: CausalLM, out) -> None:
         m.hf = wrapped.merge_and_unload()

@@ -25,6 +25,7 @@ from phiforge.lm.logprobs import CHUNK_ELEMENTS, target_logps
 from phiforge.lm.tokenizer import ChatTokenizer
 from phiforge.rundir import RunDir, atomic_write_json
 from phiforge.train import lora
+from phiforge.train.linear_ce import linear_cross_entropy
 from phiforge.train.optim import IGNORE, autocast, build_optimizer, clip_and_step, cross_entropy, device, lr_at, set_lr
 
 
@@ -81,8 +82,9 @@ def loss_sum(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: st
 
     A batch whose [B, T, V] logits are small (phiforge's own models: 16 x 384 x 1,024) goes through the model's
     forward whole. A large one (Gemma 3: a 262,144-token head) stops at the hidden states and sends only the target
-    positions through the head, a chunk at a time (`target_logps`): the prompt and padding positions, often most of
-    a batch, never get logits, and memory holds one chunk's [rows, V] instead of the batch's.
+    positions through the head, a chunk at a time, fused with the loss (`linear_cross_entropy`; `target_logps` for a
+    model that cannot hand out its head's weight): the prompt and padding positions, often most of a batch, never get
+    logits, and memory holds one chunk's [rows, V] instead of the batch's.
     """
     vocab = getattr(model, "vocab_size", None)
     if vocab is None or x.numel() * vocab <= CHUNK_ELEMENTS:
@@ -91,8 +93,12 @@ def loss_sum(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: st
         return cross_entropy(logits, y)  # fp32 outside autocast
     keep = y != IGNORE
     with autocast(dtype, x.device):
-        hidden = model(x, return_hidden=True)
-        return -target_logps(model.head, hidden[keep], y[keep], vocab).sum(), int(keep.sum())
+        hidden = model(x, return_hidden=True)[keep]
+        if not hasattr(model, "head_weight"):
+            return -target_logps(model.head, hidden, y[keep], vocab).sum(), int(keep.sum())
+        weight, rows, cap = model.head_weight()
+        rows = None if rows is None else torch.tensor(rows, device=x.device)
+        return linear_cross_entropy(hidden, weight, y[keep], rows, cap), int(keep.sum())
 
 
 def train(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], pad_id: int, cfg) -> list[dict]:
@@ -157,7 +163,7 @@ def execute(recipe: Recipe, run: RunDir) -> dict:
     cfg = recipe.sft
     model, tok, save = load_start(cfg, run)
     if cfg.lora.r:
-        save = lora.attach(model, tok, cfg.lora, save)
+        save = lora.attach(model, tok, cfg.lora, save, cfg.dtype)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     model.to(device())
     conversations = read_column(run, "sft", "messages")
