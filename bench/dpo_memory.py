@@ -71,7 +71,7 @@ def child(args) -> None:
 
 
 def main() -> None:
-    from phiforge.eval import gemma
+    from phiforge.lm import gemma
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(gemma.GEMMA_DIR))

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a chec
 import torch  # noqa: E402
 
 from phiforge.lm import hf  # noqa: E402
-from phiforge.eval import gemma  # noqa: E402
+from phiforge.lm import gemma  # noqa: E402
 from phiforge.config import DPOConfig, OptimConfig, SFTConfig  # noqa: E402
 from phiforge.lm.logprobs import sequence_logps  # noqa: E402
 from phiforge.train.dpo import precompute_reference, train_on_pairs  # noqa: E402

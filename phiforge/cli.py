@@ -253,7 +253,8 @@ def run_benchmark(args) -> int:
 
 
 def run_setup(args) -> int:
-    from phiforge.eval import deepmind, gemma, wheels
+    from phiforge.eval import deepmind, wheels
+    from phiforge.lm import gemma
     from phiforge.eval.items import DATA_WHEELS
 
     if args.what == "gemma":

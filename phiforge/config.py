@@ -321,6 +321,10 @@ class MidtrainConfig(LoopConfig):
         need(self.eval_windows > 0, f"{key}.eval_windows", "must be positive")
 
 
+# The reference model phiforge can set up itself (phiforge/lm/gemma.py): a recipe may name it as `sft.init`.
+GEMMA = "gemma-3-270m"
+
+
 @dataclass
 class LoRAConfig:
     """Low-rank adapters (peft's LoRA) instead of full fine-tuning of a transformers `sft.init` model: only the
@@ -351,8 +355,8 @@ class SFTConfig:
     # Batches drawn from windows of this many batches sorted by length, so a batch pads little (sft.batches);
     # 0 = plain shuffled batches.
     length_group: int = 32
-    # "" = the run's midtrained model; else a transformers causal-LM folder to fine-tune instead (e.g.
-    # data/models/gemma-3-270m-hf), saved as a transformers folder that pts and dpo then train further
+    # "" = the run's midtrained model; else a transformers causal-LM folder to fine-tune instead, or "gemma-3-270m"
+    # (set up under data/models on first use), saved as a transformers folder that pts and dpo then train further
     init: str = ""
     lora: LoRAConfig = field(default_factory=LoRAConfig)  # r > 0: adapters on the `init` model, merged when saved
 
@@ -364,10 +368,10 @@ class SFTConfig:
         need(self.batch_size > 0, f"{key}.batch_size", "must be positive")
         need(self.steps > 0, f"{key}.steps", "must be positive")
         need(self.length_group >= 0, f"{key}.length_group", "must be >= 0 (0 = no grouping by length)")
-        if self.init:  # its own context is checked when the stage loads it
+        if self.init and self.init != GEMMA:  # its own context is checked when the stage loads it
             need((Path(self.init) / "config.json").is_file(), f"{key}.init",
-                 f"({self.init}) must be a transformers model folder (with config.json), or empty for the run's own "
-                 "model")
+                 f"({self.init}) must be a transformers model folder (with config.json), {GEMMA!r} (set up on first "
+                 "use), or empty for the run's own model")
 
 
 @dataclass

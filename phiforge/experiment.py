@@ -32,8 +32,9 @@ from phiforge.config import RECIPES_DIR, Recipe, recipe_from_dict, resolve_recip
 from phiforge.data.corpus import read_column
 from phiforge.data.render import BASE_STYLES, question_prompt
 from phiforge.errors import PhiforgeError
-from phiforge.eval import amc, benchmarks, gemma
+from phiforge.eval import amc, benchmarks
 from phiforge.eval.contest import clean_output, contest, score_amc
+from phiforge.lm import gemma
 from phiforge.lm.engine import load_engine
 from phiforge.pipeline import is_current, prepare, run_pipeline
 from phiforge.rundir import RunDir, atomic_write_json, atomic_write_text

@@ -206,6 +206,13 @@ def benchmark_blocks(bench: dict, models: dict, plots: Path, run: RunDir) -> lis
         ax.grid(axis="y", alpha=0.3)
         _save(fig, plots / "benchmarks.png")
         blocks.append(("img", "plots/benchmarks.png", "real benchmarks"))
+        if bench.get("paired"):
+            blocks.append(("p", "Paired on the same items: points gained by the first model over the second, and "
+                                "the exact sign test on the items only one of them solves (McNemar)."))
+            rows = [[k.replace("_vs_", " vs ")] + [f"{100 * t[b]['delta']:+.1f} (+{t[b]['wins']} -{t[b]['losses']}, "
+                                                   f"p={t[b]['p_value']:.2g})" if b in t else "" for b in names]
+                    for k, t in bench["paired"].items()]
+            blocks.append(("table", ["paired"] + names, rows))
         if "deepmind-math" in names:
             blocks += per_module_blocks(run, [m for m, r in rows_in.items() if "deepmind-math" in r])
     for b, why in bench.get("skipped", {}).items():

@@ -45,6 +45,14 @@ def test_run_writes_every_stage_and_a_report(done_run):
     assert report.index("## Real benchmarks: maths nobody here wrote") \
         < report.index("## Fresh contest (in-distribution)")
     assert (out / "plots" / "benchmarks.png").stat().st_size > 1000
+    # each benchmark paired on its items between the scored models, in the summary and the report
+    solved = {m: [json.loads(line)["n_correct"] > 0 for line in
+                  (out / "eval" / f"bench-{m}-gsm8k100.jsonl").read_text().splitlines()] for m in ("base", "sft")}
+    pair = summary["benchmarks"]["paired"]["sft_vs_base"]["gsm8k100"]
+    assert pair["wins"] == sum(a and not b for a, b in zip(solved["sft"], solved["base"]))
+    assert pair["losses"] == sum(b and not a for a, b in zip(solved["sft"], solved["base"]))
+    assert pair["delta"] == pytest.approx((sum(solved["sft"]) - sum(solved["base"])) / 3)
+    assert "| sft vs base |" in report
     # SFT starts from the context-extended model, whose RoPE base it keeps
     sft_cfg = json.loads((out / "sft" / "model" / "config.json").read_text())
     assert sft_cfg["rope_theta"] == json.loads((out / "midtrain" / "model" / "config.json").read_text())["rope_theta"]

@@ -1,4 +1,4 @@
-"""phiforge.eval.gemma: the Gemma 3 270M folder's errors and completeness check without any conversion, and (slow,
+"""phiforge.lm.gemma: the Gemma 3 270M folder's errors and completeness check without any conversion, and (slow,
 where the weights package is installed) one real conversion loaded back by transformers."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import types
 import pytest
 
 from phiforge import cli
-from phiforge.eval import gemma
+from phiforge.lm import gemma
 from phiforge.errors import PhiforgeError
 
 
@@ -109,3 +109,16 @@ def test_real_setup_loads_and_gives_finite_logits(tmp_path):
     assert torch.isfinite(res.logits).all()
     assert res.loss.exp().item() < 30
     assert " Paris" in [tok.decode(i) for i in top]
+
+
+def test_a_recipe_names_the_model_and_the_sft_stage_sets_it_up_on_first_use(tmp_path, monkeypatch):
+    from phiforge.config import recipe_from_dict
+
+    folder = fake_folder(tmp_path / "gemma")
+    calls = []
+    monkeypatch.setattr(gemma, "setup", lambda: calls.append(1) or folder)
+    assert recipe_from_dict({"sft": {"init": gemma.NAME}}).sft.init == "gemma-3-270m"  # no folder needed yet
+    assert gemma.resolve(gemma.NAME) == folder and calls == [1]
+    assert gemma.resolve(str(folder)) == folder and calls == [1]  # a folder is used as it is
+    with pytest.raises(PhiforgeError, match="'gemma-3-270m' \\(set up on first use\\)"):
+        recipe_from_dict({"sft": {"init": str(tmp_path / "gemma-3-270x")}})

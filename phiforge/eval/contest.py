@@ -27,7 +27,7 @@ from phiforge.data.synth import sample_problem
 from phiforge.errors import PhiforgeError
 from phiforge.eval import amc, benchmarks, choice
 from phiforge.eval.benchmarks import MATH_STOPS
-from phiforge.lm import hf
+from phiforge.lm import gemma, hf
 from phiforge.lm.checkpoint import load_model
 from phiforge.lm.engine import PhiforgeEngine
 from phiforge.lm.generate import generate
@@ -143,8 +143,8 @@ def candidates(recipe: Recipe, run: RunDir) -> list[tuple[str, Callable, str]]:
     "base" is the model post-training starts from: the pretrained one after midtraining extended its context, or
     with sft.init the transformers folder as given ("init")."""
     if recipe.sft.init:
-        return [("init", lambda: hf.load(recipe.sft.init), "completion"),
-                *((stage, lambda stage=stage: load_policy(recipe, run, stage, "eval")[:2], "chat")
+        return [("init", lambda: hf.load(gemma.resolve(recipe.sft.init), "bf16"), "completion"),
+                *((stage, lambda stage=stage: load_policy(recipe, run, stage, "eval", train=False)[:2], "chat")
                   for stage in ("sft", "dpo", "dpo2"))]
     tok = ChatTokenizer.load(stages.input_path(run, "tokenizer", "eval"))
 
@@ -197,6 +197,8 @@ def execute(recipe: Recipe, run: RunDir) -> dict:
                                                        recipe.eval, out / f"amc-{name}.jsonl")
         if sets and name in recipe.eval.benchmark_models:
             summary["benchmarks"]["models"][name] = score_benchmarks(model, tok, sets, style, recipe, out, name)
+    if summary.get("benchmarks", {}).get("models"):
+        summary["benchmarks"]["paired"] = paired_benchmarks(out, list(summary["benchmarks"]["models"]), sets)
     summary["paired"] = {f"{a}_vs_{b}": paired(all_records[a], all_records[b])
                          for a, b in (("dpo2", "dpo"), ("dpo", "sft"), ("sft", "base"), ("base", "pretrain"),
                                       ("base", "untrained"), ("sft", "init")) if a in all_records and b in all_records}
@@ -208,6 +210,18 @@ def execute(recipe: Recipe, run: RunDir) -> dict:
                      } if summary.get("benchmarks", {}).get("models") else {}
     return {name: {"greedy": m["greedy"]["acc"], "maj": m["maj"]["acc"]} for name, m in summary["models"].items()} | {
         "n_problems": len(problems), "dropped_seen_in_training": dropped} | amc_metrics | bench_metrics
+
+
+def paired_benchmarks(out: Path, models: list[str], sets: dict) -> dict:
+    """Each scored model against the one scored before it (sft vs init, dpo2 vs sft, ...) and against the first, on
+    every benchmark's same items: the greedy difference with its sign test (`paired`), from the bench-*.jsonl
+    records."""
+    def solved(model: str, bench: str) -> list[dict]:
+        lines = (out / f"bench-{model}-{bench}.jsonl").read_text().splitlines()
+        return [{"correct": json.loads(line)["n_correct"] > 0} for line in lines]
+
+    pairs = [(b, a) for a, b in zip(models, models[1:])] + [(b, models[0]) for b in models[2:]]
+    return {f"{a}_vs_{b}": {bench: paired(solved(a, bench), solved(b, bench)) for bench in sets} for a, b in pairs}
 
 
 def score_benchmarks(model: Phi3, tok: ChatTokenizer, sets: dict, style: str, recipe: Recipe, out: Path,

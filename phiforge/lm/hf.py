@@ -151,12 +151,14 @@ def _eos_ids(*values) -> list[int]:
     return out
 
 
-def load(directory: Path | str) -> tuple[CausalLM, HFChatTokenizer]:
+def load(directory: Path | str, weights: str = "fp32") -> tuple[CausalLM, HFChatTokenizer]:
     """The folder's model with fp32 weights and its tokenizer, chat specials and a distinct PAD added.
 
-    fp32 whatever the folder stores: the optimiser updates these weights, and a fine-tuning step (lr ~1e-5) is
-    far below bf16's resolution (2^-8 relative), so bf16 weights would round most updates away. bf16 compute
-    comes from autocast, as for phiforge's own model (`train.autocast`).
+    fp32 whatever the folder stores, to train: the optimiser updates these weights, and a fine-tuning step (lr
+    ~1e-5) is far below bf16's resolution (2^-8 relative), so bf16 weights would round most updates away. bf16
+    compute comes from autocast, as for phiforge's own model (`train.autocast`). `weights="bf16"` for a model that
+    only generates or scores (PTS rollouts, judge-DPO's policies, the contests): without autocast there, fp32
+    weights would make every decode step's matmuls fp32, about 4x slower on CPU.
     """
     import transformers
 
@@ -165,7 +167,7 @@ def load(directory: Path | str) -> tuple[CausalLM, HFChatTokenizer]:
         raise PhiforgeError(f"{directory}: not a transformers model folder (no config.json)")
     try:
         tok = transformers.AutoTokenizer.from_pretrained(directory)
-        hf = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+        hf = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=DTYPES[weights])
     except Exception as e:  # noqa: BLE001  (transformers, safetensors and tokenizers each raise their own kinds)
         raise PhiforgeError(f"{directory}: transformers cannot load this folder as a causal LM: {e}") from None
     eos = _eos_ids(hf.generation_config.eos_token_id, hf.config.get_text_config().eos_token_id, tok.eos_token_id)

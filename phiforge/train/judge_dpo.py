@@ -51,7 +51,7 @@ def responses(recipe, run, items: list[dict], tok) -> list[list[dict]]:
                 ids = tok.encode(item["reference"]) + [tok.im_end_id]
                 out[i].append({"policy": "teacher", "text": item["reference"], "ids": ids, "finished": True})
             continue
-        model = load_policy(recipe, run, policy, "dpo2", cfg.dtype)[0].to(device()).eval()
+        model = load_policy(recipe, run, policy, "dpo2", cfg.dtype, train=False)[0].to(device()).eval()
         k = cfg.samples_per_policy
         prompts = [tok.chat_prompt(item["question"]) for item in items for _ in range(k)]
         sampled = generate(model, prompts, max_new_tokens=cfg.max_response_tokens, pad_id=tok.pad_id,

