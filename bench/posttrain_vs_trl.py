@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a chec
 
 # phiforge-lora-composite: phiforge's LoRA arm with the head through checkpointed chunks of log-softmax
 # (lm/logprobs.target_logps), the path before the fused head + loss of train/linear_ce.py
-ARMS = ("phiforge-full", "trl-full", "phiforge-lora", "trl-lora", "phiforge-lora-composite", "phiforge-dpo",
-        "trl-dpo")
+# trl-dpo (run_trl_dpo) is not in the default list yet: TRL 1.16's DPOTrainer takes no pre-tokenized pairs (it
+# looks for text "chosen"/"rejected" columns), so it needs the pairs as text with the same tokenisation first.
+ARMS = ("phiforge-full", "trl-full", "phiforge-lora", "trl-lora", "phiforge-lora-composite", "phiforge-dpo")
 
 
 def Timer():
