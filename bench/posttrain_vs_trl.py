@@ -66,8 +66,6 @@ def batches_in_order(args, n: int) -> list[list[int]]:
 
 
 def run_phiforge(args, examples, order) -> dict:
-    import torch
-
     from phiforge.config import LoRAConfig, OptimConfig, SFTConfig
     from phiforge.lm import gemma, hf
     from phiforge.train import lora
@@ -94,12 +92,10 @@ def run_phiforge(args, examples, order) -> dict:
         clip_and_step(model, opt, cfg.optim.grad_clip)
         seconds.append(time.perf_counter() - t0)
         losses.append(float(loss.detach()) / count)
-    del torch
     return {"losses": losses, "seconds": seconds}
 
 
 def run_trl(args, examples, order) -> dict:
-    import torch
     from datasets import Dataset
     from peft import LoraConfig
     from torch.utils.data import SequentialSampler
@@ -134,7 +130,6 @@ def run_trl(args, examples, order) -> dict:
                       peft_config=peft_config, callbacks=[timer])
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    del torch
     return {"losses": losses, "seconds": timer.seconds}
 
 

@@ -5,7 +5,8 @@ Ours because Gemma 3's 262,144-token head is most of a CPU SFT step, and the com
 `head(h).log_softmax().gather()`, phiforge/lm/logprobs.py) runs each chunk's matmul twice and makes four more passes
 over its logits (log-softmax, its backward, the gather's zero-filled gradient, a cast). Here each chunk is one
 matmul, one exp pass and the two gradient matmuls, done in the forward; the backward only scales them (the loss is a
-sum, so its gradient is linear in the incoming scalar). bench/posttrain_vs_trl.py measures it against that path and against TRL.
+sum, so its gradient is linear in the incoming scalar). bench/posttrain_vs_trl.py measures it against that path and
+against TRL.
 """
 
 from __future__ import annotations
