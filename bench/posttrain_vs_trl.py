@@ -1,7 +1,9 @@
 """SFT of a transformers model, phiforge against TRL's SFTTrainer, side by side in one run: the same model, the same
 token ids and loss masks, the same batches in the same order, AdamW with the same settings, bf16 autocast, full
-fine-tuning and LoRA (peft, the same LoraConfig: rank, alpha, targets, the chat tokens' rows). Each arm runs in a
-fresh process, so its peak RSS is its own.
+fine-tuning and LoRA (peft, the same LoraConfig: rank, alpha, targets, the chat tokens' rows); then DPO of the full
+model on the same pairs (TRL tokenizes their text itself: the bench checks it gets phiforge's ids). Neither side uses
+activation checkpointing unless an arm ends in -gc (TRL 1.16 turns it on by default). Each arm runs in a fresh
+process, so its peak RSS is its own.
 
 Prints a table: real (non-padding) tokens per second over the steps after the first, peak RSS, the first and last
 step's loss, and the largest per-step loss difference from phiforge's arm of the same kind (full or LoRA).
@@ -27,9 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a chec
 
 # phiforge-lora-composite: phiforge's LoRA arm with the head through checkpointed chunks of log-softmax
 # (lm/logprobs.target_logps), the path before the fused head + loss of train/linear_ce.py
-# trl-dpo (run_trl_dpo) is not in the default list yet: TRL 1.16's DPOTrainer takes no pre-tokenized pairs (it
-# looks for text "chosen"/"rejected" columns), so it needs the pairs as text with the same tokenisation first.
-ARMS = ("phiforge-full", "trl-full", "phiforge-lora", "trl-lora", "phiforge-lora-composite", "phiforge-dpo")
+# trl-*: TRL with activation checkpointing off, as phiforge runs (TRL 1.16 turns it on by default); trl-dpo-gc: TRL's
+# default, to show what checkpointing trades
+ARMS = ("phiforge-full", "trl-full", "phiforge-lora", "trl-lora", "phiforge-lora-composite", "phiforge-dpo",
+        "trl-dpo", "trl-dpo-gc")
 
 
 def Timer():
@@ -117,7 +120,8 @@ def run_trl(args, examples, order) -> dict:
         per_device_train_batch_size=args.batch_size,
         learning_rate=args.lr, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, adam_beta1=0.9,
         adam_beta2=0.95, adam_epsilon=1e-8, max_grad_norm=1.0, bf16=True, use_cpu=True, logging_steps=1,
-        save_strategy="no", report_to=[], max_length=None, packing=False, assistant_only_loss=False,
+        save_strategy="no", report_to=[], gradient_checkpointing=False, max_length=None, packing=False,
+        assistant_only_loss=False,
         dataloader_num_workers=0, seed=0, optim="adamw_torch_fused")
     peft_config = None
     if args.arm.endswith("lora"):
@@ -181,12 +185,26 @@ def run_trl_dpo(args, model, tok, pairs, order) -> dict:
         def _get_train_sampler(self, *a, **k):
             return SequentialSampler(self.train_dataset)
 
-    rows = [pairs[i] for b in order for i in b]
+    # TRL 1.16 tokenizes text pairs itself (prompt, prompt + chosen, prompt + rejected, the completion starting where
+    # they diverge): hand it the text of phiforge's ids, without the <bos> its tokenizer adds, ending in <|im_end|>
+    # (the tokenizer's EOS, so TRL appends none), and refuse to time it unless its ids come out the same as ours.
+    text = tok.tok.decode
+    rows = []
+    for i in (i for b in order for i in b):
+        p = pairs[i]
+        assert p["prompt_ids"][0] == tok.tok.bos_token_id and tok.tok.eos_token_id == tok.im_end_id
+        rows.append({"prompt": text(p["prompt_ids"][1:]), "chosen": text(p["chosen_ids"]),
+                     "rejected": text(p["rejected_ids"])})
+        for side in ("chosen", "rejected"):
+            ids = tok.tok(rows[-1]["prompt"] + rows[-1][side])["input_ids"]
+            if ids != p["prompt_ids"] + p[side + "_ids"]:
+                sys.exit(f"trl-dpo: pair {i}'s {side} side tokenizes differently from phiforge's ids")
     config = DPOConfig(
         output_dir=str(Path(args.scratch) / args.arm), max_steps=args.steps,
         per_device_train_batch_size=args.batch_size, learning_rate=args.lr, lr_scheduler_type="linear",
         warmup_steps=0, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8, max_grad_norm=1.0,
-        bf16=True, use_cpu=True, logging_steps=1, save_strategy="no", report_to=[], beta=0.1, max_length=None,
+        bf16=True, use_cpu=True, logging_steps=1, save_strategy="no", report_to=[],
+        gradient_checkpointing=args.arm.endswith("-gc"), beta=0.1, max_length=None,
         precompute_ref_log_probs=True, precompute_ref_batch_size=args.batch_size, dataloader_num_workers=0, seed=0,
         optim="adamw_torch_fused")
     trainer = InOrder(model=model.hf, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok.tok,
@@ -199,7 +217,7 @@ def child(args) -> None:
     from phiforge.lm import gemma, hf
 
     model, tok = hf.load(gemma.resolve(args.model))
-    if args.arm.endswith("dpo"):
+    if "-dpo" in args.arm:
         pairs = dpo_pairs(tok, args.chats)
         order = batches_in_order(args, len(pairs))
         out = (run_trl_dpo if args.arm.startswith("trl") else run_phiforge_dpo)(args, model, tok, pairs, order)

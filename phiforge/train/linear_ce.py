@@ -23,8 +23,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         w = weight.to(hidden.dtype)
         dh = torch.empty_like(hidden)
         # d loss / d logits of every chunk, kept (in the matmul dtype) for one [V, d] weight-gradient matmul at the
-        # end rather than a thin one per chunk; only the columns of `grad_rows` when just those rows train
-        keep = [] if weight.requires_grad else None
+        # end rather than a thin one per chunk; only the columns of `grad_rows` when just those rows train. Written
+        # in place: a list joined at the end would hold them twice.
+        keep = None
+        if weight.requires_grad:
+            keep = hidden.new_empty((hidden.shape[0], weight.shape[0] if grad_rows is None else len(grad_rows)),
+                                    dtype=w.dtype)
         total = hidden.new_zeros((), dtype=torch.float32)
         for s in range(0, hidden.shape[0], rows):
             h, t = hidden[s : s + rows], targets[s : s + rows]
@@ -41,11 +45,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             g[torch.arange(len(t), device=g.device), t] -= 1.0
             if cap is not None:
                 g.mul_(1.0 - tanh.square_())
-            g = g.to(w.dtype)
+            if keep is not None and grad_rows is None:
+                g = keep[s : s + rows].copy_(g)
+            else:
+                g = g.to(w.dtype)
+                if keep is not None:
+                    keep[s : s + rows] = g[:, grad_rows]
             dh[s : s + rows] = g @ w
-            if keep is not None:
-                keep.append(g if grad_rows is None else g[:, grad_rows])
-        dw = None if keep is None else torch.cat(keep).T @ hidden
+        dw = None if keep is None else keep.T @ hidden
         ctx.save_for_backward(dh, dw, grad_rows)
         ctx.weight_shape, ctx.weight_dtype = weight.shape, weight.dtype
         return total
@@ -54,7 +61,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad):
         dh, dw, grad_rows = ctx.saved_tensors
         if dw is not None:
-            dw = (dw.float() * grad).to(ctx.weight_dtype)
+            dw = dw.to(ctx.weight_dtype, copy=True).mul_(grad)  # one [V, d] temporary, not two
             if grad_rows is not None:  # zeros but for the rows that train
                 dw = dw.new_zeros(ctx.weight_shape).index_copy_(0, grad_rows, dw)
         return dh * grad.to(dh.dtype), dw, None, None, None, None
