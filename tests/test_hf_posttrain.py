@@ -79,6 +79,17 @@ def test_load_adds_chat_tokens_and_a_pad_apart_from_eos(base_dir, tmp_path):
     assert tok2.pad_id not in tok2.stop_ids and tok2.tok.convert_ids_to_tokens(tok2.pad_id) == "<|pad|>"
 
 
+def test_load_is_the_same_model_whatever_the_random_state(base_dir):
+    """The chat tokens' new rows are random draws: from a fixed seed, so the eval stage's cached replies of the model
+    as given stay its replies."""
+    torch.manual_seed(1)
+    a = adapter.load(base_dir)[0].hf.get_input_embeddings().weight.detach().clone()
+    torch.manual_seed(2)
+    state = torch.get_rng_state()
+    b = adapter.load(base_dir)[0].hf.get_input_embeddings().weight.detach()
+    assert torch.equal(a, b) and torch.equal(torch.get_rng_state(), state)  # the caller's random stream untouched
+
+
 def test_chat_rendering_and_loss_mask(base_dir):
     _, tok = adapter.load(base_dir)
     ids, mask = tok.encode_chat(CHATS[2])
@@ -227,7 +238,7 @@ def fake_run(root, n_sft: int = 6, n_pts: int = 2):
     return run
 
 
-def test_sft_pts_dpo_stages_on_sft_init(base_dir, tmp_path):
+def test_sft_pts_dpo_stages_on_sft_init(base_dir, tmp_path, monkeypatch):
     """The stages themselves, sft.init set: SFT, PTS (rollouts through transformers) and DPO each leave a
     transformers folder, judge-guided DPO trains the DPO model into another, and eval scores the folder as given and
     all three."""
@@ -273,6 +284,7 @@ def test_sft_pts_dpo_stages_on_sft_init(base_dir, tmp_path):
     assert after.generation_config.pad_token_id not in after.generation_config.eos_token_id
     moved = [n for (n, a), b in zip(after.named_parameters(), before.parameters()) if not torch.equal(a, b)]
     assert moved, "judge-guided DPO left every weight as it was"
+    monkeypatch.setattr("phiforge.lm.cached_engine.ROOT", tmp_path / "replies")
     metrics = run_stage(recipe, run, BY_NAME["eval"])
     summary = json.loads((run.stage_dir("eval") / "summary.json").read_text())
     assert list(summary["models"]) == ["init", "sft", "dpo", "dpo2"]
@@ -280,6 +292,14 @@ def test_sft_pts_dpo_stages_on_sft_init(base_dir, tmp_path):
     assert summary["models"]["init"]["prompt_style"] == "completion" and 0 <= metrics["sft"]["greedy"] <= 1
     assert set(summary["amc"]["models"]) == {"init", "sft", "dpo", "dpo2"}
     assert set(summary["benchmarks"]["models"]) <= {"init", "sft"}
+    # the folder as given is scored once per machine: a second eval reads its replies back, records unchanged
+    assert summary["models"]["init"]["replies"] == {"from_cache": 0, "generated": 4}  # contest x 2, AMC, GSM8K
+    records = (run.stage_dir("eval") / "init.jsonl").read_text()
+    run_stage(recipe, run, BY_NAME["eval"])
+    again = json.loads((run.stage_dir("eval") / "summary.json").read_text())
+    assert again["models"]["init"]["replies"] == {"from_cache": 4, "generated": 0}
+    assert (run.stage_dir("eval") / "init.jsonl").read_text() == records
+    assert again["benchmarks"]["models"]["init"] == summary["benchmarks"]["models"]["init"]
 
 
 def test_head_on_hidden_states_is_the_models_own_logits_with_soft_capping(base_dir, tmp_path):

@@ -28,9 +28,9 @@ from phiforge.errors import PhiforgeError
 from phiforge.eval import amc, benchmarks, choice
 from phiforge.eval.benchmarks import MATH_STOPS
 from phiforge.lm import gemma, hf
+from phiforge.lm.cached_engine import CachedEngine, folder_digest
 from phiforge.lm.checkpoint import load_model
 from phiforge.lm.engine import PhiforgeEngine
-from phiforge.lm.generate import generate
 from phiforge.lm.model import Phi3
 from phiforge.lm.tokenizer import ChatTokenizer
 from phiforge.rundir import RunDir, atomic_write_json, atomic_write_text
@@ -81,22 +81,20 @@ def majority(answers: list[str | None]) -> str | None:
     return next(a for a, k in keyed if counts[k] == best)
 
 
-def score_model(model: Phi3, tok: ChatTokenizer, problems: list[Problem], style: str, recipe: Recipe) -> tuple[dict, list[dict]]:
-    cfg = recipe.eval
-    stop = tok.stop_ids
+def score_model(engine: PhiforgeEngine, problems: list[Problem], style: str,
+                recipe: Recipe) -> tuple[dict, list[dict]]:
+    cfg, tok = recipe.eval, engine.tok
     prompts = [choice.prompt_ids(tok, p.question, style) for p in problems]  # a tokenizer serves as the engine
-    common = dict(max_new_tokens=cfg.max_new_tokens, pad_id=tok.pad_id, stop_ids=stop, batch_size=cfg.batch_size)
-    greedy = generate(model, prompts, temperature=0.0, progress=True, **common)
+    common = dict(stops=(), max_new_tokens=cfg.max_new_tokens, top_p=cfg.top_p, seed=cfg.seed,
+                  batch_size=cfg.batch_size)
+    greedy = engine.complete(prompts, temperature=0.0, **common)
     k = cfg.maj_k
-    sampled = generate(
-        model, [p for p in prompts for _ in range(k)], temperature=cfg.temperature, top_p=cfg.top_p,
-        seed=cfg.seed, progress=True, **common,
-    )
+    sampled = engine.complete([p for p in prompts for _ in range(k)], temperature=cfg.temperature, **common)
     records = []
     for i, p in enumerate(problems):
-        out = clean_output(tok.decode(greedy[i]), style)
+        out = clean_output(greedy[i], style)
         pred = extract_answer(out)
-        samples = [clean_output(tok.decode(s), style) for s in sampled[i * k : (i + 1) * k]]
+        samples = [clean_output(s, style) for s in sampled[i * k : (i + 1) * k]]
         extracted = [extract_answer(s) for s in samples]
         vote = majority(extracted)
         records.append({
@@ -185,18 +183,24 @@ def execute(recipe: Recipe, run: RunDir) -> dict:
                           "normalize": recipe.eval.amc_normalize, "models": {}}
     for name, build, style in candidates(recipe, run):
         model, tok = build()
-        model = model.to(device())
-        result, records = score_model(model, tok, problems, style, recipe)
+        engine = PhiforgeEngine(model.to(device()), tok)
+        if name == "init":  # the model as given: its replies are the same every run on this machine
+            engine = CachedEngine(engine, "folder:" + folder_digest(gemma.resolve(recipe.sft.init)))
+        result, records = score_model(engine, problems, style, recipe)
         result["prompt_style"] = style
         summary["models"][name] = result
         all_records[name] = records
         atomic_write_text(out / f"{name}.jsonl", "".join(_jsonl(r) for r in records))
         print(f"eval {name:>9}: greedy {result['greedy']['acc']:.1%}  maj@{recipe.eval.maj_k} {result['maj']['acc']:.1%}")
         if amc_items:
-            summary["amc"]["models"][name] = score_amc(PhiforgeEngine(model, tok), amc_items, amc_info, style,
+            summary["amc"]["models"][name] = score_amc(engine, amc_items, amc_info, style,
                                                        recipe.eval, out / f"amc-{name}.jsonl")
         if sets and name in recipe.eval.benchmark_models:
-            summary["benchmarks"]["models"][name] = score_benchmarks(model, tok, sets, style, recipe, out, name)
+            summary["benchmarks"]["models"][name] = score_benchmarks(engine, sets, style, recipe, out, name)
+        if isinstance(engine, CachedEngine):
+            summary["models"][name]["replies"] = {"from_cache": engine.hits, "generated": engine.misses}
+            print(f"eval {name:>9}: {engine.hits} of {engine.hits + engine.misses} reply sets read from this "
+                  f"machine's cache ({engine.root})")
     if summary.get("benchmarks", {}).get("models"):
         summary["benchmarks"]["paired"] = paired_benchmarks(out, list(summary["benchmarks"]["models"]), sets)
     summary["paired"] = {f"{a}_vs_{b}": paired(all_records[a], all_records[b])
@@ -224,10 +228,9 @@ def paired_benchmarks(out: Path, models: list[str], sets: dict) -> dict:
     return {f"{a}_vs_{b}": {bench: paired(solved(a, bench), solved(b, bench)) for bench in sets} for a, b in pairs}
 
 
-def score_benchmarks(model: Phi3, tok: ChatTokenizer, sets: dict, style: str, recipe: Recipe, out: Path,
-                     name: str) -> dict:
+def score_benchmarks(engine: PhiforgeEngine, sets: dict, style: str, recipe: Recipe, out: Path, name: str) -> dict:
     """Real benchmarks, greedy and zero-shot, in the model's own prompt style; samples in bench-<model>-<task>.jsonl."""
-    engine, result = PhiforgeEngine(model, tok), {}
+    result = {}
     for bench_name, bench in sets.items():
         summary, records = benchmarks.evaluate(engine, bench, style=style, max_new_tokens=recipe.eval.max_new_tokens,
                                                batch_size=recipe.eval.batch_size)

@@ -177,7 +177,11 @@ def load(directory: Path | str, weights: str = "fp32") -> tuple[CausalLM, HFChat
     if tok.pad_token_id is None or tok.pad_token_id in {*eos, tok.convert_tokens_to_ids(IM_END)}:
         tok.add_special_tokens({"pad_token": PAD})
     if len(tok) > hf.get_input_embeddings().num_embeddings:
-        hf.resize_token_embeddings(len(tok))
+        # New rows are drawn around the old rows' mean: from a fixed seed, so a folder loads as the same model
+        # whatever the caller's random state (the eval stage keeps the replies of the model as given per machine)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            hf.resize_token_embeddings(len(tok))
     chat = HFChatTokenizer(tok, eos)
     tok.eos_token = IM_END
     # The template renders what encode_chat builds, BOS included, so transformers' apply_chat_template and
