@@ -173,6 +173,38 @@ def test_stop_token_ends_row(model):
     assert stopped[0] == full[0][: full[0].index(stop)]
 
 
+def test_stop_text_ends_a_row_once_it_says_so_and_leaves_the_others(model):
+    """`stop_text` (a stop string in the row's text) ends a row after the token that completes it; every other row
+    decodes as it would have, so the texts cut at the stop string are unchanged and only steps are saved."""
+    full = generate(model, PROMPTS, max_new_tokens=12, pad_id=PAD)
+    seen = []
+
+    def stop_text(ids):  # row 0's fourth token ends it, whatever the text
+        seen.append(list(ids))
+        return ids == full[0][:4]
+
+    stopped = generate(model, PROMPTS, max_new_tokens=12, pad_id=PAD, stop_text=stop_text)
+    assert stopped == [full[0][:4], *full[1:]]
+    assert full[2][:1] in seen and full[2][:5] in seen  # asked after each token
+
+
+def test_engine_stop_strings_end_rows_and_cut_the_same_text(model):
+    from phiforge.lm.engine import PhiforgeEngine
+
+    class Tok:  # token ids as text, one character each
+        pad_id, stop_ids = PAD, []
+
+        def decode(self, ids):
+            return "".join(chr(65 + i % 26) for i in ids)
+
+    engine = PhiforgeEngine(model, Tok())
+    kw = dict(max_new_tokens=12, temperature=0.0, top_p=1.0, seed=0, batch_size=4)
+    texts = engine.complete(PROMPTS, stops=(), **kw)
+    stop = texts[1][3:5]  # a two-character stop string inside row 1's reply
+    cut = [t[: t.index(stop)] if stop in t else t for t in texts]
+    assert engine.complete(PROMPTS, stops=(stop,), **kw) == cut
+
+
 def test_seeded_sampling_is_reproducible_and_tiny_top_p_is_greedy(model):
     kw = dict(max_new_tokens=10, pad_id=PAD, temperature=1.0)
     a = generate(model, PROMPTS, seed=123, **kw)

@@ -123,6 +123,17 @@ class TextStream:
         return delta
 
 
+def ends_with_stop(tok, stops: Sequence[str]):
+    """For `generate(stop_text=)`: whether a row's text has just reached one of `stops`, or None without stops.
+    Asked after every token, so only the last few tokens need decoding: each is at least one character (a special
+    token ends a row by its id; a character split over byte tokens is why there are four to spare)."""
+    stops = [s for s in stops if s]
+    if not stops:
+        return None
+    tail = max(map(len, stops)) + 4
+    return lambda ids: any(s in tok.decode(ids[-tail:]) for s in stops)
+
+
 def cut_at(text: str, stops: Sequence[str]) -> str:
     return text[: min((i for s in stops if (i := text.find(s)) >= 0), default=len(text))]
 
@@ -151,7 +162,8 @@ class PhiforgeEngine:
                  top_p: float, seed: int, batch_size: int) -> list[str]:
         outs = generate(self.model, prompts, max_new_tokens=max_new_tokens, pad_id=self.tok.pad_id,
                         stop_ids=self.stop_ids, temperature=temperature, top_p=top_p,
-                        seed=seed if temperature > 0 else None, batch_size=batch_size, progress=True)
+                        seed=seed if temperature > 0 else None, batch_size=batch_size, progress=True,
+                        stop_text=ends_with_stop(self.tok, stops))
         return [cut_at(self.tok.decode(o), stops) for o in outs]
 
     def encode_continuation(self, text: str) -> list[int]:

@@ -278,8 +278,11 @@ def generate(
     seed: int | None = None,
     batch_size: int = 64,
     progress: bool = False,
+    stop_text: Callable[[list[int]], bool] | None = None,
 ) -> list[list[int]]:
-    """New tokens for each prompt, without the stop token; a row ends at its first stop token.
+    """New tokens for each prompt, without the stop token; a row ends at its first stop token, or once
+    `stop_text(its tokens so far)` says so (a stop string in its text: the caller cuts the text there), so a base
+    model that goes on past its answer stops costing steps.
 
     Greedy results do not depend on which prompts share a batch: prompts are left-padded, padding is masked
     out of attention and every row gets its own position ids. Seeded sampling is reproducible for the same
@@ -301,10 +304,15 @@ def generate(
             idx = order[s:s + batch_size]
             batch = [prompts[i] for i in idx]
             logits, advance, select = begin(model, batch, pad_id, max_new_tokens)
+            outs: list[list[int]] = [[] for _ in batch]
             steps = decode(logits, advance, select, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
                            temperature=temperature, top_p=top_p, generator=generator,
+                           alive=None if stop_text is None else lambda r: not stop_text(outs[r]),
                            drop_at=0.0 if theirs else DROP_AT)
-            for i, out in zip(idx, _collect(steps, len(batch))):
+            for step in steps:
+                for row, token in step:
+                    outs[row].append(token)
+            for i, out in zip(idx, outs):
                 results[i] = out
             bar.update(len(idx))
     return results
