@@ -459,9 +459,16 @@ class EvalConfig:
     benchmarks: dict[str, int] = field(default_factory=lambda: {"gsm8k100": 100, "gsm-symbolic": 100,
                                                                 "deepmind-math": 800})
     benchmark_models: list[str] = field(default_factory=lambda: ["base", "sft", "dpo2"])
+    # A pretrained model scored on the same benchmark items beside the run's own, as a base model (an exercise to
+    # solve): Gemma 3 270M where its `gemma` extra is installed (else the report says how), or a transformers
+    # folder; "" for none. Its replies are kept per machine, so it costs generation time once.
+    reference: str = GEMMA
 
     def validate(self, key: str, need) -> None:
         need(self.n_problems > 0, f"{key}.n_problems", "must be positive")
+        if self.reference and self.reference != GEMMA:
+            need((Path(self.reference) / "config.json").is_file(), f"{key}.reference",
+                 f"({self.reference}) must be a transformers model folder (with config.json), {GEMMA!r} or \"\"")
         need(self.maj_k >= 1, f"{key}.maj_k", "must be >= 1")
         need(self.temperature > 0, f"{key}.temperature", "must be positive (maj@k samples)")
         need(0 < self.top_p <= 1, f"{key}.top_p", "must be in (0, 1]")

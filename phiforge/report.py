@@ -183,15 +183,20 @@ def benchmark_blocks(bench: dict, models: dict, plots: Path, run: RunDir) -> lis
     """Real benchmarks per model: pass@1 in % +- binomial standard error, DeepMind maths per module, and skipped sets
     with their install command. They come first in the report: data nobody here wrote is what transfer means."""
     blocks: list[tuple] = [("h2", "Real benchmarks: maths nobody here wrote")]
-    rows_in = bench["models"]
+    rows_in, styles = dict(bench["models"]), {m: models[m]["prompt_style"] for m in bench["models"]}
+    ref = bench.get("reference") or {}
+    if ref.get("results"):  # a pretrained model on the same items, for scale
+        rows_in["reference"], styles["reference"] = ref["results"], ref["prompt_style"]
     names = sorted({b for r in rows_in.values() for b in r}, key=lambda b: list(BENCH_NOTES).index(b)
                    if b in BENCH_NOTES else len(BENCH_NOTES))
     if rows_in:
         n = {b: next(r[b]["n_items"] for r in rows_in.values() if b in r) for b in names}
         blocks.append(("p", "Greedy, zero-shot, each model in its own prompt style (base models as an exercise to "
                             "solve, chat models as a user turn); pass@1 in % ± standard error. "
-                            + " ".join(f"{b}: {n[b]} items, {BENCH_NOTES.get(b, '')}." for b in names)))
-        rows = [[m, models[m]["prompt_style"]] + [f"{100 * r[b]['pass@1']:.1f} ± {100 * r[b]['stderr']:.1f}"
+                            + " ".join(f"{b}: {n[b]} items, {BENCH_NOTES.get(b, '')}." for b in names)
+                            + (f" reference: {ref['name']}, pretrained elsewhere, scored as a base model on the same "
+                               "items (its replies are kept per machine)." if "reference" in rows_in else "")))
+        rows = [[m, styles[m]] + [f"{100 * r[b]['pass@1']:.1f} ± {100 * r[b]['stderr']:.1f}"
                                                   if b in r else "" for b in names] for m, r in rows_in.items()]
         blocks.append(("table", ["model", "prompt"] + names, rows))
         fig, ax = plt.subplots(figsize=(6.4, 3.4))
@@ -217,6 +222,8 @@ def benchmark_blocks(bench: dict, models: dict, plots: Path, run: RunDir) -> lis
             blocks += per_module_blocks(run, [m for m, r in rows_in.items() if "deepmind-math" in r])
     for b, why in bench.get("skipped", {}).items():
         blocks.append(("p", f"{b} not scored: {why}"))
+    if ref.get("skipped"):
+        blocks.append(("p", f"Reference {ref['name']} not scored: {ref['skipped']}"))
     return blocks
 
 

@@ -255,7 +255,8 @@ def test_sft_pts_dpo_stages_on_sft_init(base_dir, tmp_path, monkeypatch):
         "dpo": {"batch_size": 2, "dtype": "fp32", "optim": {"lr": 1e-3}},
         "dpo2": {"n_queries": 1},
         "eval": {"n_problems": 4, "maj_k": 2, "max_new_tokens": 8, "amc_n_problems": 4,
-                 "benchmarks": {"gsm8k100": 2}, "benchmark_models": ["init", "sft"]}})
+                 "benchmarks": {"gsm8k100": 2}, "benchmark_models": ["init", "sft"],
+                 "reference": str(base_model_dir(tmp_path, init_std=0.05))}})
     # through the stage graph: with sft.init there is no midtrained model to wait for
     with pytest.raises(PhiforgeError, match="needs stage 'midtrain'"):
         run_stage(recipe_from_dict({"sft": {"init": ""}}), run, BY_NAME["sft"])
@@ -300,6 +301,16 @@ def test_sft_pts_dpo_stages_on_sft_init(base_dir, tmp_path, monkeypatch):
     assert again["models"]["init"]["replies"] == {"from_cache": 4, "generated": 0}
     assert (run.stage_dir("eval") / "init.jsonl").read_text() == records
     assert again["benchmarks"]["models"]["init"] == summary["benchmarks"]["models"]["init"]
+    # the reference model beside them, on the same items, as a base model; kept per machine as well
+    ref = summary["benchmarks"]["reference"]
+    assert ref["prompt_style"] == "completion" and ref["results"]["gsm8k100"]["n_items"] == 2
+    assert ref["replies"] == {"from_cache": 0, "generated": 1}
+    assert again["benchmarks"]["reference"]["replies"] == {"from_cache": 1, "generated": 0}
+    assert (run.stage_dir("eval") / "bench-reference-gsm8k100.jsonl").is_file()
+    from phiforge.report import benchmark_blocks
+    blocks = benchmark_blocks(again["benchmarks"], again["models"], tmp_path, run)
+    table = next(b for b in blocks if b[0] == "table")
+    assert [row[:2] for row in table[2]] == [["init", "completion"], ["sft", "chat"], ["reference", "completion"]]
 
 
 def test_head_on_hidden_states_is_the_models_own_logits_with_soft_capping(base_dir, tmp_path):

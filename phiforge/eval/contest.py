@@ -203,6 +203,8 @@ def execute(recipe: Recipe, run: RunDir) -> dict:
                   f"machine's cache ({engine.root})")
     if summary.get("benchmarks", {}).get("models"):
         summary["benchmarks"]["paired"] = paired_benchmarks(out, list(summary["benchmarks"]["models"]), sets)
+    if sets:
+        summary["benchmarks"]["reference"] = score_reference(recipe, sets, out)
     summary["paired"] = {f"{a}_vs_{b}": paired(all_records[a], all_records[b])
                          for a, b in (("dpo2", "dpo"), ("dpo", "sft"), ("sft", "base"), ("base", "pretrain"),
                                       ("base", "untrained"), ("sft", "init")) if a in all_records and b in all_records}
@@ -239,6 +241,22 @@ def score_benchmarks(engine: PhiforgeEngine, sets: dict, style: str, recipe: Rec
         atomic_write_text(out / f"bench-{name}-{bench_name}.jsonl", "".join(_jsonl(r) for r in records))
     print(f"bench {name:>9}: " + "  ".join(f"{b} {r['pass@1']:.1%}" for b, r in result.items()))
     return result
+
+
+def score_reference(recipe: Recipe, sets: dict, out: Path) -> dict:
+    """`eval.reference` on the benchmarks, as a base model, its replies kept per machine (bench-reference-*.jsonl):
+    {"name", "prompt_style", "results", "replies"}, or {"name", "skipped": why} where it is not installed."""
+    name = recipe.eval.reference
+    if not name or name == recipe.sft.init:  # none, or already scored as "init"
+        return {}
+    if name == gemma.NAME and (why := gemma.unavailable()):
+        return {"name": name, "skipped": why}
+    folder = gemma.resolve(name)
+    model, tok = hf.load(folder, "bf16")
+    engine = CachedEngine(PhiforgeEngine(model.to(device()), tok), "folder:" + folder_digest(folder))
+    results = score_benchmarks(engine, sets, "completion", recipe, out, "reference")
+    return {"name": name, "prompt_style": "completion", "results": results,
+            "replies": {"from_cache": engine.hits, "generated": engine.misses}}
 
 
 def score_amc(engine, items: list, info: dict, style: str, cfg, path: Path) -> dict:

