@@ -53,3 +53,26 @@ def describe() -> dict:
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
     return info
+
+
+def reset_peak_rss() -> bool:
+    """Start the process's peak resident memory afresh (Linux: `/proc/self/clear_refs`), so a stage's peak is its own
+    rather than the largest of every stage before it in the same process; False where that cannot be done."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory in GB since the last `reset_peak_rss` (else since the process started)."""
+    try:
+        with open("/proc/self/status") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        import resource  # no /proc: the process's lifetime peak (kB on Linux, bytes on macOS; approximate there)
+
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(kb / 1e6, 3)

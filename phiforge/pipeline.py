@@ -78,6 +78,7 @@ def run_stage(recipe: Recipe, run: RunDir, stage: Stage) -> dict:
         run.stage_dir(stage.name).mkdir(parents=True, exist_ok=True)
     distributed.barrier()
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    peak_is_own = machine.reset_peak_rss()
     t0 = time.perf_counter()
     log(f"{stage.name}: running" + (f" on {w.size} ranks" if w.size > 1 and stage.distributed else ""))
     try:
@@ -102,6 +103,9 @@ def run_stage(recipe: Recipe, run: RunDir, stage: Stage) -> dict:
             "started": started,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "seconds": round(seconds, 2),
+            # this process's (rank 0's) peak resident memory during the stage; "process" where it could not be
+            # reset, so it is the largest since the process started
+            "peak_rss_gb": machine.peak_rss_gb(), "peak_rss_scope": "stage" if peak_is_own else "process",
             "machine": machine.describe(),  # what the floats depend on beyond the recipe: `phiforge compare`
         }
         run.write_manifest(stage.name, manifest, outputs)

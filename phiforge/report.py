@@ -475,8 +475,9 @@ def build_blocks(recipe: Recipe, run: RunDir, dest: Path | None = None) -> list[
                             f"characters per token; PAD id {tok['pad_id']}, EOS `<|im_end|>` id {tok['im_end_id']}."))
 
     blocks.append(("h2", "Stages"))
-    rows = [[s, f"{x.get('seconds', 0):.1f}", x.get("finished", "")] for s, x in m.items() if x]
-    blocks.append(("table", ["stage", "seconds", "finished"], rows))
+    rows = [[s, f"{x.get('seconds', 0):.1f}", f"{x['peak_rss_gb']:.2f}" if "peak_rss_gb" in x else "",
+             x.get("finished", "")] for s, x in m.items() if x]
+    blocks.append(("table", ["stage", "seconds", "peak memory GB", "finished"], rows))
     blocks.append(("h2", "Recipe"))
     blocks.append(("pre", save_recipe(recipe)))
     return blocks

@@ -29,6 +29,8 @@ def test_run_writes_every_stage_and_a_report(done_run):
     for s in STAGE_NAMES:
         m = json.loads((out / s / "manifest.json").read_text())
         assert m["status"] == "complete" and m["config_hash"] is not None
+        assert m["peak_rss_gb"] > 0 and m["peak_rss_scope"] == "stage"  # each stage's own peak memory
+    assert "| stage | seconds | peak memory GB | finished |" in (out / "report.md").read_text()
     assert (out / "report.md").read_text().startswith("# phiforge run: micro")
     assert "<table>" in (out / "report.html").read_text()
     for plot in ("pretrain_loss", "midtrain_loss", "midtrain_positions"):

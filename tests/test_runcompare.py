@@ -97,3 +97,15 @@ def test_a_difference_only_in_logged_timings_is_not_a_divergence(tmp_path):
     diffs = {d.stage: d for d in runcompare.compare(a, b)}
     assert diffs["pretrain"].state == "same" and "pretrain/history.json" in diffs["pretrain"].why
     assert runcompare.first_divergence(list(diffs.values())) is None
+
+
+def test_peak_memory_restarts_per_stage():
+    """A stage's recorded peak is its own: after a reset, memory a previous stage held does not count."""
+    from phiforge import machine
+
+    big = bytearray(300_000_000)
+    big[::4096] = b"\1" * len(big[::4096])  # touch every page, so it is resident
+    before = machine.peak_rss_gb()
+    del big
+    assert machine.reset_peak_rss()
+    assert machine.peak_rss_gb() < before - 0.25
