@@ -28,7 +28,7 @@ from phiforge.errors import PhiforgeError
 from phiforge.eval import amc, benchmarks, choice
 from phiforge.eval.benchmarks import MATH_STOPS
 from phiforge.lm import gemma, hf
-from phiforge.lm.cached_engine import CachedEngine, folder_digest
+from phiforge.lm.cached_engine import CachedEngine
 from phiforge.lm.checkpoint import load_model
 from phiforge.lm.engine import PhiforgeEngine
 from phiforge.lm.model import Phi3
@@ -185,7 +185,7 @@ def execute(recipe: Recipe, run: RunDir) -> dict:
         model, tok = build()
         engine = PhiforgeEngine(model.to(device()), tok)
         if name == "init":  # the model as given: its replies are the same every run on this machine
-            engine = CachedEngine(engine, "folder:" + folder_digest(gemma.resolve(recipe.sft.init)))
+            engine = CachedEngine.for_folder(engine, gemma.resolve(recipe.sft.init))
         result, records = score_model(engine, problems, style, recipe)
         result["prompt_style"] = style
         summary["models"][name] = result
@@ -198,7 +198,7 @@ def execute(recipe: Recipe, run: RunDir) -> dict:
         if sets and name in recipe.eval.benchmark_models:
             summary["benchmarks"]["models"][name] = score_benchmarks(engine, sets, style, recipe, out, name)
         if isinstance(engine, CachedEngine):
-            summary["models"][name]["replies"] = {"from_cache": engine.hits, "generated": engine.misses}
+            summary["models"][name]["replies"] = engine.replies
             print(f"eval {name:>9}: {engine.hits} of {engine.hits + engine.misses} reply sets read from this "
                   f"machine's cache ({engine.root})")
     if summary.get("benchmarks", {}).get("models"):
@@ -253,10 +253,10 @@ def score_reference(recipe: Recipe, sets: dict, out: Path) -> dict:
         return {"name": name, "skipped": why}
     folder = gemma.resolve(name)
     model, tok = hf.load(folder, "bf16")
-    engine = CachedEngine(PhiforgeEngine(model.to(device()), tok), "folder:" + folder_digest(folder))
+    engine = CachedEngine.for_folder(PhiforgeEngine(model.to(device()), tok), folder)
     results = score_benchmarks(engine, sets, "completion", recipe, out, "reference")
     return {"name": name, "prompt_style": "completion", "results": results,
-            "replies": {"from_cache": engine.hits, "generated": engine.misses}}
+            "replies": engine.replies}
 
 
 def score_amc(engine, items: list, info: dict, style: str, cfg, path: Path) -> dict:

@@ -17,22 +17,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from phiforge import datahome, machine
-from phiforge.rundir import atomic_write_json
+from phiforge.rundir import atomic_write_json, digest_files, file_sha256
 
 ROOT = datahome.ROOT / "replies"
 FORMAT = 1  # part of every key: bump it when what a cached reply means changes
 
 
 def folder_digest(folder: Path | str) -> str:
-    """SHA-256 over a model folder's files (names and bytes), what identifies the model a reply came from."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-        h.update(path.relative_to(folder).as_posix().encode() + b"\0")
-        with open(path, "rb") as f:
-            while block := f.read(1 << 24):
-                h.update(block)
-        h.update(b"\0")
-    return h.hexdigest()
+    """One digest over a model folder's files (names and bytes): what identifies the model a reply came from."""
+    folder = Path(folder)
+    return digest_files({p.relative_to(folder).as_posix(): file_sha256(p)
+                         for p in sorted(folder.rglob("*")) if p.is_file()})
 
 
 def _versions() -> dict:
@@ -53,6 +48,15 @@ class CachedEngine:
     def __init__(self, engine, model_key: str, root: Path | str | None = None):
         self.engine, self.model_key, self.root = engine, model_key, Path(root or ROOT)
         self.hits = self.misses = 0
+
+    @classmethod
+    def for_folder(cls, engine, folder: Path | str) -> CachedEngine:
+        """`engine` on the model folder `folder`, its replies kept under the folder's digest."""
+        return cls(engine, "folder:" + folder_digest(folder))
+
+    @property
+    def replies(self) -> dict:
+        return {"from_cache": self.hits, "generated": self.misses}
 
     def __getattr__(self, name):
         return getattr(self.engine, name)
